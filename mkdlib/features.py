@@ -1,0 +1,136 @@
+"""Source features computed once (architecture sketch: "Source features, once (cached)").
+
+The source is frozen, so when the images do not change between epochs its activations are fixed:
+computing them once turns each training step into a cloner-only forward/backward. The same store
+holds the test images' features when several cloners are scored.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mkdlib.models import Source
+
+_NP_DTYPE = {"float32": np.float32, "float16": np.float16}
+
+
+def _image_of(item) -> Tensor:
+    """The image of a dataset item: a dict's "image", a tuple's first element, or a tensor."""
+    if isinstance(item, dict):
+        return item["image"]
+    if isinstance(item, (tuple, list)):
+        return item[0]
+    return item
+
+
+def collate_images(items: list) -> Tensor:
+    return torch.stack([_image_of(item) for item in items])
+
+
+def image_loader(data: Dataset | Tensor, batch_size: int, *, batch_sampler=None, num_workers: int = 0) -> DataLoader:
+    """Batches of images (B,3,H,W) in dataset order, or in the order a batch sampler gives."""
+    if batch_sampler is not None:
+        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=collate_images, num_workers=num_workers)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_images, num_workers=num_workers)
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_input(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class FeatureStore:
+    """Source activations of every image of a dataset, per layer (N, C, H, W), indexable by image.
+
+    Kept in memory when they fit in `memory_budget_mb`, else in memory-mapped files in `spill_dir`.
+    """
+
+    def __init__(self, features: dict[str, np.ndarray | Tensor], spill_dir: Path | None = None):
+        self.features = features
+        self.spill_dir = spill_dir
+        self.n = len(next(iter(features.values())))
+
+    @classmethod
+    def compute(
+        cls,
+        source: Source,
+        data: Dataset | Tensor,
+        layers: Sequence[str],
+        *,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        amp: bool = False,
+        channels_last: bool = False,
+        memory_budget_mb: float = 4096,
+        spill_dir: str | Path | None = None,
+        progress: bool = False,
+    ) -> FeatureStore:
+        device = torch.device(device)
+        missing = [name for name in layers if name not in source.layers]
+        if missing:
+            raise ValueError(f"source does not tap {missing} (it taps {list(source.layers)})")
+        n = len(data)
+        if n == 0:
+            raise ValueError("cannot compute source features of an empty dataset")
+        store: dict[str, np.ndarray | Tensor] = {}
+        spill: Path | None = None
+        offset = 0
+        loader = image_loader(data, batch_size)
+        with torch.inference_mode(), autocast(device, amp):
+            for x in tqdm(loader, desc="source features", disable=not progress, leave=False):
+                feats = source(to_input(x, device, channels_last))
+                if not store:  # allocate once the shapes are known
+                    per_image = sum(feats[k][0].numel() for k in layers) * np.dtype(_NP_DTYPE[dtype]).itemsize
+                    if per_image * n > memory_budget_mb * 2**20:
+                        spill = Path(spill_dir) if spill_dir else Path(tempfile.mkdtemp(prefix="mkdlib-features-"))
+                        spill.mkdir(parents=True, exist_ok=True)
+                    for k in layers:
+                        shape = (n, *feats[k].shape[1:])
+                        if spill is None:
+                            store[k] = torch.empty(shape, dtype=getattr(torch, dtype))
+                        else:
+                            store[k] = np.lib.format.open_memmap(spill / f"{k}.npy", "w+", _NP_DTYPE[dtype], shape)
+                for k in layers:
+                    f = feats[k].float().cpu()
+                    if spill is None:
+                        store[k][offset : offset + len(x)] = f
+                    else:
+                        store[k][offset : offset + len(x)] = f.numpy()
+                offset += len(x)
+        out = cls(store, spill)
+        if spill is not None and not spill_dir:  # a temporary spill goes with the store
+            weakref.finalize(out, shutil.rmtree, spill, ignore_errors=True)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v.nbytes) if isinstance(v, np.ndarray) else v.numel() * v.element_size() for v in self.features.values())
+
+    def get(self, index: Tensor | Sequence[int], device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        """Float32 features of the given images, on `device`."""
+        out = {}
+        for k, v in self.features.items():
+            if isinstance(v, np.ndarray):
+                rows = torch.from_numpy(np.ascontiguousarray(v[np.asarray(index)]))
+            else:
+                rows = v[torch.as_tensor(index)]
+            out[k] = rows.to(device, torch.float32, non_blocking=True)
+        return out
+
+    def __len__(self) -> int:
+        return self.n

@@ -1,0 +1,190 @@
+"""Training the cloner (paper sec. 3.2; the released code's loop): Adam on C only, S frozen.
+
+`fit` is a plain loop: seeded, resumable from its last checkpoint with bit-identical results in
+deterministic mode, with the source's features computed once when the data is deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from mkdlib.config import MKDConfig
+from mkdlib.features import FeatureStore, autocast, image_loader, to_input
+from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
+from mkdlib.losses import MKDLoss
+from mkdlib.models import Cloner, Source
+
+LAST = "last.pt"
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def build(cfg: MKDConfig, *, weights: str | Path | None = "imagenet", device: str | torch.device = "cpu"):
+    """Source, cloner (seeded init) and training loss for a configuration."""
+    layers = sorted(set(cfg.train_layers) | set(cfg.score_layers), key=lambda n: int(n[-1]))
+    source = Source(layers, weights=weights if cfg.pretrained else None).to(device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    cloner = Cloner(cfg.cloner, layers).to(device)
+    loss = MKDLoss(cfg.train_layers, value_weight=cfg.value_weight, direction_weight=cfg.direction_weight)
+    return source, cloner, loss
+
+
+class EpochBatches:
+    """Shuffled batches whose order depends only on (seed, epoch): resuming needs no sampler state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for i in range(0, self.n, self.batch_size):  # last partial batch kept, as the reference
+            yield order[i : i + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+
+def _save(obj: dict, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, out.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it to start the run again"
+        ) from None
+
+
+def cloner_path(checkpoint_dir: Path, epoch: int) -> Path:
+    return Path(checkpoint_dir) / f"cloner_e{epoch:04d}.pt"
+
+
+def fit(
+    cloner: Cloner,
+    source: Source,
+    data: Dataset | Tensor,
+    cfg: MKDConfig,
+    loss: MKDLoss | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    num_workers: int = 0,
+    on_epoch_end: Callable[[int, Cloner], None] | None = None,
+) -> list[dict]:
+    """Train `cloner` to mimic `source` on `data` for cfg.epochs passes; returns the loss history.
+
+    With `checkpoint_dir`, writes `last.pt` (cloner, optimizer, epoch, RNG states, history) every
+    cfg.checkpoint_every epochs and at the end, the cloner alone at each of cfg.eval_epochs(), and
+    `history.csv`; a later call with the same directory resumes from `last.pt`.
+    """
+    device = torch.device(device)
+    loss = loss or MKDLoss(cfg.train_layers, value_weight=cfg.value_weight, direction_weight=cfg.direction_weight)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    cloner.to(device)
+    if cfg.channels_last:
+        cloner.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(cloner.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    start = 0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if (ckpt_dir / LAST).exists():
+            state = load_checkpoint(ckpt_dir / LAST)
+            cloner.load_state_dict(state["cloner"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, history = state["epoch"], list(state["history"])
+            torch.set_rng_state(state["rng"]["torch"])
+    if start >= cfg.epochs:
+        return history
+
+    n = len(data)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    deterministic_data = getattr(data, "deterministic", True)
+    store = None
+    if cfg.cache_features and deterministic_data:
+        store = FeatureStore.compute(
+            source, data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=cfg.cache_dtype,
+            amp=cfg.amp, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb,
+            spill_dir=ckpt_dir / "features" if ckpt_dir is not None else None, progress=progress,
+        )
+    sampler = EpochBatches(n, cfg.batch_size, cfg.seed)
+    loader = image_loader(data, cfg.batch_size, batch_sampler=sampler, num_workers=num_workers)
+    eval_epochs = set(cfg.eval_epochs())
+    cloner.train()
+    bar = tqdm(range(start, cfg.epochs), desc="train", disable=not progress, initial=start, total=cfg.epochs)
+    for epoch in bar:  # 0-based index; after it, epoch + 1 passes are done
+        sampler.set_epoch(epoch)
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        for index, x in zip(sampler, loader):
+            x = to_input(x, device, cfg.channels_last)
+            with autocast(device, cfg.amp):
+                if store is not None:
+                    target = store.get(index, device)
+                else:
+                    with torch.no_grad():
+                        target = source(x)
+                value = loss(cloner(x), target)
+            if not torch.isfinite(value):
+                write_history(history, ckpt_dir / "history.csv") if ckpt_dir else None
+                raise FloatingPointError(
+                    f"non-finite training loss ({value.item()}) at epoch {epoch + 1}; "
+                    f"checkpoints up to the last good epoch are kept in {ckpt_dir}. "
+                    "Check the input scaling and the source weights, or lower lr / value_weight."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            total += value.item() * len(x)
+            seen += len(x)
+        done = epoch + 1
+        history.append({"epoch": done, "loss": total / seen, "seconds": round(time.perf_counter() - t0, 4)})
+        bar.set_postfix(loss=f"{total / seen:.4g}")
+        if ckpt_dir is not None:
+            if done in eval_epochs:
+                _save({"cloner": cloner.state_dict(), "epoch": done}, cloner_path(ckpt_dir, done))
+            if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+                state = {"cloner": cloner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": done,
+                         "history": history, "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict()}
+                _save(state, ckpt_dir / LAST)
+                write_history(history, ckpt_dir / "history.csv")
+        if on_epoch_end is not None:
+            on_epoch_end(done, cloner)
+    return history
