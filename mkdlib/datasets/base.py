@@ -1,0 +1,141 @@
+"""Cached image datasets shared by every loader (reference-implementation.md, "Preprocessing").
+
+Images and masks are decoded and resized once into uint8 tensors; each item is then made float in
+[0, 1], optionally augmented (train split) and ImageNet-normalised. An item is a dict:
+`image` (3,H,W) float, `label` (0 normal, 1 anomalous), `path`, `index`, and `mask` (1,H,W) in [0, 1]
+on datasets with masks (zeros for normal images); datasets without masks have no `mask` key.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .io import open_image, open_mask
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BILINEAR = T.InterpolationMode.BILINEAR
+
+
+def resize_to_uint8(size: int) -> T.Compose:
+    """PIL -> uint8 (C, size, size): the reference's `Resize((size, size))`, bilinear, aspect not kept."""
+    return T.Compose([T.Resize((size, size), interpolation=BILINEAR), T.PILToTensor()])
+
+
+def paper_augmentation() -> T.RandomAffine:
+    """HeadCT augmentation of the paper (Sec. 4.4): rotation up to 20 degrees, scale in [0.9, 1.05]."""
+    return T.RandomAffine(degrees=20, scale=(0.9, 1.05), interpolation=BILINEAR)
+
+
+class ImageDataset(Dataset):
+    """Base class: a subclass sets its own fields, implements `_prepare`, then calls this __init__."""
+
+    def __init__(self, *, name: str, split: str, paths: list[str], labels: list[int] | np.ndarray,
+                 groups: list[str], has_masks: bool, image_size: int, normalize: bool = False,
+                 augment: bool = False, cache: bool = True) -> None:
+        if len(paths) == 0:
+            raise ValueError(f"{name} {split}: no images")
+        self.name, self.split = name, split
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)  # (N,), 1 = anomalous
+        self.groups = groups  # class / defect folder of each item, e.g. "good", "cut", "NORMAL"
+        self.has_masks = has_masks
+        self.image_size = image_size  # items are (3, image_size, image_size)
+        self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if normalize else (None, None)
+        self.augment = paper_augmentation() if augment else None
+        self._images: Tensor | None = None  # (N, 3, H, W) uint8 once cached
+        self._masks: Tensor | None = None  # (N, 1, H, W) uint8, 255 = defect
+        if cache:
+            self._images, self._masks = self._load_all()
+
+    def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
+        """Decoded, resized uint8 image (3,H,W) and mask (1,H,W) or None of item i."""
+        raise NotImplementedError
+
+    def _load_all(self) -> tuple[Tensor, Tensor | None]:
+        n = len(self.paths)
+        images = masks = None
+        # PIL decodes and resizes outside the GIL, so threads overlap the work
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            done = pool.map(self._prepare, range(n))
+            for i, (img, mask) in enumerate(tqdm(done, total=n, delay=2,  # shown only if slow
+                                                 desc=f"{self.name} {self.split}: decoding")):
+                if images is None:
+                    images = torch.empty((n, *img.shape), dtype=torch.uint8)
+                    masks = torch.empty((n, 1, *img.shape[1:]), dtype=torch.uint8) if self.has_masks else None
+                images[i] = img
+                if masks is not None:
+                    masks[i] = mask
+        return images, masks
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._images is not None:
+            img, mask = self._images[i], None if self._masks is None else self._masks[i]
+        else:
+            img, mask = self._prepare(i)
+        x = img.float().div(255)  # (3, H, W) in [0, 1]
+        if self.augment is not None:
+            x = self.augment(x)
+        if self.mean is not None:
+            x = TF.normalize(x, self.mean, self.std)
+        item = {"image": x, "label": int(self.labels[i]), "path": self.paths[i], "index": i}
+        if self.has_masks:
+            item["mask"] = mask.float().div(255)  # (1, H, W), soft after bilinear resizing
+        return item
+
+    @property
+    def deterministic(self) -> bool:
+        """False when items are randomly augmented: source features cannot be cached then."""
+        return self.augment is None
+
+    @property
+    def cached(self) -> bool:
+        return self._images is not None
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """All ground-truth masks, (N, H, W) float32 in [0, 1], or None for datasets without masks."""
+        if not self.has_masks:
+            return None
+        m = self._masks
+        if m is None:
+            m = torch.stack([self._prepare(i)[1] for i in range(len(self))])  # (N, 1, H, W) uint8
+        return m[:, 0].numpy().astype(np.float32) / 255
+
+    def __repr__(self) -> str:
+        n_anom = int(self.labels.sum())
+        return (f"{type(self).__name__}({self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"normal={len(self) - n_anom}, anomalous={n_anom}, masks={self.has_masks}, "
+                f"normalized={self.mean is not None}, deterministic={self.deterministic})")
+
+
+class FileDataset(ImageDataset):
+    """Images on disk resized to a square; `mask_files[i]` None = zero mask, else its ground truth."""
+
+    def __init__(self, files: list[Path], labels: list[int] | np.ndarray, groups: list[str], *,
+                 mask_files: list[Path | None] | None, image_size: int, **kwargs) -> None:
+        self.files = list(files)
+        self.mask_files = mask_files  # None: the dataset has no masks at all
+        self._resize = resize_to_uint8(image_size)  # masks too: bilinear, so they stay soft
+        super().__init__(paths=[str(f) for f in self.files], labels=labels, groups=groups,
+                         has_masks=mask_files is not None, image_size=image_size, **kwargs)
+
+    def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
+        img = self._resize(open_image(self.files[i]))  # (3, S, S) uint8
+        if self.mask_files is None:
+            return img, None
+        m = self.mask_files[i]
+        if m is None:
+            return img, torch.zeros((1, *img.shape[1:]), dtype=torch.uint8)
+        return img, self._resize(open_mask(m))  # (1, S, S) uint8

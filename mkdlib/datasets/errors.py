@@ -1,0 +1,24 @@
+"""Exceptions raised by the data loaders (reference-implementation.md, "Protocols").
+
+Each names the file or folder at fault and, where data is missing, how to obtain it.
+"""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data root, dataset folder or listed file is missing."""
+
+
+class MissingMaskError(FileNotFoundError):
+    """A defective test image has no ground-truth mask."""
+
+
+class EmptyFolderError(ValueError):
+    """A class or defect folder holds no images."""
+
+
+class ImageReadError(ValueError):
+    """An image file is unreadable or corrupt."""
+
+
+class ArchiveError(ValueError):
+    """An archive fails its checksum or holds an unsafe member."""

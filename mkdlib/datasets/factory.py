@@ -1,0 +1,76 @@
+"""`get_dataset`: one entry point for every dataset of the paper (Sec. 4) plus `folder` and `synthetic`.
+
+Defaults follow the reference code's preprocessing per dataset (reference-implementation.md,
+"Preprocessing"); `imagenet_norm=True` on a dataset where the reference did not normalise, or False on
+CIFAR-10, is a deviation from it.
+"""
+
+from functools import partial
+from pathlib import Path
+
+from .base import ImageDataset
+from .folder import build_folder
+from .medical import build_brainmri, build_headct, build_retina
+from .mvtec import build_mvtec
+from .onecls import build_onecls
+from .synthetic import build_synthetic
+
+DATASET_NAMES = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder",
+                 "synthetic")
+ALIASES = {"fmnist": "fashionmnist", "fashion_mnist": "fashionmnist", "fashion-mnist": "fashionmnist",
+           "cifar": "cifar10", "cifar-10": "cifar10", "mvtec_ad": "mvtec", "mvtecad": "mvtec",
+           "oct": "retina", "oct2017": "retina", "head_ct": "headct", "brain_mri": "brainmri"}
+WITH_CLASS = ("mnist", "fashionmnist", "cifar10", "mvtec")  # normal_class required
+SEEDED = ("headct", "brainmri", "folder", "synthetic")  # `seed` picks the split / the generated data
+DOWNLOADABLE = ("mnist", "fashionmnist", "cifar10")
+REFERENCE_IMAGENET_NORM = {"cifar10": True}  # every other dataset: [0, 1] inputs, no normalisation
+
+
+BUILDERS = {
+    "mnist": partial(build_onecls, "mnist"),
+    "fashionmnist": partial(build_onecls, "fashionmnist"),
+    "cifar10": partial(build_onecls, "cifar10"),
+    "mvtec": build_mvtec,
+    "retina": build_retina,
+    "headct": build_headct,
+    "brainmri": build_brainmri,
+    "folder": build_folder,
+    "synthetic": build_synthetic,
+}
+
+
+def get_dataset(name: str, root: str | Path | None = None, *, split: str,
+                normal_class: int | str | None = None, seed: int = 0, image_size: int | None = None,
+                imagenet_norm: bool | None = None, augment: bool = False, cache: bool = True,
+                download: bool = False, **options) -> ImageDataset:
+    """The `split` ("train" | "test") of dataset `name`, preprocessed as the reference did.
+
+    root: the dataset's folder or its parent; None = `$MKDLIB_DATA` (synthetic: a cache folder).
+    normal_class: the class (mnist, fashionmnist, cifar10) or category (mvtec); None elsewhere.
+    seed: the split (headct, brainmri, folder) or the generated data (synthetic).
+    image_size: overrides the reference's input size. imagenet_norm: None = the reference's choice.
+    augment: the paper's HeadCT augmentation, applied per item to the train split only.
+    cache: decode and resize every image once, at construction (False: per item).
+    options: dataset specific, e.g. folder's normal_dir / abnormal_dir / mask_dir, headct's n_test_normal.
+    """
+    key = ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+    if key not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if key in WITH_CLASS:
+        if normal_class is None:
+            raise ValueError(f"{key} needs normal_class (the normal class or category)")
+        options["normal_class"] = normal_class
+    elif normal_class is not None:
+        raise ValueError(f"{key} has a fixed normal class; leave normal_class=None (got {normal_class!r})")
+    if key in DOWNLOADABLE:
+        options["download"] = download
+    elif download:
+        raise ValueError(f"download=True is for {list(DOWNLOADABLE)}; for MVTec AD use download_mvtec(), "
+                         f"for the others see mkdlib/datasets/README_DATA.md")
+    if key in SEEDED:
+        options["seed"] = seed
+    normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
+    return BUILDERS[key](root, split=split, image_size=image_size, normalize=normalize,
+                         augment=augment and split == "train", cache=cache, **options)

@@ -1,0 +1,53 @@
+"""get_dataset's argument checks, the data-root fallback, and make_loader."""
+
+import pytest
+import torch
+
+from mkdlib.datasets import DATASET_NAMES, DatasetNotFoundError, get_dataset, make_loader
+
+SMALL = dict(n_train=4, n_test_good=2, n_test_defect=3, size=32)
+
+
+def test_names():
+    assert set(DATASET_NAMES) == {"mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri",
+                                  "folder", "synthetic"}
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="'mnist'.*'synthetic'"):
+        get_dataset("imagenet", split="train")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="mnist", split="val", normal_class=0), "split"),
+    (dict(name="mnist", split="train"), "normal_class"),
+    (dict(name="headct", split="train", normal_class=1), "normal_class=None"),
+    (dict(name="headct", split="train", download=True), "download_mvtec"),
+])
+def test_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        get_dataset(**kwargs)
+
+
+def test_no_root_and_no_env_var(monkeypatch):
+    monkeypatch.delenv("MKDLIB_DATA", raising=False)
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)MKDLIB_DATA.*head_ct"):
+        get_dataset("headct", split="train")
+
+
+def test_alias_and_loader(tmp_path):
+    ds = get_dataset("SYNTHETIC", tmp_path, split="train", **SMALL)
+    loader = make_loader(ds, batch_size=3, shuffle=True, seed=1)
+    assert loader.num_workers == 0  # cached and deterministic: a copy per item
+    order = [b["index"].tolist() for b in loader]
+    assert [len(b) for b in order] == [3, 1]  # last partial batch kept
+    assert order == [b["index"].tolist() for b in make_loader(ds, batch_size=3, shuffle=True, seed=1)]
+    batch = next(iter(loader))
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["label"].dtype == torch.int64
+
+
+def test_loader_with_workers_on_augmented_data(tmp_path):
+    ds = get_dataset("synthetic", tmp_path, split="train", augment=True, **SMALL)
+    assert not ds.deterministic
+    batches = list(make_loader(ds, batch_size=4, num_workers=1))
+    assert batches[0]["image"].shape == (4, 3, 32, 32)

@@ -1,0 +1,61 @@
+"""download_mvtec: checksum first, safe all-or-nothing extraction, local file or URL."""
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mkdlib.datasets import ArchiveError, DatasetNotFoundError, download_mvtec
+
+
+def _tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> str:
+    with tarfile.open(path, "w:xz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+GOOD = {"bottle/train/good/000.png": b"png", "readme.txt": b"hello"}
+
+
+def test_extracts_a_verified_archive(tmp_path):
+    sha = _tar(tmp_path / "a.tar.xz", GOOD)
+    root = download_mvtec(tmp_path / "data", archive=tmp_path / "a.tar.xz", sha256=sha)
+    assert (root / "bottle" / "train" / "good" / "000.png").read_bytes() == b"png"
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_wrong_checksum_extracts_nothing(tmp_path):
+    _tar(tmp_path / "a.tar.xz", GOOD)
+    with pytest.raises(ArchiveError, match="cf4313b1"):  # the official hash is the default
+        download_mvtec(tmp_path / "data", archive=tmp_path / "a.tar.xz")
+    assert not (tmp_path / "data" / "bottle").exists()
+
+
+@pytest.mark.parametrize("members,links", [
+    ({"bottle/x.png": b"ok", "../evil.txt": b"x"}, None),
+    ({"/tmp/mkdlib_evil_abs.txt": b"x"}, None),
+    ({"bottle/x.png": b"ok"}, {"bottle/link": "../../outside"}),
+])
+def test_unsafe_members_are_refused(tmp_path, members, links):
+    sha = _tar(tmp_path / "a.tar.xz", members, links)
+    with pytest.raises(ArchiveError, match="refusing"):
+        download_mvtec(tmp_path / "data", archive=tmp_path / "a.tar.xz", sha256=sha)
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/mkdlib_evil_abs.txt").exists()
+    assert not (tmp_path / "data" / "bottle").exists()
+
+
+def test_from_url_and_without_any_source(tmp_path):
+    sha = _tar(tmp_path / "a.tar.xz", GOOD)
+    root = download_mvtec(tmp_path / "data", url=(tmp_path / "a.tar.xz").as_uri(), sha256=sha)
+    assert (root / "mvtec_anomaly_detection.tar.xz").is_file() and (root / "bottle").is_dir()
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)mvtec_anomaly_detection\.tar\.xz.*mvtec\.com"):
+        download_mvtec(tmp_path / "other")

@@ -1,0 +1,62 @@
+"""`folder`: a user's normal / abnormal / mask folders, seeded held-out normals, masks by name."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mkdlib.datasets import DatasetNotFoundError, MissingMaskError, get_dataset
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def user_data(tmp_path) -> Path:
+    for i in range(10):
+        _png(tmp_path / "normal" / f"n{i}.png", np.full((20, 20, 3), 100, np.uint8))
+    for i in range(3):
+        _png(tmp_path / "abnormal" / f"a{i}.jpg", np.full((20, 20, 3), 200, np.uint8))
+        mask = np.zeros((20, 20), np.uint8)
+        mask[i] = 255
+        _png(tmp_path / "masks" / f"a{i}.png", mask)
+    return tmp_path
+
+
+def test_folder_split_and_masks(user_data):
+    train = get_dataset("folder", user_data, split="train", mask_dir="masks", image_size=20)
+    test = get_dataset("folder", user_data, split="test", mask_dir="masks", image_size=20)
+    assert len(train) == 8 and len(test) == 5 and list(test.labels) == [0, 0, 1, 1, 1]
+    assert not set(train.paths) & set(test.paths)
+    for i in range(2, 5):
+        row = int(Path(test.paths[i]).stem[1:])
+        assert test[i]["mask"][0, row].min() == 1 and test[i]["mask"].sum() == 20
+    assert test[0]["mask"].sum() == 0 and train[0]["mask"].sum() == 0
+
+
+def test_folder_without_masks_and_with_normal_test_dir(user_data):
+    (user_data / "normal").rename(user_data / "good_test")
+    for i in range(4):
+        _png(user_data / "train" / f"t{i}.png", np.zeros((8, 8), np.uint8))
+    kw = dict(normal_dir=user_data / "train", normal_test_dir="good_test")
+    assert len(get_dataset("folder", user_data, split="train", **kw)) == 4
+    test = get_dataset("folder", user_data, split="test", **kw)
+    assert len(test) == 13 and not test.has_masks and "mask" not in test[0]
+
+
+def test_folder_seed_changes_held_out_normals(user_data):
+    held = {s: tuple(get_dataset("folder", user_data, split="test", seed=s).paths[:2]) for s in range(4)}
+    assert len(set(held.values())) > 1
+
+
+def test_folder_errors(user_data):
+    (user_data / "masks" / "a1.png").unlink()
+    with pytest.raises(MissingMaskError, match="a1.jpg"):
+        get_dataset("folder", user_data, split="test", mask_dir="masks")
+    with pytest.raises(DatasetNotFoundError, match="missing_dir"):
+        get_dataset("folder", user_data, split="test", abnormal_dir="missing_dir")
+    with pytest.raises(ValueError, match="relative"):
+        get_dataset("folder", None, split="train")

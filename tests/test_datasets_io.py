@@ -1,0 +1,88 @@
+"""mkdlib.datasets.io: mode conversion, corrupt files, folder listing, masks matched by name."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mkdlib.datasets.errors import EmptyFolderError, ImageReadError, MissingMaskError
+from mkdlib.datasets.io import list_images, match_masks, open_image, open_mask
+
+
+def _save(path: Path, image: Image.Image) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def test_grey_becomes_rgb(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    rgb = np.asarray(open_image(_save(tmp_path / "g.png", Image.fromarray(grey, "L"))))
+    assert rgb.shape == (8, 8, 3) and (rgb == grey[..., None]).all()
+
+
+def test_rgba_is_composited_over_black(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[:2, ..., 3] = 255  # top half opaque, bottom half fully transparent
+    rgb = np.asarray(open_image(_save(tmp_path / "a.png", Image.fromarray(rgba, "RGBA"))))
+    assert (rgb[:2] == (200, 100, 50)).all() and (rgb[2:] == 0).all()
+
+
+def test_palette_becomes_rgb(tmp_path):
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    rgb = np.asarray(open_image(_save(tmp_path / "p.png", pal)))
+    assert tuple(rgb[0, 0]) == (255, 0, 0) and tuple(rgb[0, 1]) == (0, 0, 255)
+
+
+def test_16bit_is_scaled_not_clipped(tmp_path):
+    a = np.array([[0, 257 * 100, 65535, 257 * 7]], np.uint16)
+    path = _save(tmp_path / "s.png", Image.fromarray(a))
+    assert Image.open(path).mode.startswith("I")
+    assert list(np.asarray(open_image(path))[0, :, 0]) == [0, 100, 255, 7]
+    assert list(np.asarray(open_mask(path))[0]) == [0, 100, 255, 7]
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", "truncated"])
+def test_corrupt_image_names_the_file(tmp_path, content):
+    path = tmp_path / "bad.png"
+    if content == "truncated":
+        _save(path, Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageReadError, match="bad.png"):
+        open_image(path)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_image(tmp_path / "nope.png")
+
+
+def test_mask_saved_as_0_1_is_rescaled(tmp_path):
+    m = np.array([[0, 1], [1, 0]], np.uint8)
+    assert list(np.asarray(open_mask(_save(tmp_path / "m.png", Image.fromarray(m))))[0]) == [0, 255]
+
+
+def test_list_images_skips_hidden_and_other_files(tmp_path):
+    for name in ["b.PNG", "a.jpg", ".hidden.png", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(EmptyFolderError, match=str(tmp_path)):
+        list_images(tmp_path)
+
+
+def test_masks_matched_by_name_not_order(tmp_path):
+    images = [tmp_path / "img" / f"{k}.png" for k in ("002", "010")]
+    for name in ("001_mask.png", "002_mask.png", "010.png"):  # an extra mask shifts any order-based pairing
+        (tmp_path / "gt").mkdir(exist_ok=True)
+        (tmp_path / "gt" / name).write_bytes(b"")
+    assert [p.name for p in match_masks(images, tmp_path / "gt")] == ["002_mask.png", "010.png"]
+    with pytest.raises(MissingMaskError, match="003.png"):
+        match_masks([tmp_path / "img" / "003.png"], tmp_path / "gt")
