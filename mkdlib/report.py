@@ -1,0 +1,211 @@
+"""Results tables written by code: ours beside the paper's number, and the results index.
+
+`comparison_table` lines our per-class AUROC (final epoch; mean ± std over sampled checkpoints, in %)
+up with a table of `mkdlib.paper`; `write_table` writes it as CSV and Markdown; `write_index`
+regenerates `results/README.md` from the tables present.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .io_utils import atomic_write_text
+from .paper import PAPER
+
+COLUMNS = ["paper", "paper_pm", "ours_final", "ours_mean", "ours_std", "diff", "note"]
+UNITS = {"%": 1.0, "fraction": 100.0}  # factor to %
+
+
+def not_run(path: str | Path) -> str:
+    """The note for a class whose data was absent."""
+    return f"not run: {path}"
+
+
+def _ours_frame(ours: pd.DataFrame | Mapping, unit: str) -> pd.DataFrame:
+    """Normalise `ours` to a float frame indexed by class with columns final, mean, std (in %)."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
+    if isinstance(ours, pd.DataFrame):
+        df = ours.copy()
+    else:  # {class: {"final": x, "mean": m, "std": s}} or {class: x} (final only)
+        df = pd.DataFrame.from_dict(
+            {str(k): (dict(v) if isinstance(v, Mapping) else {"final": v}) for k, v in ours.items()},
+            orient="index")
+    if df.empty and not len(df.columns):  # nothing ran
+        df = pd.DataFrame(columns=["final"])
+    df.index = df.index.map(str)
+    unknown = set(df.columns) - {"final", "mean", "std"}
+    if unknown or "final" not in df.columns:
+        raise ValueError(f"ours needs column 'final' (and optionally 'mean', 'std'); got {list(df.columns)}")
+    df = df.reindex(columns=["final", "mean", "std"]).astype(float)
+    auroc = df[["final", "mean"]].to_numpy().ravel()
+    auroc = auroc[~pd.isna(auroc)]
+    top = 1.0 if unit == "fraction" else 100.0
+    if ((auroc < 0) | (auroc > top)).any():
+        raise ValueError(f"AUROC values outside [0, {top:g}] for unit={unit!r}")
+    if unit == "%" and auroc.size and (auroc <= 1.0).all():
+        raise ValueError("ours looks like fractions in [0, 1]; give % or pass unit='fraction'")
+    return df * UNITS[unit]
+
+
+def comparison_table(item: str, ours: pd.DataFrame | Mapping, *, column: str | None = None,
+                     notes: Mapping[str, str] | None = None, unit: str = "%") -> pd.DataFrame:
+    """Paper vs ours for one paper item and column (default: the paper's method column).
+
+    Rows are the paper table's classes (or ours' classes, for a table printing only means), then a
+    "mean" row when the paper prints a mean: mean over classes of each column, with the paper's
+    printed mean. A paper class missing from `ours` gets NaN and a note ("not run" unless `notes` says).
+    """
+    t = PAPER[item]
+    col = column or t.default_column
+    if col not in t.columns:
+        raise KeyError(f"{item} has no column {col!r}; columns: {t.columns}")
+    o = _ours_frame(ours, unit)
+    notes = dict(notes or {})
+    classes = t.classes or list(o.index)
+    extra = (set(o.index) | set(notes)) - set(classes)
+    if extra:
+        raise ValueError(f"classes not in {item}: {sorted(extra)}; expected {classes}")
+
+    df = pd.DataFrame(index=pd.Index(classes, name="class"), columns=COLUMNS)
+    df["paper"] = [t.rows[c][col] if c in t.rows else None for c in classes]
+    df["paper_pm"] = [t.spread.get(c, {}).get(col) for c in classes]
+    df["ours_final"] = o["final"].reindex(classes)
+    df["ours_mean"] = o["mean"].reindex(classes)
+    df["ours_std"] = o["std"].reindex(classes)
+    num = COLUMNS[:-1]
+    df[num] = df[num].astype(float)
+    df["diff"] = df["ours_final"] - df["paper"]
+    df["note"] = [notes.get(c, "" if c in o.index and not math.isnan(o.at[c, "final"]) else "not run")
+                  for c in classes]
+
+    printed = t.printed_mean.get(col)
+    if printed is not None:
+        mean = df[num].mean(skipna=True)
+        mean["paper"], mean["paper_pm"] = printed, math.nan
+        ran = int(df["ours_final"].notna().sum())
+        note = "" if ran == len(classes) else f"ours over {ran} of {len(classes)} classes; no diff"
+        mean["diff"] = mean["ours_final"] - printed if not note else math.nan
+        df.loc["mean"] = [*mean[num].tolist(), note]
+        df[num] = df[num].astype(float)
+    title = f"{t.source}: {t.title}" + (f", {t.column_labels[col]}" if t.column_labels else "")
+    df.attrs.update(item=item, column=col, source=t.source, metric=t.metric, title=title)
+    return df
+
+
+def _fmt(x: float) -> str:
+    return "—" if pd.isna(x) else f"{x:.2f}"
+
+
+def _pm(m: float, s: float) -> str:
+    return _fmt(m) if pd.isna(s) or pd.isna(m) else f"{m:.2f} ± {s:.2f}"
+
+
+def to_markdown(df: pd.DataFrame, title: str) -> str:
+    """A Markdown table: paper and ours as `mean ± std`, numbers to 2 decimals."""
+    head = ["class", "paper", "ours (final)", "ours (mean ± std)", "diff"]
+    has_notes = "note" in df.columns and bool(df["note"].astype(bool).any())
+    head += ["note"] * has_notes
+    lines = [f"# {title}", ""]
+    if df.attrs.get("metric"):
+        pm = " Paper ± as printed (the paper calls it variance)." if df["paper_pm"].notna().any() else ""
+        lines += [f"Metric: {df.attrs['metric']}. diff = ours (final) − paper.{pm}", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cls, r in df.iterrows():
+        cells = [str(cls), _pm(r["paper"], r["paper_pm"]), _fmt(r["ours_final"]),
+                 _pm(r["ours_mean"], r["ours_std"]), _fmt(r["diff"])]
+        cells += [str(r["note"])] * has_notes
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, results_dir: str | Path, item: str, *,
+                title: str | None = None) -> tuple[Path, Path]:
+    """Write `<results_dir>/<item>.csv` and `.md` atomically; returns (csv, md)."""
+    results_dir = Path(results_dir)
+    title = title or df.attrs.get("title") or item
+    text = df.to_csv(index_label=df.index.name or "class", float_format="%.10g")  # no float noise
+    csv = atomic_write_text(results_dir / f"{item}.csv", text)
+    md = atomic_write_text(results_dir / f"{item}.md", to_markdown(df, title))
+    return csv, md
+
+
+def detect_commit(cwd: str | Path) -> str | None:
+    """`git rev-parse HEAD` in `cwd` (+ " (dirty)" with uncommitted changes); None if git fails."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    try:
+        sha = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    try:
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        dirty = False
+    return sha + " (dirty)" * dirty
+
+
+def _cpu_name() -> str:
+    try:  # Linux; platform.processor() is often empty there
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def detect_hardware() -> dict[str, str]:
+    """Platform, CPU and torch device of this process."""
+    hw = {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": str(os.cpu_count()),
+          "python": platform.python_version()}
+    try:
+        import torch
+    except ImportError:
+        return hw | {"torch": "not importable"}
+    hw["torch"] = torch.__version__
+    if torch.cuda.is_available():
+        hw["torch_device"] = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        hw["torch_device"] = "mps"
+    else:
+        hw["torch_device"] = "cpu"
+    return hw
+
+
+def _kv(value: str | Mapping[str, str]) -> list[str]:
+    if isinstance(value, Mapping):
+        return [f"  - {k}: `{v}`" for k, v in value.items()]
+    return [f"  - `{value}`"]
+
+
+def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping[str, str],
+                hardware: str | Mapping[str, str] | None = None, commit: str | None = None) -> Path:
+    """Regenerate `<results_dir>/README.md`: every `*.md` table there, with run provenance."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    commit = commit or detect_commit(results_dir) or "unknown (git rev-parse failed)"
+    hardware = hardware if hardware is not None else detect_hardware()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Results", "",
+             "Written by `mkdlib.report.write_index`; do not edit by hand.", "",
+             f"- date: {now}", f"- commit: `{commit}`", f"- profile: `{profile}`", "- weights:",
+             *_kv(weights), "- hardware:", *_kv(hardware), "",
+             "| item | title | file | csv | modified |", "|---|---|---|---|---|"]
+    for md in sorted(p for p in results_dir.glob("*.md") if p.name != "README.md"):
+        first = md.read_text(encoding="utf-8").splitlines()[:1]
+        title = first[0].lstrip("#").strip() if first else ""
+        csv = md.with_suffix(".csv")
+        mtime = datetime.fromtimestamp(md.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        csv_cell = f"[{csv.name}]({csv.name})" if csv.exists() else "—"
+        lines.append(f"| {md.stem} | {title.replace('|', '/')} | [{md.name}]({md.name}) | {csv_cell} | {mtime} |")
+    return atomic_write_text(results_dir / "README.md", "\n".join(lines) + "\n")

@@ -1,0 +1,133 @@
+"""Comparison tables, their CSV/Markdown files and the results index, on a temporary directory."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from mkdlib.paper import MVTEC_CATEGORIES, PAPER, paper_value
+from mkdlib.report import COLUMNS, comparison_table, detect_commit, not_run, write_index, write_table
+
+
+def _ours(item: str, offset: float = -1.0, skip: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+    t = PAPER[item]
+    return {c: {"final": r[t.default_column] + offset, "mean": r[t.default_column], "std": 0.5}
+            for c, r in t.rows.items() if c not in skip}
+
+
+def test_columns_mean_row_and_paper_column():
+    df = comparison_table("table3", _ours("table3"))
+    assert list(df.columns) == COLUMNS
+    assert list(df.index) == [*MVTEC_CATEGORIES, "mean"]
+    for c in MVTEC_CATEGORIES:
+        assert df.at[c, "paper"] == paper_value("table3", c)
+        assert df.at[c, "paper_pm"] == PAPER["table3"].spread[c]["ours"]
+        assert df.at[c, "diff"] == pytest.approx(-1.0)
+    assert df.at["mean", "paper"] == 87.74  # printed, not recomputed (87.742)
+    assert df.at["mean", "ours_mean"] == pytest.approx(87.742)
+    assert df.at["mean", "ours_final"] == pytest.approx(86.742)
+    assert df.at["mean", "diff"] == pytest.approx(86.742 - 87.74)
+    assert df.at["mean", "ours_std"] == pytest.approx(0.5)
+    assert (df["note"] == "").all()
+
+
+def test_other_column_and_float_only_input():
+    df = comparison_table("table9", {c: 80.0 for c in MVTEC_CATEGORIES}, column="dir_loss")
+    assert df.at["grid", "paper"] == 50.1 and df.at["mean", "paper"] == 83.74
+    assert df["ours_mean"].isna().all() and df.at["grid", "diff"] == pytest.approx(29.9)
+    with pytest.raises(KeyError):
+        comparison_table("table9", {}, column="nope")
+
+
+def test_not_run_classes_get_nan_and_a_note(tmp_path):
+    looked = tmp_path / "mvtec" / "screw"
+    df = comparison_table("table3", _ours("table3", skip=("screw", "zipper")),
+                          notes={"screw": not_run(looked)})
+    assert df.loc["screw", ["ours_final", "ours_mean", "ours_std", "diff"]].isna().all()
+    assert df.at["screw", "note"] == f"not run: {looked}"
+    assert df.at["zipper", "note"] == "not run"
+    assert "13 of 15" in df.at["mean", "note"] and math.isnan(df.at["mean", "diff"])
+    empty = comparison_table("table3", {}, notes={c: not_run(tmp_path) for c in MVTEC_CATEGORIES})
+    assert empty["ours_final"].isna().all() and empty.at["mean", "paper"] == 87.74
+
+
+def test_units_are_validated():
+    fractions = {c: {"final": v["final"] / 100, "mean": v["mean"] / 100, "std": v["std"] / 100}
+                 for c, v in _ours("table3").items()}
+    with pytest.raises(ValueError, match="fraction"):
+        comparison_table("table3", fractions)
+    df = comparison_table("table3", fractions, unit="fraction")
+    assert df.at["bottle", "ours_final"] == pytest.approx(98.39) and df.at["bottle", "ours_std"] == 0.5
+    with pytest.raises(ValueError):
+        comparison_table("table3", {"bottle": 101.0})
+    with pytest.raises(ValueError, match="not in table3"):
+        comparison_table("table3", {"toaster": 90.0})
+    with pytest.raises(ValueError):
+        comparison_table("table3", {"bottle": 90.0}, unit="percent")
+
+
+def test_tables_without_printed_mean_or_rows():
+    df = comparison_table("table6", {"brainmri": 94.0, "headct": 77.0})
+    assert list(df.index) == ["brainmri", "headct", "headct_aug"]  # no printed mean: no mean row
+    assert df.at["headct_aug", "note"] == "not run" and df.at["headct_aug", "paper"] == 80.42
+    df = comparison_table("table1", {c: 90.0 for c in MVTEC_CATEGORIES})  # the paper prints means only
+    assert df["paper"].iloc[:-1].isna().all() and df.at["mean", "paper"] == 90.51
+
+
+def test_write_table_and_index(tmp_path):
+    res = tmp_path / "results"
+    df = comparison_table("table3", _ours("table3", skip=("screw",)), notes={"screw": not_run("/data/x")})
+    csv, md = write_table(df, res, "table3")
+    assert (csv, md) == (res / "table3.csv", res / "table3.md")
+    back = pd.read_csv(csv, index_col="class", keep_default_na=False, na_values=[""])
+    assert list(back.columns) == COLUMNS and back.at["mean", "paper"] == 87.74
+    text = md.read_text()
+    assert text.startswith("# Table 3, p. 8: Anomaly detection on MVTec AD\n")
+    assert "| bottle | 99.39 ± 0.03 | 98.39 | 99.39 ± 0.50 | -1.00 |" in text
+    assert "not run: /data/x" in text and "| mean | 87.74 |" in text
+    write_table(comparison_table("table9", _ours("table9"), column="equal_net"), res, "table9_equal_net")
+    assert [p.name for p in res.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+    idx = write_index(res, profile="smoke", weights={"vgg16": "IMAGENET1K_V1"},
+                      hardware={"platform": "test"}, commit="abc123")
+    assert idx == res / "README.md"
+    body = idx.read_text()
+    for needle in ("| table3 | Table 3, p. 8: Anomaly detection on MVTec AD | [table3.md](table3.md) "
+                   "| [table3.csv](table3.csv) |", "| table9_equal_net |", "`abc123`", "`smoke`",
+                   "vgg16: `IMAGENET1K_V1`", "platform: `test`"):
+        assert needle in body
+    write_index(res, profile="smoke", weights="none")  # regenerated; itself not listed
+    body = idx.read_text()
+    assert "| README |" not in body and "torch_device" in body and "- commit: `" in body
+    assert sorted(os.listdir(res)) == ["README.md", "table3.csv", "table3.md",
+                                       "table9_equal_net.csv", "table9_equal_net.md"]
+
+
+def test_index_without_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.setenv("PATH", "")  # no git at all
+    idx = write_index(tmp_path, profile="p", weights="w", hardware="h")
+    assert "unknown (git rev-parse failed)" in idx.read_text()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_commit_is_detected(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    assert detect_commit(tmp_path) is None  # no commit yet
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "x")
+    sha = git("rev-parse", "HEAD")
+    assert detect_commit(tmp_path) == sha
+    (tmp_path / "f.txt").write_text("b")
+    assert detect_commit(tmp_path) == sha + " (dirty)"
+    res = tmp_path / "results"
+    assert f"`{sha} (dirty)`" in write_index(res, profile="p", weights="w", hardware="h").read_text()
