@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import VGG16_Weights, vgg16
+from torchvision.models import VGG16_Weights
+from torchvision.models.vgg import cfgs as VGG_CFGS
+from torchvision.models.vgg import make_layers
 
 # Index of each max-pool in torchvision's `vgg16().features`; the reference taps the outputs of
 # features[9], [16], [23], [30] (pool2..pool5). Shapes at 128 px: pool2 (128,32,32), pool3 (256,16,16),
@@ -96,6 +98,16 @@ def _imagenet_state_dict() -> tuple[dict[str, Tensor], str]:
     return features, "torchvision VGG16_Weights.IMAGENET1K_V1"
 
 
+def _vgg16_features() -> nn.Sequential:
+    """`vgg16().features` with torchvision's init, without building its 120M-parameter classifier."""
+    features = make_layers(VGG_CFGS["D"], batch_norm=False)
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return features
+
+
 class Source(nn.Module):
     """Frozen VGG-16 features returning the named pool taps.
 
@@ -107,7 +119,7 @@ class Source(nn.Module):
     def __init__(self, layers: Sequence[str] = TRAIN_LAYERS, *, weights: str | Path | None = "imagenet"):
         super().__init__()
         self.layers = _check_layers(layers)
-        features = vgg16(weights=None).features
+        features = _vgg16_features()
         self.weights = None  # where the weights came from, for reports
         if weights == "imagenet":
             state, self.weights = _imagenet_state_dict()

@@ -37,10 +37,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def build(cfg: MKDConfig, *, weights: str | Path | None = "imagenet", device: str | torch.device = "cpu"):
-    """Source, cloner (seeded init) and training loss for a configuration."""
+    """Source, cloner and training loss for a configuration; random inits are seeded by cfg.seed."""
     layers = sorted(set(cfg.train_layers) | set(cfg.score_layers), key=lambda n: int(n[-1]))
-    source = Source(layers, weights=weights if cfg.pretrained else None).to(device)
     seed_everything(cfg.seed, cfg.deterministic)
+    source = Source(layers, weights=weights if cfg.pretrained else None).to(device)
     cloner = Cloner(cfg.cloner, layers).to(device)
     loss = MKDLoss(cfg.train_layers, value_weight=cfg.value_weight, direction_weight=cfg.direction_weight)
     return source, cloner, loss
