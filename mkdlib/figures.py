@@ -1,0 +1,77 @@
+"""Localisation figures in the style of the paper's Figure 6: rows of image / ground truth / heatmap.
+
+Low scores are left transparent on the heatmap (paper: "pixels with low score are omitted"). Built
+on matplotlib's object API (no pyplot, no display), saved with an atomic write.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from mkdlib.io_utils import atomic_write_bytes
+
+COLUMNS = ("image", "ground truth", "localisation")
+
+
+def _as_hwc(images) -> np.ndarray:
+    """(N, 3, H, W), (N, H, W, 3) or (N, H, W) images (numpy or torch) -> (N, H, W, 3) in [0, 1]."""
+    images = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float64)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # channels first -> last
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected (N, 3, H, W), (N, H, W, 3) or (N, H, W) images, got {images.shape}")
+    return np.clip(np.broadcast_to(images, (*images.shape[:3], 3)), 0, 1)
+
+
+def heat_overlay(score: np.ndarray, threshold: float | None = None, cmap: str = "jet") -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 4) RGBA: transparent below `threshold`, else alpha = score."""
+    score = np.clip(score, 0, 1)
+    rgba = colormaps[cmap](score)
+    rgba[..., 3] = 0.7 * score if threshold is None else np.where(score >= threshold, 0.6, 0.0)
+    return rgba
+
+
+def heatmap_rows(images, masks: np.ndarray, maps: np.ndarray, *, titles: Sequence[str] | None = None,
+                 threshold: float | None = None, cell_inches: float = 2.0) -> Figure:
+    """One row per image: the image, its ground-truth mask, and the map overlaid on the image."""
+    images = _as_hwc(images)
+    masks, maps = np.asarray(masks, dtype=np.float64), np.asarray(maps, dtype=np.float64)
+    if len(images) == 0:
+        raise ValueError("no images to draw")
+    if masks.shape != maps.shape or masks.shape != images.shape[:3]:
+        raise ValueError(f"images {images.shape[:3]}, masks {masks.shape} and maps {maps.shape} must match")
+    if not np.isfinite(maps).all():
+        raise ValueError("maps contain NaN or inf")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles for {len(images)} images")
+    fig = Figure(figsize=(cell_inches * len(COLUMNS), cell_inches * len(images)))
+    axes = fig.subplots(len(images), len(COLUMNS), squeeze=False)
+    for row, (image, mask, score) in enumerate(zip(images, masks, maps)):
+        axes[row, 0].imshow(image)
+        axes[row, 1].imshow(mask, cmap="gray", vmin=0, vmax=1)
+        axes[row, 2].imshow(image)
+        axes[row, 2].imshow(heat_overlay(score, threshold))
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(COLUMNS[col])
+        if titles is not None:
+            axes[row, 0].set_ylabel(titles[row])
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
+    """Write `fig` to `path` (format from the suffix, e.g. .png or .pdf) atomically."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    return atomic_write_bytes(path, buffer.getvalue())
