@@ -1,0 +1,205 @@
+"""`mkd` / `python -m mkdlib`: train, evaluate and apply runs; benchmark; regenerate the paper.
+
+Every subcommand is a thin shell over mkdlib functions (experiment.run, experiment.add_localization,
+predict.predict, bench.main, regenerate.main). Errors users can fix are one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mkdlib import __version__
+
+RESULTS_ENV = "MKDLIB_RESULTS"
+DELEGATED = {"bench": "mkdlib.bench", "regenerate": "mkdlib.regenerate"}
+METHODS = ("gradients", "smoothgrad", "smoothgrad-reference", "guided-backprop")  # = localization.METHODS
+DATASETS = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder", "synthetic")
+
+EPILOG = """\
+examples:
+  mkd train --dataset synthetic --config epochs=20 --localization gradients
+  mkd train --dataset mnist --class 3 --data-root ~/data
+  mkd train --dataset mvtec --class leather --results runs/
+  mkd evaluate runs/1a2b3c4d5e6f7a8b --localization smoothgrad
+  mkd predict runs/1a2b3c4d5e6f7a8b new_images/ --out predictions/
+  mkd bench --sizes 128 --batch 32
+  mkd regenerate --help
+
+environment: MKDLIB_DATA (data root), MKDLIB_VGG16_WEIGHTS (VGG-16 weights file),
+MKDLIB_RESULTS (default results folder for `train`, else ./runs).
+"""
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """KEY=VALUE, VALUE parsed as JSON when it is JSON (2, 0.5, true, [..]), else kept a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mkd", description="Multiresolution Knowledge Distillation for anomaly detection "
+        "(Salehi et al., CVPR 2021): train, evaluate and apply cached runs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"mkdlib {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate one run (cached); prints its directory",
+                       description="Train (or resume) and evaluate one run, cached in RESULTS/<hash>/. "
+                       "A finished run is not recomputed. Prints the run directory on stdout.")
+    t.add_argument("--dataset", required=True, metavar="NAME", help=f"one of: {', '.join(DATASETS)}")
+    t.add_argument("--class", dest="normal_class", metavar="C",
+                   help="normal class (mnist/fashionmnist/cifar10: index or name) or MVTec category")
+    t.add_argument("--seed", type=int, default=0, help="training seed and split seed (default 0)")
+    t.add_argument("--data-root", metavar="DIR", help="dataset root (default: $MKDLIB_DATA)")
+    t.add_argument("--weights", default="imagenet", metavar="W",
+                   help="source weights: imagenet (default; follows $MKDLIB_VGG16_WEIGHTS), a file, or none")
+    t.add_argument("--config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="MKDConfig override on top of the paper's settings, e.g. epochs=51 (repeatable)")
+    t.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option passed to get_dataset, e.g. image_size=256 (repeatable)")
+    t.add_argument("--localization", nargs="+", default=[], choices=METHODS, metavar="METHOD",
+                   help=f"pixel metrics for these methods when masks exist: {', '.join(METHODS)}")
+    t.add_argument("--max-train", type=int, metavar="N", help="use N training images (smoke runs)")
+    t.add_argument("--max-test", type=int, metavar="N", help="use N test images, both classes kept")
+    t.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="show a run's metrics; add localisation metrics",
+                       description="Print the metrics of a finished run. With --localization, compute the "
+                       "pixel metrics of methods the run lacks (final cloner, test set) and store them.")
+    e.add_argument("run", metavar="RUN", help="run directory")
+    e.add_argument("--localization", nargs="+", default=[], choices=METHODS, metavar="METHOD",
+                   help=f"one or more of: {', '.join(METHODS)}")
+    e.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
+    e.add_argument("--device", help="default: cuda when available")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("predict", help="score new images with a run: CSV + heatmap PNGs",
+                       description="Score images with a finished run's final cloner. Writes "
+                       "OUT/predictions.csv (path, score, threshold, anomalous, heatmap) and "
+                       "OUT/heatmaps/*.png (image | localisation map overlay). An image is anomalous "
+                       "when its score exceeds the threshold: by default the run's own, the 99th "
+                       "percentile of its training images' scores.")
+    r.add_argument("run", metavar="RUN", help="run directory")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    r.add_argument("--threshold", type=float, help="decision threshold on the score (default: the run's)")
+    r.add_argument("--method", default="gradients", choices=METHODS, metavar="METHOD",
+                   help=f"heatmap method (default gradients): {', '.join(METHODS)}")
+    r.add_argument("--no-heatmaps", action="store_true", help="scores and decisions only")
+    r.add_argument("--device", help="default: cuda when available")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
+    sub.add_parser("regenerate", add_help=False,
+                   help="regenerate the paper's tables and figures (mkd regenerate --help)")
+    return p
+
+
+def _train(a) -> int:
+    from mkdlib.experiment import RunSpec, run
+
+    cls = a.normal_class
+    if isinstance(cls, str) and cls.isdigit():
+        cls = int(cls)
+    weights = None if str(a.weights).lower() == "none" else a.weights
+    spec = RunSpec(a.dataset, cls, config=dict(a.config), seed=a.seed, data_root=a.data_root, weights=weights,
+                   localization=tuple(a.localization), max_train=a.max_train, max_test=a.max_test,
+                   dataset_options=dict(a.option))
+    root = a.results or os.environ.get(RESULTS_ENV) or "runs"
+    result = run(spec, root, device=a.device or _default_device(), progress=not a.quiet)
+    print(_summary(result.metrics), file=sys.stderr)
+    print(result.run_dir)
+    return 0
+
+
+def _summary(m: dict) -> str:
+    img = m["image_auroc"]
+    lines = [f"image AUROC: final {100 * img['final']:.2f} (epoch {img['final_epoch']}), "
+             f"mean {100 * img['mean']:.2f} +- {100 * img['std']:.2f} over {len(img['per_epoch'])} cloners"]
+    for method, px in m.get("pixel", {}).items():
+        lines.append(f"{method}: paper pixel AUROC {100 * px['paper_pixel_auroc']:.2f}, pixel AUROC "
+                     f"{100 * px['pixel_auroc']:.2f}, AU-PRO {100 * px['au_pro']:.2f}")
+    lines.append(f"threshold {m['threshold']:.6g}; {m['n_train']} training / {m['n_test']} test images")
+    return "\n".join(lines)
+
+
+def _evaluate(a) -> int:
+    from mkdlib.experiment import RunError, add_localization, load_run
+
+    result = load_run(a.run)
+    if result.metrics is None:
+        raise RunError(f"{result.error}; finish it with `mkd train` (same arguments)")
+    if a.localization:
+        result = add_localization(a.run, a.localization, device=a.device or _default_device(),
+                                  progress=not a.quiet)
+    print(json.dumps(result.metrics, indent=1) if a.json else _summary(result.metrics))
+    return 0
+
+
+def _predict(a) -> int:
+    from mkdlib.predict import predict
+
+    table = predict(a.run, a.paths, a.out, threshold=a.threshold, method=a.method,
+                    device=a.device or _default_device(), heatmaps=not a.no_heatmaps, progress=not a.quiet)
+    print(f"{int(table['anomalous'].sum())} of {len(table)} images anomalous "
+          f"(threshold {table['threshold'].iloc[0]:.6g}); wrote {Path(a.out) / 'predictions.csv'}",
+          file=sys.stderr)
+    return 0
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(DELEGATED[command])
+    except ModuleNotFoundError as err:
+        if err.name != DELEGATED[command]:
+            raise
+        print(f"mkd {command}: {DELEGATED[command]} is not available in this installation", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((i for i, x in enumerate(argv) if x != "--traceback"), len(argv))
+    if first < len(argv) and argv[first] in DELEGATED:  # their own parsers own their arguments and --help
+        return _delegate(argv[first], argv[first + 1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+    except KeyboardInterrupt:
+        print("mkd: interrupted (a run resumes from its last checkpoint)", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.traceback:
+            raise
+        print(f"mkd {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: Exception) -> str:
+    from mkdlib.experiment import RunError
+
+    text = " ".join(str(err).split()) or repr(err)
+    known = (RunError, ValueError, OSError)  # users' errors: missing data, bad names, corrupt files
+    return text if isinstance(err, known) else f"{type(err).__name__}: {text} (rerun with --traceback)"

@@ -1,0 +1,128 @@
+"""cli: `mkd` / `python -m mkdlib` subcommands, delegation, and one-line errors."""
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from mkdlib import cli
+from mkdlib.cli import main
+
+TRAIN = ["train", "--dataset", "synthetic", "--weights", "none", "--quiet",
+         "--config", "image_size=32", "--config", "epochs=2", "--config", "eval_every=1",
+         "--config", "sample_last=1", "--config", "batch_size=4", "--device", "cpu",
+         "--option", "size=32", "--option", "n_train=4", "--option", "n_test_good=2",
+         "--option", "n_test_defect=3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    args = TRAIN + ["--data-root", str(tmp / "data"), "--results", str(tmp / "runs")]
+    return tmp, args
+
+
+def _train(trained, capsys):
+    tmp, args = trained
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    return tmp, out.strip(), err
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for command in ("train", "evaluate", "predict", "bench", "regenerate"):
+        assert command in out
+    for command in ("train", "evaluate", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: mkd " + command in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "mkdlib", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "regenerate" in proc.stdout
+
+
+def test_cli_names_match_the_library():
+    from mkdlib.datasets import DATASET_NAMES
+    from mkdlib.localization import METHODS
+
+    assert cli.METHODS == METHODS and cli.DATASETS == DATASET_NAMES
+
+
+def test_train_prints_the_run_directory_and_caches(trained, capsys):
+    tmp, run_dir, err = _train(trained, capsys)
+    assert run_dir.startswith(str(tmp / "runs"))
+    assert (tmp / "runs" / run_dir.split("/")[-1] / "metrics.json").is_file()
+    assert "image AUROC" in err
+    assert _train(trained, capsys)[1] == run_dir  # second call: same directory, cached
+
+
+def test_evaluate_adds_localization_metrics(trained, capsys):
+    _, run_dir, _ = _train(trained, capsys)
+    assert main(["evaluate", run_dir, "--localization", "gradients", "--quiet", "--device", "cpu"]) == 0
+    assert "gradients: paper pixel AUROC" in capsys.readouterr().out
+    metrics = json.loads(open(f"{run_dir}/metrics.json").read())
+    assert set(metrics["pixel"]["gradients"]) == {"paper_pixel_auroc", "pixel_auroc", "au_pro"}
+    assert main(["evaluate", run_dir, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixel"] == metrics["pixel"]
+
+
+def test_predict_writes_csv_and_pngs(trained, capsys):
+    tmp, run_dir, _ = _train(trained, capsys)
+    images = next((tmp / "data").iterdir()) / "test"
+    out = tmp / "pred"
+    assert main(["predict", run_dir, str(images / "good"), str(images / "spot"), "--out", str(out),
+                 "--threshold", "0", "--quiet", "--device", "cpu"]) == 0
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "path,score,threshold,anomalous,heatmap" and len(lines) == 1 + 3
+    assert all(",True," in line for line in lines[1:])  # threshold 0: every image flagged
+    assert len(list((out / "heatmaps").glob("*.png"))) == 3
+
+
+def test_user_errors_are_one_line(trained, capsys, tmp_path):
+    _, run_dir, _ = _train(trained, capsys)
+    cases = [
+        (["train", "--dataset", "imagenet"], "valid: ['mnist'"),
+        (["train", "--dataset", "mnist", "--class", "12"], "0..9"),
+        (["train", "--dataset", "mvtec", "--class", "lether", "--data-root", str(tmp_path)], "'leather'"),
+        (["evaluate", str(tmp_path)], "not an mkdlib run directory"),
+        (["predict", run_dir, str(tmp_path / "none.png"), "--out", str(tmp_path)], "none.png"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    with pytest.raises(SystemExit):
+        main(["evaluate", run_dir, "--localization", "grad"])  # argparse lists the choices
+    assert "guided-backprop" in capsys.readouterr().err
+
+    tmp, _ = trained
+    good = next((tmp / "data").iterdir()) / "test" / "good"
+    final = sorted((tmp_path.parent / run_dir).glob("checkpoints/cloner_e*.pt"))[-1]
+    saved = final.read_bytes()
+    try:
+        final.write_bytes(b"corrupt")
+        assert main(["predict", run_dir, str(good), "--out", str(tmp_path / "o")]) == 2
+    finally:
+        final.write_bytes(saved)
+    err = capsys.readouterr().err
+    assert final.name in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_bench_and_regenerate_are_delegated(monkeypatch):
+    seen = {}
+    import mkdlib.bench
+
+    monkeypatch.setattr(mkdlib.bench, "main", lambda argv: seen.setdefault("bench", argv) and 0)
+    assert main(["bench", "--sizes", "32", "--help"]) == 0 and seen["bench"] == ["--sizes", "32", "--help"]
+    fake = types.ModuleType("mkdlib.regenerate")
+    fake.main = lambda argv: seen.setdefault("regenerate", argv) and 0
+    monkeypatch.setitem(sys.modules, "mkdlib.regenerate", fake)
+    assert main(["regenerate", "--items", "table1"]) == 0 and seen["regenerate"] == ["--items", "table1"]

@@ -1,0 +1,198 @@
+"""experiment: cached run directories, resume after SIGKILL, locking, run_many through Dask."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mkdlib.experiment as ex
+from mkdlib.experiment import RunError, RunSpec, load_run, run, run_many, subset_indices
+
+TINY_CONFIG = dict(image_size=32, epochs=4, eval_every=2, sample_last=2, checkpoint_every=2, batch_size=4,
+                   deterministic=True)
+TINY_DATA = dict(size=32, n_train=8, n_test_good=3, n_test_defect=3)
+
+
+def tiny(tmp_path, **kw) -> RunSpec:
+    fields = dict(config=TINY_CONFIG, data_root=str(tmp_path / "data"), weights=None, dataset_options=TINY_DATA)
+    return RunSpec("synthetic", **{**fields, **kw})
+
+
+def test_key_is_stable_and_canonical():
+    assert RunSpec("mnist", 0).key() == "525a9b82cb562ca5"  # changing this orphans every cached run
+    assert RunSpec("cifar10", "cat").key() == RunSpec("CIFAR-10", 3).key()
+    assert RunSpec("mnist", 1, config={"lr": 1}).key() == RunSpec("mnist", 1, config={"lr": 1.0}).key()
+    assert RunSpec("mnist", 1, seed=1).key() != RunSpec("mnist", 1).key()
+    spec = RunSpec("mvtec", "leather", config={"epochs": 3}, localization=["gradients"], max_test=5)
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert len({spec, RunSpec.from_dict(spec.to_dict())}) == 1
+    assert spec.mkd_config().epochs == 3 and spec.mkd_config().value_weight == 0.5
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(dataset="imagenet"), ["unknown dataset", "mvtec", "synthetic"]),
+    (dict(dataset="mnist", normal_class=12), ["0..9"]),
+    (dict(dataset="mvtec"), ["normal_class", "leather"]),
+    (dict(dataset="headct", normal_class=1), ["fixed normal class"]),
+    (dict(dataset="mnist", normal_class=0, config={"epoch": 3}), ["unknown config field", "epochs"]),
+    (dict(dataset="mnist", normal_class=0, config={"seed": 3}), ["RunSpec.seed"]),
+    (dict(dataset="mnist", normal_class=0, config={"epochs": 0}), ["epochs must be >= 1"]),
+    (dict(dataset="mvtec", normal_class="wood", localization=("gradient",)), ["gradients", "guided-backprop"]),
+])
+def test_bad_specs_name_the_valid_values(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        RunSpec(**kwargs)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_subset_keeps_both_classes_in_proportion():
+    labels = np.array([0] * 20 + [1] * 80)
+    idx = subset_indices(labels, 10)
+    assert len(set(idx)) == 10 and labels[idx].sum() == 8
+    assert list(subset_indices(labels, 10)) == list(idx)  # deterministic
+    rare = np.array([0] * 99 + [1])
+    assert rare[subset_indices(rare, 5)].sum() == 1  # at least one of each
+    assert len(subset_indices(labels, 500)) == 100
+
+
+def test_run_writes_its_directory_and_a_second_run_is_a_cache_hit(tmp_path, monkeypatch):
+    spec = tiny(tmp_path, localization=("gradients",))
+    result = run(spec, tmp_path / "runs", progress=False)
+    assert result.ok and result.run_dir == tmp_path / "runs" / spec.key()
+    for name in ("spec.json", "env.json", "history.csv", "metrics.json", "scores.csv", "checkpoints/last.pt",
+                 "checkpoints/cloner_e0002.pt", "checkpoints/cloner_e0004.pt"):
+        assert (result.run_dir / name).is_file(), name
+    assert not list(result.run_dir.rglob("*.tmp"))  # atomic writes leave no temporary file
+    m = result.metrics
+    assert set(m["image_auroc"]) >= {"final", "final_epoch", "mean", "std", "per_epoch"}
+    assert m["image_auroc"]["final_epoch"] == 4 and set(m["image_auroc"]["per_epoch"]) == {2, 4}
+    assert 0 <= m["image_auroc"]["final"] <= 1 and m["n_train"] == 8 and m["n_test"] == 6
+    assert set(m["pixel"]["gradients"]) == {"paper_pixel_auroc", "pixel_auroc", "au_pro"}
+    assert set(m["timing_s"]) >= {"train", "evaluate", "localize"} and np.isfinite(m["threshold"])
+    env = json.loads((result.run_dir / "env.json").read_text())
+    assert env["packages"]["torch"] and env["device"] == "cpu" and "git_commit" in env
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ex, "fit", no_training)
+    again = run(RunSpec.from_dict(spec.to_dict()), tmp_path / "runs", progress=False)
+    assert again.metrics == result.metrics and load_run(result.run_dir).metrics == result.metrics
+
+
+def test_subsets_and_missing_data(tmp_path):
+    result = run(tiny(tmp_path, max_train=3, max_test=4), tmp_path / "runs", progress=False)
+    assert result.metrics["n_train"] == 3 and result.metrics["n_test"] == 4
+    assert 1 <= result.metrics["n_test_anomalous"] <= 3
+    from mkdlib.datasets import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError):
+        run(RunSpec("headct", data_root=str(tmp_path / "absent")), tmp_path / "runs", progress=False)
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing written for the missing dataset
+
+
+KILLED_RUN = """
+import os, signal, sys, torch
+torch.set_num_threads(1)
+import mkdlib.experiment as ex
+from mkdlib.train import fit
+
+def killed_at_epoch_3(*args, **kwargs):
+    kwargs["on_epoch_end"] = lambda done, cloner: os.kill(os.getpid(), signal.SIGKILL) if done == 3 else None
+    return fit(*args, **kwargs)
+
+ex.fit = killed_at_epoch_3
+ex.run(ex.RunSpec.from_dict({spec}), sys.argv[1], progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
+    spec = tiny(tmp_path, config={**TINY_CONFIG, "epochs": 6, "sample_last": 4})
+    reference = run(spec, tmp_path / "uninterrupted", progress=False)
+
+    script = textwrap.dedent(KILLED_RUN).replace("{spec}", repr(spec.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "killed")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run_dir = tmp_path / "killed" / spec.key()
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
+    assert load_run(run_dir).error_type == "Unfinished"
+
+    resumed = run(spec, tmp_path / "killed", progress=False)
+    assert resumed.metrics["resumed_from_epoch"] == 2
+    assert resumed.metrics["image_auroc"] == reference.metrics["image_auroc"]
+    assert resumed.metrics["threshold"] == reference.metrics["threshold"]
+    losses = lambda d: (d / "history.csv").read_text().splitlines()  # noqa: E731
+    assert [r.split(",")[:2] for r in losses(run_dir)] == [r.split(",")[:2] for r in losses(reference.run_dir)]
+
+
+def test_two_callers_of_one_run_train_it_once(tmp_path, monkeypatch):
+    calls, real_fit = [], ex.fit
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)  # the other caller reaches the lock meanwhile
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "fit", counted)
+    spec, results = tiny(tmp_path), []
+    threads = [threading.Thread(target=lambda: results.append(run(spec, tmp_path / "runs", progress=False)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and len(calls) == 1
+    assert results[0].metrics == results[1].metrics
+
+
+def test_corrupt_and_incompatible_run_directories(tmp_path):
+    spec = tiny(tmp_path)
+    run_dir = run(spec, tmp_path / "runs", progress=False).run_dir
+
+    (run_dir / "metrics.json").write_text("{ not json")
+    with pytest.raises(RunError, match="corrupt"):
+        load_run(run_dir)
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="last.pt is unreadable") as err:
+        run(spec, tmp_path / "runs", progress=False)
+    assert "\n" not in str(err.value)
+
+    d = json.loads((run_dir / "spec.json").read_text())
+    (run_dir / "spec.json").write_text(json.dumps({**d, "format": 0}))
+    with pytest.raises(RunError, match="format 0"):
+        load_run(run_dir)
+    with pytest.raises(RunError, match="not an mkdlib run directory"):
+        load_run(tmp_path)
+
+
+def test_run_many_in_process_reports_failures_and_keeps_going(tmp_path):
+    bad = RunSpec("headct", data_root=str(tmp_path / "absent"))
+    good = tiny(tmp_path)
+    results = run_many([bad, good, good], tmp_path / "runs", progress=False)
+    assert [r.ok for r in results] == [False, True, True]
+    assert results[0].error_type == "DatasetNotFoundError" and "absent" in results[0].error
+    assert results[1] is results[2]
+
+
+def test_run_many_through_a_dask_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    specs = [tiny(tmp_path, seed=0), tiny(tmp_path, seed=1), RunSpec("headct", data_root=str(tmp_path / "no"))]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        results = run_many(specs, tmp_path / "runs", executor=client.get_executor(), progress=False)
+    assert [r.ok for r in results] == [True, True, False]
+    assert [r.spec for r in results] == specs and results[2].error_type == "DatasetNotFoundError"
+    assert results[0].run_dir != results[1].run_dir
+    again = run_many(specs[:2], tmp_path / "runs", progress=False)  # cached, in process
+    assert [r.metrics for r in again] == [r.metrics for r in results[:2]]

@@ -1,0 +1,54 @@
+"""predict: scores, decisions and heatmaps for new images from a finished run."""
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mkdlib.experiment import RunSpec, run
+from mkdlib.predict import image_files, predict
+
+DATA = dict(size=48, n_train=12, n_test_good=6, n_test_defect=6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short real training on the synthetic set (random source: no weights file needed)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    spec = RunSpec("synthetic", config=dict(image_size=48, epochs=15, eval_every=15, sample_last=1,
+                                            checkpoint_every=15, batch_size=12),
+                   data_root=str(tmp / "data"), weights=None, dataset_options=DATA)
+    result = run(spec, tmp / "runs", progress=False)
+    category = next((tmp / "data").iterdir())
+    return result, category
+
+
+def test_predict_flags_defects_above_the_threshold(trained, tmp_path):
+    result, category = trained
+    table = predict(result.run_dir, [category / "test"/ d for d in ("good", "scratch", "spot", "crack")],
+                    tmp_path / "out", progress=False)
+    written = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(written.columns) == ["path", "score", "threshold", "anomalous", "heatmap"]
+    assert len(written) == 12 and (written["threshold"] == result.metrics["threshold"]).all()
+    assert written["anomalous"].tolist() == table["anomalous"].tolist()
+    for name in written["heatmap"]:
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.format == "PNG" and im.width > im.height >= 48  # image | overlay, side by side
+    defect = ~written["path"].str.contains("/good/")
+    assert written.loc[defect, "anomalous"].mean() > written.loc[~defect, "anomalous"].mean()
+    assert written.loc[defect, "anomalous"].mean() >= 0.5
+
+    high = predict(result.run_dir, [category / "test" / "good"], tmp_path / "high", threshold=1e9,
+                   heatmaps=False, progress=False)
+    assert not high["anomalous"].any() and "heatmap" not in high
+    assert not (tmp_path / "high" / "heatmaps").exists()
+
+
+def test_bad_inputs(trained, tmp_path):
+    result, category = trained
+    with pytest.raises(FileNotFoundError, match="no-such.png"):
+        image_files([category / "no-such.png"])
+    with pytest.raises(ValueError, match="guided-backprop"):
+        predict(result.run_dir, [category / "test" / "good"], tmp_path, method="grad", progress=False)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        predict(result.run_dir, [tmp_path / "broken.png"], tmp_path / "out", progress=False)
