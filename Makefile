@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed  ## quick demo on the synthetic dataset (a few minutes on CPU)
-	$(PY) -m mkdlib.demo --out demo
+	$(PY) -m mkdlib demo --out demo
 
 test: $(VENV)/.installed  ## the test suite (real-data tests skip without MKDLIB_DATA / MKDLIB_VGG16_WEIGHTS)
 	$(PY) -m pytest -q

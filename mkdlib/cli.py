@@ -15,7 +15,7 @@ from pathlib import Path
 from mkdlib import __version__
 
 RESULTS_ENV = "MKDLIB_RESULTS"
-DELEGATED = {"bench": "mkdlib.bench", "regenerate": "mkdlib.regenerate"}
+DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.regenerate"}
 METHODS = ("gradients", "smoothgrad", "smoothgrad-reference", "guided-backprop")  # = localization.METHODS
 DATASETS = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder", "synthetic")
 
@@ -26,6 +26,7 @@ examples:
   mkd train --dataset mvtec --class leather --results runs/
   mkd evaluate runs/1a2b3c4d5e6f7a8b --localization smoothgrad
   mkd predict runs/1a2b3c4d5e6f7a8b new_images/ --out predictions/
+  mkd demo --out demo
   mkd bench --sizes 128 --batch 32
   mkd regenerate --help
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="default: cuda when available")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
     sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
     sub.add_parser("regenerate", add_help=False,
                    help="regenerate the paper's tables and figures (mkd regenerate --help)")
