@@ -1,0 +1,608 @@
+"""The paper's items (Tables 1-11, Figures 1 and 3-6) as data: the runs each needs, per profile, and how
+their metrics become the tables of `mkdlib.report`.
+
+An `Item` is one table of `mkdlib.paper`: its rows (classes) and settings (the paper's columns, or other
+metrics of the same runs). `specs_for` turns it into `RunSpec`s, `collect` reads finished runs back,
+`tables` lines them up with the paper and `save_tables` writes `results/<name>.csv|md`.
+Profiles: "paper" is the full protocol; "smoke" tiny subsets and 2 epochs, labelled as such everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from mkdlib import report
+from mkdlib.config import paper_config
+from mkdlib.experiment import RunResult, RunSpec, add_localization, load_data, load_model
+from mkdlib.figures import heatmap_rows, save_figure
+from mkdlib.localization import localize
+from mkdlib.models import WEIGHTS_ENV
+from mkdlib.scoring import score_loss
+from mkdlib.paper import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
+
+# Localisation methods, as keys of RunSpec.localization and metrics.json["pixel"].
+GRADIENTS, SMOOTHGRAD_REF, SMOOTHGRAD, GBP = "gradients", "smoothgrad-reference", "smoothgrad", "guided-backprop"
+NO_BLUR = "-noblur"  # the same maps without the Gaussian filter (Tables 1 and 11)
+PAPER_PIXEL, PIXEL_AUROC, AU_PRO = "paper_pixel_auroc", "pixel_auroc", "au_pro"
+PIXEL_LABELS = {
+    PAPER_PIXEL: "pixel AUROC (%), the paper's protocol (anomalous test images only, 1000 thresholds, opening)",
+    PIXEL_AUROC: "standard pixel AUROC (%) over all test images, masks binarised at 0.5",
+    AU_PRO: "AU-PRO (%) up to a false-positive rate of 0.3",
+}
+PROFILE_DEFAULT = "profile"  # weights=PROFILE_DEFAULT: the profile's choice (default_weights)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: the dataset run, its normal class, row-specific config overrides."""
+    dataset: str
+    normal_class: int | str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One output table of an item.
+
+    column: the paper's column compared against (compare=False: a metric the paper does not report, no
+    paper number written). config: MKDConfig overrides. localization: the maps it reads, added to
+    finished runs by `add_maps` when their spec did not ask for them.
+    metric: path into metrics.json, e.g. ("image_auroc",) or ("pixel", "gradients", "au_pro").
+    """
+    column: str
+    config: dict[str, Any] = field(default_factory=dict)
+    localization: tuple[str, ...] = ()
+    metric: tuple[str, ...] = ("image_auroc",)
+    compare: bool = True
+    label: str = ""  # appended to the table's title
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str  # key of mkdlib.paper.PAPER
+    rows: dict[str, Row]  # the paper's row id -> what to run
+    settings: dict[str, Setting]  # output name suffix ("" = the item itself) -> setting
+    smoke_rows: tuple[str, ...]  # the rows the smoke profile runs unless told otherwise
+    seeds: int = 1  # seeded repeats in the paper profile (HeadCT / BrainMRI: splits)
+    maps: tuple[str, ...] = ()  # localisation in the specs of the full method's runs (part of the run key)
+    summary: str | None = None  # a means-only paper table built from this item's tables (Table 1)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(r.dataset for r in self.rows.values()))
+
+
+def _onecls(dataset: str, classes: Sequence[str]) -> dict[str, Row]:
+    return {c: Row(dataset, i) for i, c in enumerate(classes)}
+
+
+MVTEC = {c: Row("mvtec", c) for c in MVTEC_CATEGORIES}
+# The full method's runs on MVTec AD always make the gradient maps, so that Tables 3, 4, 7, 9, 11 and
+# Figures 1 and 6 share one run per category (Table 11 adds its other maps to those runs).
+FULL_MVTEC = (GRADIENTS,)
+
+
+def _pixel(method: str, metric: str = PAPER_PIXEL) -> tuple[str, ...]:
+    return ("pixel", method, metric)
+
+
+def _layers(*names: str) -> dict[str, Any]:
+    """Distil and score on the given pools only (Sec. 3.3.1: 'the last k max-pooling layers')."""
+    return {"train_layers": list(names), "score_layers": list(names)}
+
+
+LAYERS = {1: _layers("pool5"), 2: _layers("pool4", "pool5")}
+CLONER = {"equal_net": Setting("equal_net", {"cloner": "equal"}), "smaller_net": Setting("smaller_net")}
+LOSS = {"dir_loss": Setting("dir_loss", {"value_weight": 0.0, "direction_weight": 1.0}),  # value term dropped
+        "mse_loss": Setting("mse_loss", {"value_weight": 1.0, "direction_weight": 0.0}),  # direction term dropped
+        "total_loss": Setting("total_loss")}
+_STANDARD_SG = "standard SmoothGrad noise 0.15 x range, not the released code's"
+
+
+def _interpretability() -> dict[str, Setting]:
+    """Table 11's columns: SmoothGrad with the released code's noise level (as published), then the
+    standard SmoothGrad noise as extra tables compared with the same paper columns."""
+    out = {}
+    for col, method in (("gradients", GRADIENTS), ("smoothgrad", SMOOTHGRAD_REF), ("gbp", GBP)):
+        out[f"{col}_gaussian"] = Setting(f"{col}_gaussian", localization=(method,), metric=_pixel(method))
+        out[col] = Setting(col, localization=(method + NO_BLUR,), metric=_pixel(method + NO_BLUR))
+    for name, method in (("smoothgrad_gaussian", SMOOTHGRAD), ("smoothgrad", SMOOTHGRAD + NO_BLUR)):
+        out[name.replace("smoothgrad", "smoothgrad_standard")] = Setting(
+            name, localization=(method,), metric=_pixel(method), label=_STANDARD_SG)
+    return out
+
+
+_LAYER_NOTE = ("The full method distils pool2-pool5 and scores on pool3-pool5 (released code); Table 7 calls it "
+               "TheLast4 and Table 8 TheLast3. The ablations distil and score on the last 1 / 2 pools.")
+
+ITEMS: dict[str, Item] = {it.id: it for it in (
+    Item("table2_mnist", _onecls("mnist", MNIST_CLASSES), {"": Setting("ours")}, ("0",)),
+    Item("table2_fashionmnist", _onecls("fashionmnist", FASHIONMNIST_CLASSES), {"": Setting("ours")},
+         ("tshirt_top",)),
+    Item("table2_cifar10", _onecls("cifar10", CIFAR10_CLASSES), {"": Setting("ours")}, ("airplane",)),
+    Item("table3", MVTEC, {"": Setting("ours")}, ("leather",), maps=FULL_MVTEC),
+    Item("table4", MVTEC, {
+        "": Setting("ours", localization=FULL_MVTEC, metric=_pixel(GRADIENTS)),
+        "pixel_auroc": Setting("ours", localization=FULL_MVTEC, metric=_pixel(GRADIENTS, PIXEL_AUROC),
+                               compare=False, label="standard pixel AUROC; the paper reports none"),
+        "au_pro": Setting("ours", localization=FULL_MVTEC, metric=_pixel(GRADIENTS, AU_PRO),
+                          compare=False, label="AU-PRO up to FPR 0.3; the paper reports none")},
+         ("leather",), maps=FULL_MVTEC),
+    Item("table5", {"retinal_oct": Row("retina")}, {"": Setting("ours")}, ("retinal_oct",)),
+    Item("table6", {"brainmri": Row("brainmri"), "headct": Row("headct"),
+                    "headct_aug": Row("headct", config={"augment": True})},
+         {"": Setting("ours")}, ("brainmri", "headct", "headct_aug"), seeds=5,
+         notes=("Mean ± std over seeded splits (10 normal + all anomalous test images each); the paper does "
+                "not say how many splits it used: 5 here.",)),
+    Item("table7", MVTEC, {"last_1": Setting("last_1", LAYERS[1]), "last_2": Setting("last_2", LAYERS[2]),
+                           "last_4": Setting("last_4")}, ("leather",), maps=FULL_MVTEC, notes=(_LAYER_NOTE,)),
+    Item("table8", _onecls("mnist", MNIST_CLASSES),
+         {"last_1": Setting("last_1", LAYERS[1]), "last_2": Setting("last_2", LAYERS[2]),
+          "last_3": Setting("last_3")}, ("0",), notes=(_LAYER_NOTE,)),
+    Item("table9", MVTEC, {**CLONER, **LOSS}, ("leather",), maps=FULL_MVTEC),
+    Item("table10", _onecls("cifar10", CIFAR10_CLASSES), {**CLONER, **LOSS}, ("airplane",)),
+    Item("table11", MVTEC, _interpretability(), ("leather",), maps=FULL_MVTEC, summary="table1"),
+)}
+
+# Figure 1's example rows (our choice: the paper does not say which classes it shows).
+FIGURE1_ROWS = {"paper": {"mvtec": ("hazelnut", "screw"), "mnist": ("7",), "cifar10": ("horse",)},
+                "smoke": {"mvtec": ("leather",), "mnist": ("0",), "cifar10": ("airplane",)}}
+
+# Figures: id -> (title, the item and settings whose runs or tables they draw).
+FIGURES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "figure1": ("Figure 1: example heatmaps on MVTec AD, MNIST and CIFAR-10",
+                {"table3": ("",), "table2_mnist": ("",), "table2_cifar10": ("",)}),
+    "figure3": ("Figure 3: mean AUROC by distilled layers",
+                {"table7": ("last_1", "last_2", "last_4"), "table8": ("last_1", "last_2", "last_3")}),
+    "figure4": ("Figure 4: equal-size vs smaller cloner", {"table9": tuple(CLONER), "table10": tuple(CLONER)}),
+    "figure5": ("Figure 5: loss ablation", {"table9": tuple(LOSS), "table10": tuple(LOSS)}),
+    "figure6": ("Figure 6: localisation maps on MVTec AD", {"table4": ("",)}),
+}
+
+# Notebook (notebooks/<name>.ipynb) -> the items and figures it writes. Tables 9-10 are split between the
+# cloner (Figure 4) and loss (Figure 5) notebooks by setting; both write the shared SmallerNet = Total Loss runs.
+NOTEBOOKS: dict[str, tuple[str, ...]] = {
+    "00_quickstart": ("quickstart",),
+    "table2_one_class_detection": ("table2_mnist", "table2_fashionmnist", "table2_cifar10"),
+    "table3_mvtec_detection": ("table3",),
+    "table4_figure6_mvtec_localization": ("table4", "figure6"),
+    "table5_retinal_oct": ("table5",),
+    "table6_medical": ("table6",),
+    "figure3_tables7_8_layer_ablation": ("table7", "table8", "figure3"),
+    "figure4_tables9_10_cloner_size": ("table9", "table10", "figure4"),
+    "figure5_tables9_10_loss_ablation": ("table9", "table10", "figure5"),
+    "table1_table11_interpretability": ("table11", "table1"),
+    "figure1_heatmaps": ("figure1",),
+}
+
+
+def notebooks_for(key: str) -> list[str]:
+    """The notebooks that write an item or figure ("table9"), or the notebook itself by name."""
+    if key in NOTEBOOKS:
+        return [key]
+    found = [nb for nb, keys in NOTEBOOKS.items() if key in keys]
+    if not found:
+        known = sorted({k for keys in NOTEBOOKS.values() for k in keys})
+        raise KeyError(f"unknown item or notebook {key!r}; items: {known}, notebooks: {list(NOTEBOOKS)}")
+    return found
+
+
+def title(key: str) -> str:
+    """A paper item's or figure's title, e.g. 'Table 3, p. 8: Anomaly detection on MVTec AD'."""
+    if key in FIGURES:
+        return FIGURES[key][0]
+    return f"{PAPER[key].source}: {PAPER[key].title}"
+
+
+# --- profiles ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    label: str  # written into every table title (unless "paper") and the index
+    config: dict[str, Any]  # MKDConfig overrides for every run, on top of the paper's per dataset
+    image_size: dict[str, int]  # per dataset; absent = the paper's size
+    max_train: int | None = None
+    max_test: int | None = None
+    seeds: int | None = None  # for the items with several seeds; None = the item's number
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", "paper: the full protocol", {}, {}),
+    # 2 epochs, both sampled (eval_every 1, sample_last 1) so that mean ± std exists; images smaller where
+    # the protocol allows (MNIST / F-MNIST keep their 32 px).
+    "smoke": Profile("smoke", "smoke: tiny subsets, 2 epochs, small images; a pipeline check, NOT paper numbers",
+                     {"epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1},
+                     {"cifar10": 64, "mvtec": 64, "retina": 64, "headct": 64, "brainmri": 64},
+                     max_train=64, max_test=100, seeds=2),
+}
+SMOKE_MAX_TEST = {"table11": 6}  # SmoothGrad: 50 backward passes per image
+
+
+def profile_of(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {list(PROFILES)}")
+    return PROFILES[name]
+
+
+def default_weights(profile: str) -> str | None:
+    """'imagenet' (the paper's source); smoke: random weights unless $MKDLIB_VGG16_WEIGHTS is set."""
+    if profile_of(profile).name == "smoke" and not os.environ.get(WEIGHTS_ENV):
+        return None
+    return "imagenet"
+
+
+def _item(item: str | Item) -> Item:
+    if isinstance(item, Item):
+        return item
+    if item not in ITEMS:
+        raise KeyError(f"unknown item {item!r}; known: {sorted(ITEMS)}")
+    return ITEMS[item]
+
+
+def _norm(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def rows_for(item: str | Item, profile: str, classes: Sequence[str] | Mapping[str, Sequence[str]] | None) -> list[str]:
+    """The rows to run: `classes` as a list, or a mapping by item id or dataset name (e.g. {"mvtec":
+    ["leather"]}); without one, all rows (paper profile) or item.smoke_rows (smoke profile)."""
+    it = _item(item)
+    if isinstance(classes, Mapping):
+        classes = classes.get(it.id, classes.get(it.datasets[0]) if len(it.datasets) == 1 else None)
+    if classes is None:
+        return list(it.smoke_rows if profile_of(profile).name == "smoke" else it.rows)
+    rows = [str(c) for c in ([classes] if isinstance(classes, (str, int)) else classes)]
+    unknown = [r for r in rows if r not in it.rows]
+    if unknown:
+        raise ValueError(f"{it.id}: unknown classes {unknown}; valid: {list(it.rows)}")
+    return rows
+
+
+def specs_for(item: str | Item, profile: str = "paper", *,
+              classes: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+              seeds: Sequence[int] | None = None, settings: Sequence[str] | None = None,
+              data_root: str | None = None, data_roots: Mapping[str, str] | None = None,
+              weights: str | None = PROFILE_DEFAULT) -> list[RunSpec]:
+    """The runs an item needs: one per (row, distinct config, seed); settings with the same config share
+    a run. The full method's runs make item.maps; `add_maps` adds the other maps a setting reads.
+
+    classes: see `rows_for`. seeds: default range(item.seeds) (smoke: 2 for the items with several).
+    data_roots: per dataset, else data_root (None: $MKDLIB_DATA). weights: "profile" = default_weights.
+    """
+    it, prof = _item(item), profile_of(profile)
+    rows = rows_for(it, profile, classes)
+    names = list(settings) if settings is not None else list(it.settings)
+    if seeds is None:
+        seeds = range(1 if it.seeds == 1 else prof.seeds or it.seeds)
+    weights = default_weights(prof.name) if weights == PROFILE_DEFAULT else weights
+    max_test = SMOKE_MAX_TEST.get(it.id, prof.max_test) if prof.name == "smoke" else prof.max_test
+    roots = dict(data_roots or {})
+    specs: list[RunSpec] = []
+    for row in (it.rows[r] for r in rows):
+        base = dict(prof.config)
+        if row.dataset in prof.image_size:
+            base["image_size"] = prof.image_size[row.dataset]
+        runs: dict[str, tuple[dict, tuple[str, ...]]] = {}  # repr(config) -> (config, localisation)
+        for s in (it.settings[n] for n in names):
+            config = {**base, **row.config, **s.config}
+            runs.setdefault(repr(sorted(config.items())), (config, () if s.config else it.maps))
+        for config, methods in runs.values():
+            for seed in seeds:
+                specs.append(RunSpec(
+                    dataset=row.dataset, normal_class=row.normal_class, config=config, seed=int(seed),
+                    data_root=roots.get(row.dataset, data_root), weights=weights, localization=methods,
+                    max_train=prof.max_train, max_test=max_test))
+    return specs
+
+
+@contextmanager
+def executor(kind: str = "sequential", workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """run_many's keywords for a notebook's `executor` parameter: "sequential" (in this process),
+    "processes" (a local pool of `workers`, default one per core) or a Dask scheduler address."""
+    if kind == "sequential":
+        yield {}
+    elif kind == "processes":
+        yield {"workers": workers or os.cpu_count() or 1}
+    elif ":" not in kind:
+        raise ValueError(f"executor must be 'sequential', 'processes' or a Dask scheduler address, got {kind!r}")
+    else:
+        from distributed import Client  # optional dependency: pip install mkdlib[dask]
+        with Client(kind) as client:
+            yield {"executor": client.get_executor()}
+
+
+# --- reading runs back --------------------------------------------------------------------------------
+
+def _effective(spec: RunSpec, key: str) -> Any:
+    """A config value as the run used it: its override, else the paper's value for its dataset."""
+    return _norm(spec.config[key] if key in spec.config else getattr(paper_config(spec.dataset), key))
+
+
+def row_of(item: str | Item, spec: RunSpec) -> str | None:
+    """The row of item a run belongs to (same dataset, class and row-specific config), or None."""
+    it = _item(item)
+    keys = {k for r in it.rows.values() for k in r.config}
+    default = paper_config(spec.dataset)
+    for name, row in it.rows.items():
+        if (row.dataset == spec.dataset and str(row.normal_class) == str(spec.normal_class)
+                and all(_effective(spec, k) == _norm(row.config.get(k, getattr(default, k))) for k in keys)):
+            return name
+    return None
+
+
+def _matches(it: Item, s: Setting, spec: RunSpec) -> bool:
+    """The run has the setting's value of every config key that the item's settings vary."""
+    default = paper_config(spec.dataset)
+    return all(_effective(spec, k) == _norm(s.config.get(k, getattr(default, k)))
+               for k in {k for x in it.settings.values() for k in x.config})
+
+
+def _metric(metrics: Mapping, path: tuple[str, ...]) -> tuple[float, float, float]:
+    """(final, mean, std) as fractions; mean and std NaN for a metric with one value per run."""
+    node: Any = metrics
+    for key in path:
+        node = node[key]
+    if isinstance(node, Mapping):
+        return float(node["final"]), float(node.get("mean", math.nan)), float(node.get("std", math.nan))
+    return float(node), math.nan, math.nan
+
+
+def failure_note(result: RunResult) -> str:
+    """'not run: <where the data was looked for>' for absent data, else 'failed: <the error>'."""
+    text = " ".join(str(result.error).split())
+    if result.error_type == "DatasetNotFoundError":
+        return report.not_run(text.split(" To obtain it")[0])
+    return f"failed: {result.error_type}: {text[:300]}"
+
+
+def supported(method: str) -> bool:
+    """Whether runs can make this localisation method (what RunSpec accepts)."""
+    try:
+        RunSpec("synthetic", localization=(method,))
+    except ValueError:
+        return False
+    return True
+
+
+def _missing_maps_note(method: str) -> str:
+    if not supported(method):
+        return f"not run: localisation method {method!r} is not implemented (RunSpec.localization)"
+    return f"not run: no {method!r} maps in the run (call items.add_maps)"
+
+
+def add_maps(item: str | Item, results: Sequence[RunResult], *, device: str = "cpu",
+             progress: bool = True) -> list[RunResult]:
+    """Add to each finished run of item the maps its settings read and the run lacks
+    (experiment.add_localization; methods mkdlib does not implement are left out and noted)."""
+    it, out = _item(item), []
+    for res in results:
+        row = row_of(it, res.spec) if res.ok else None
+        need = {m for s in it.settings.values() if row is not None and _matches(it, s, res.spec)
+                for m in s.localization}
+        missing = sorted(m for m in need if supported(m) and m not in res.metrics.get("pixel", {}))
+        if missing:
+            try:
+                res = add_localization(res.run_dir, missing, device=device, progress=progress)
+            except Exception as err:  # noted as missing maps in the table; the notebook goes on
+                print(f"mkdlib: adding {missing} to {res.run_dir} failed: {err}", file=sys.stderr)
+        out.append(res)
+    return out
+
+
+RANDOM = "none (random source: a pipeline check only)"
+
+
+def _weights(result: RunResult) -> str:
+    """The source weights a run used, or those it asked for."""
+    return str(result.metrics.get("weights") or RANDOM) if result.ok else f"{result.spec.weights or RANDOM} (requested)"
+
+
+def collect(item: str | Item, results: Iterable[RunResult]) -> pd.DataFrame:
+    """One row per (setting, class) with runs: final, mean, std (in %), n (runs that finished), note,
+    and the source weights the runs used.
+
+    One seed: the run's final value and mean ± std over its sampled epochs. Several seeds: final and mean
+    = mean over seeds of the final values, std = their std. Runs of other items are ignored.
+    """
+    it = _item(item)
+    found: dict[tuple[str, str], dict[int, RunResult]] = {}
+    for res in results:
+        row = row_of(it, res.spec)
+        for name, s in it.settings.items():
+            if row is not None and _matches(it, s, res.spec):
+                found.setdefault((name, row), {}).setdefault(res.spec.seed, res)  # one run per seed
+    out = []
+    for (name, row), by_seed in sorted(found.items(), key=lambda kv: (list(it.settings).index(kv[0][0]),
+                                                                       list(it.rows).index(kv[0][1]))):
+        runs = list(by_seed.values())
+        ok = [r for r in runs if r.ok]
+        failed = [failure_note(r) for r in runs if not r.ok]
+        path = it.settings[name].metric
+        if path[0] == "pixel" and any(path[1] not in r.metrics.get("pixel", {}) for r in ok):
+            failed += [_missing_maps_note(path[1])] * len(ok)
+            ok = []
+        values = np.array([_metric(r.metrics, path) for r in ok]).reshape(-1, 3)  # (n runs, 3)
+        final = mean = std = math.nan
+        note = failed[0] if failed and not ok else ""
+        if len(ok) == 1:
+            final, mean, std = values[0]
+        elif ok:
+            final = mean = values[:, 0].mean()
+            std = values[:, 0].std()
+            note = f"mean ± std over {len(ok)} seeds"
+        if failed and ok:
+            note += f"; {len(failed)} of {len(runs)} runs {failed[0]}"
+        out.append({"setting": name, "class": row, "final": 100 * final, "mean": 100 * mean,
+                    "std": 100 * std, "n": len(ok), "note": note.lstrip("; "),
+                    "weights": "; ".join(sorted({_weights(r) for r in (ok or runs)}))})
+    return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights"])
+
+
+def output_name(item: str, setting: str) -> str:
+    """results/<output_name>.csv: the item id, plus the setting for items with several."""
+    return f"{item}_{setting}" if setting else item
+
+
+def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
+           settings: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Output name -> `report.comparison_table` (ours beside the paper) for each setting of an item,
+    plus the item's means-only summary (Table 1 from Table 11). Tables carry `profile` and `weights`
+    columns (the source weights of each row's runs)."""
+    it, prof = _item(item), profile_of(profile)
+    long = collect(it, results)
+    out: dict[str, pd.DataFrame] = {}
+    for name in settings if settings is not None else it.settings:
+        s = it.settings[name]
+        sub = long[long["setting"] == name].set_index("class")
+        notes = {c: n for c, n in sub["note"].items() if n}
+        df = report.comparison_table(it.id, sub[["final", "mean", "std"]] / 100, column=s.column, notes=notes,
+                                     unit="fraction")  # fractions: no guessing of the unit
+        metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
+        if not s.compare:
+            df[["paper", "paper_pm", "diff"]] = math.nan
+        df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
+                        setting=name, notes=it.notes)  # notes: for report.to_markdown, once it shows them
+        df["profile"] = prof.name
+        df["weights"] = sub["weights"].reindex(df.index)
+        out[output_name(it.id, name)] = df
+    if it.summary:
+        out[it.summary] = means_table(it.summary, {n: out[output_name(it.id, n)] for n in it.settings
+                                                   if output_name(it.id, n) in out}, profile=prof.name)
+    return out
+
+
+def _title(base: str, label: str, prof: Profile) -> str:
+    return base + (f" ({label})" if label else "") + ("" if prof.name == "paper" else f" [profile {prof.label}]")
+
+
+def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: str) -> pd.DataFrame:
+    """A means-only paper table (Table 1): one row per setting, from each table's mean row."""
+    t, prof = PAPER[item], profile_of(profile)
+    rows = {}
+    for name, df in by_setting.items():
+        column = df.attrs["column"]
+        if column not in t.printed_mean or "mean" not in df.index:
+            continue
+        r = df.loc["mean", report.COLUMNS].copy()
+        r["paper"], r["paper_pm"] = t.printed_mean[column], math.nan
+        r["diff"] = r["ours_final"] - r["paper"] if not r["note"] else math.nan
+        label = t.column_labels.get(column, column)
+        rows[label + (f" [{df.attrs['setting']}]" if df.attrs["setting"] != column else "")] = r
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=report.COLUMNS)
+    out[report.COLUMNS[:-1]] = out[report.COLUMNS[:-1]].astype(float)
+    out.index.name = "setting"
+    out["profile"] = prof.name
+    out["weights"] = "; ".join(sorted({w for df in by_setting.values() for w in df["weights"].dropna()})) or None
+    out.attrs.update(item=item, title=_title(title(item), "", prof), profile=prof.name,
+                     metric=t.metric + "; ours: mean over the MVTec AD categories run")
+    return out
+
+
+def save_tables(tabs: Mapping[str, pd.DataFrame], results_dir: str | Path) -> list[Path]:
+    """Write each table as `<results_dir>/<name>.csv` and `.md`; returns the paths written."""
+    return [p for name, df in tabs.items() for p in report.write_table(df, results_dir, name)]
+
+
+def weights_used(results_dir: str | Path, results: Iterable[RunResult] = ()) -> str:
+    """The source weights behind every table in results_dir (their `weights` column) and `results`."""
+    seen = {_weights(r) for r in results}
+    for csv in Path(results_dir).glob("*.csv"):
+        column = pd.read_csv(csv).get("weights")
+        seen |= set() if column is None else {str(w) for w in column.dropna()}
+    ran = {w for w in seen if not w.endswith("(requested)")}
+    return "; ".join(sorted(ran or seen)) or "unknown (no runs)"
+
+
+def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunResult] = ()) -> Path:
+    """Regenerate `<results_dir>/README.md`: every table there, the profile, the weights the runs used."""
+    commit = report.detect_commit(Path(__file__).resolve().parent)
+    return report.write_index(results_dir, profile=profile_of(profile).label,
+                              weights=weights_used(results_dir, results), commit=commit)
+
+
+# --- figures --------------------------------------------------------------------------------------------
+
+def means_figure_for(figure: str, tabs: Mapping[str, pd.DataFrame]) -> Figure:
+    """Figure 3, 4 or 5 from the tables of the items and settings it draws (FIGURES)."""
+    panels = {PAPER[item].title: {s: tabs[output_name(item, s)] for s in settings}
+              for item, settings in FIGURES[figure][1].items()}
+    profiles = {df.attrs.get("profile", "paper") for p in panels.values() for df in p.values()} - {"paper"}
+    return means_figure(panels, title(figure) + "".join(f" [profile {p}: NOT paper numbers]" for p in sorted(profiles)))
+
+
+def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -> Figure:
+    """Figures 3-5: a panel per dataset, the paper's and our mean AUROC for each setting, as bars."""
+    fig = Figure(figsize=(4.5 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, by_setting) in zip(axes, panels.items()):
+        dfs = list(by_setting.values())
+        labels = [PAPER[df.attrs["item"]].column_labels.get(df.attrs["column"], df.attrs["column"]) for df in dfs]
+        x = np.arange(len(dfs))
+        ax.bar(x - 0.2, [df.at["mean", "paper"] for df in dfs], 0.4, label="paper")
+        ax.bar(x + 0.2, [np.nan_to_num(df.at["mean", "ours_final"]) for df in dfs], 0.4, label="ours (final)")
+        ax.set_xticks(x, labels, rotation=15)
+        ax.set(ylim=(0, 100), title=panel, ylabel="mean AUROC (%)")
+    axes[0].legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def example_maps(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu"):
+    """(images in [0, 1], masks, maps, titles) of n test images of a finished run, for heatmap figures:
+    one anomalous image per defect type where there are masks (Figs. 1 and 6), else normal images
+    (Fig. 1's MNIST and CIFAR-10 rows: 'normal features')."""
+    _, cfg, source, cloner = load_model(result.run_dir, device=device)
+    test = load_data(result.spec, cfg, split="test")
+    labels, kinds = np.asarray(test.labels), [Path(p).parent.name for p in test.paths]
+    if test.has_masks:
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(labels == 1):
+            first.setdefault(kinds[i], int(i))
+        pick = list(first.values())[:n]
+    else:
+        pick = [int(i) for i in np.flatnonzero(labels == 0)[:n]]
+    items = [test[i] for i in pick]
+    x = torch.stack([item["image"] for item in items])  # (n, 3, H, W) network input
+    gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
+    maps = localize(x.to(device), source, cloner, score_loss(cfg), method=method, generator=gen)
+    base = getattr(test, "base", test)  # a subset's dataset holds the normalisation
+    if getattr(base, "mean", None) is not None:
+        x = x * torch.tensor(base.std).view(1, 3, 1, 1) + torch.tensor(base.mean).view(1, 3, 1, 1)
+    masks = np.stack([item["mask"][0].numpy() if "mask" in item else np.zeros(x.shape[2:]) for item in items])
+    name = result.spec.normal_class if result.spec.normal_class is not None else result.spec.dataset
+    titles = [f"{name}: {kinds[i] if test.has_masks else 'normal'}" for i in pick]
+    return x.clamp(0, 1), masks, maps, titles
+
+
+def heatmap_figure(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu") -> Figure:
+    """Figure 6 style rows (image, ground truth, map) for n test images of a finished run."""
+    images, masks, maps, titles = example_maps(result, n, method=method, device=device)
+    return heatmap_rows(images, masks, maps, titles=titles)
+
+
+def save_heatmaps(figure: str, results: Iterable[RunResult], results_dir: str | Path, *, n: int = 3,
+                  device: str = "cpu") -> list[Path]:
+    """`<results_dir>/figures/<figure>_<dataset>_<class>.png` for each finished run; others are listed."""
+    paths = []
+    for res in results:
+        name = "_".join(str(x) for x in (figure, res.spec.dataset, res.spec.normal_class) if x is not None)
+        if not res.ok:
+            print(f"{name}: {failure_note(res)}")
+            continue
+        paths.append(save_figure(heatmap_figure(res, n, device=device), Path(results_dir) / "figures" / f"{name}.png"))
+    return paths

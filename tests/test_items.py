@@ -1,0 +1,210 @@
+"""The paper items as data: specs per profile, and runs' metrics read back into the paper's tables."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mkdlib import items
+from mkdlib.config import paper_config
+from mkdlib.experiment import RunResult, RunSpec, run_many
+from mkdlib.paper import MVTEC_CATEGORIES, PAPER, paper_value
+from mkdlib.report import COLUMNS
+
+
+def _metrics(final: float, mean: float | None = None, std: float = 0.01, pixel: dict | None = None) -> dict:
+    """A metrics.json as experiment.run writes it (AUROCs as fractions)."""
+    return {"image_auroc": {"final": final, "final_epoch": 2, "mean": final if mean is None else mean,
+                            "std": std, "per_epoch": {1: final, 2: final}},
+            "pixel": pixel or {}, "threshold": 1.0, "weights": "test-weights"}
+
+
+def _ok(spec: RunSpec, final: float = 0.9, **kw) -> RunResult:
+    return RunResult(spec, Path("/nowhere") / spec.key(), _metrics(final, **kw))
+
+
+def _missing(spec: RunSpec, where: str = "/data/mvtec/bottle/train") -> RunResult:
+    return RunResult(spec, None, None, f"mvtec data not found: expected {where}. To obtain it: download ...",
+                     "DatasetNotFoundError")
+
+
+def test_items_match_the_paper_tables():
+    assert set(items.ITEMS) == set(PAPER) - {"table1"}  # Table 1 is built from Table 11's tables
+    for it in items.ITEMS.values():
+        assert list(it.rows) == PAPER[it.id].classes, it.id
+        assert set(it.smoke_rows) <= set(it.rows), it.id
+        for name, s in it.settings.items():
+            assert s.column in PAPER[it.id].columns, (it.id, name)
+            paper_config(it.rows[it.smoke_rows[0]].dataset, **s.config)  # valid overrides
+    assert items.ITEMS["table11"].summary == "table1"
+    keys = {k for v in items.NOTEBOOKS.values() for k in v}
+    assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart"} == keys
+
+
+def test_paper_profile_specs_cover_every_class_and_share_runs():
+    specs = items.specs_for("table9", "paper")
+    assert len(specs) == 15 * 4  # SmallerNet and Total Loss are one run per category
+    full = [s for s in specs if s.normal_class == "bottle" and not set(s.config) & {"cloner", "value_weight"}]
+    assert len(full) == 1 and full[0].localization == items.FULL_MVTEC and full[0].weights == "imagenet"
+    # the full method on MVTec AD is the same run in Tables 3, 4, 7, 9 and 11 (same key, same cache entry)
+    keys = {items.specs_for(i, "paper", classes=["bottle"], settings=[s])[0].key()
+            for i, s in (("table3", ""), ("table4", ""), ("table7", "last_4"), ("table9", "total_loss"),
+                         ("table11", "gbp_gaussian"))}
+    assert keys == {full[0].key()}
+    paper = items.specs_for("table3", "paper")
+    assert all(s.config == {} and s.max_train is None and s.max_test is None for s in paper)
+    assert len(items.specs_for("table6", "paper")) == 3 * 5  # 5 seeded splits per row
+    assert [s.config for s in items.specs_for("table6", "paper", seeds=[0])] == [{}, {}, {"augment": True}]
+    last1 = items.specs_for("table8", "paper", classes=["3"], settings=["last_1"])[0]
+    assert last1.normal_class == 3 and last1.config == {"train_layers": ["pool5"], "score_layers": ["pool5"]}
+
+
+def test_smoke_profile_is_small_and_labelled(monkeypatch):
+    monkeypatch.delenv("MKDLIB_VGG16_WEIGHTS", raising=False)
+    specs = items.specs_for("table3", "smoke")
+    assert [s.normal_class for s in specs] == ["leather"]
+    s = specs[0]
+    assert s.config["epochs"] <= 2 and s.config["image_size"] == 64 and s.max_train == 64 and s.max_test == 100
+    assert s.weights is None  # no weights at hand: a random source, so CI runs without shared data
+    monkeypatch.setenv("MKDLIB_VGG16_WEIGHTS", "/some/vgg16.pth")
+    assert items.specs_for("table3", "smoke")[0].weights == "imagenet"
+    assert len(items.specs_for("table6", "smoke")) == 3 * 2
+    assert items.specs_for("table11", "smoke")[0].max_test == items.SMOKE_MAX_TEST["table11"]
+    assert "NOT paper numbers" in items.PROFILES["smoke"].label
+    with pytest.raises(ValueError, match="unknown profile"):
+        items.specs_for("table3", "fast")
+
+
+def test_classes_by_list_item_or_dataset():
+    assert items.rows_for("table3", "paper", {"mvtec": ["screw"]}) == ["screw"]
+    assert items.rows_for("table7", "smoke", {"table7": ["grid"], "mvtec": ["screw"]}) == ["grid"]
+    assert items.rows_for("table6", "smoke", {"headct": ["headct"]}) == list(items.ITEMS["table6"].smoke_rows)
+    assert items.rows_for("table2_mnist", "paper", {}) == [str(d) for d in range(10)]
+    assert items.rows_for("table2_cifar10", "paper", ["cat"]) == ["cat"]
+    with pytest.raises(ValueError, match="unknown classes"):
+        items.rows_for("table3", "paper", ["bottel"])
+
+
+def test_data_roots_per_dataset():
+    specs = items.specs_for("table6", "smoke", seeds=[0], data_root="/d", data_roots={"headct": "/h"})
+    assert {(s.dataset, s.data_root) for s in specs} == {("brainmri", "/d"), ("headct", "/h")}
+
+
+def test_tables_put_the_paper_beside_ours_with_not_run_notes():
+    specs = items.specs_for("table3", "paper", classes=["bottle", "screw"])
+    results = [_ok(specs[0], 0.95, mean=0.94, std=0.005), _missing(specs[1], "/data/mvtec/screw/train")]
+    tabs = items.tables("table3", results, profile="paper")
+    assert list(tabs) == ["table3"]
+    df = tabs["table3"]
+    assert list(df.columns) == [*COLUMNS, "profile", "weights"] and list(df.index) == [*MVTEC_CATEGORIES, "mean"]
+    assert df.at["bottle", "weights"] == "test-weights" and df.at["screw", "weights"] == "imagenet (requested)"
+    assert df.at["bottle", "ours_final"] == pytest.approx(95.0) and df.at["bottle", "ours_std"] == pytest.approx(0.5)
+    assert df.at["bottle", "paper"] == paper_value("table3", "bottle")
+    assert df.at["screw", "note"] == "not run: mvtec data not found: expected /data/mvtec/screw/train."
+    assert math.isnan(df.at["screw", "ours_final"]) and df.at["zipper", "note"] == "not run"
+    assert df.at["mean", "paper"] == 87.74 and "1 of 15" in df.at["mean", "note"]
+    assert "[profile" not in df.attrs["title"] and (df["profile"] == "paper").all()
+
+
+def test_failed_runs_are_told_apart_from_absent_data():
+    spec = items.specs_for("table2_mnist", "smoke")[0]
+    df = items.tables("table2_mnist", [RunResult(spec, None, None, "boom", "RuntimeError")], profile="smoke")
+    note = df["table2_mnist"].at["0", "note"]
+    assert note.startswith("failed: RuntimeError: boom")
+    assert "NOT paper numbers" in df["table2_mnist"].attrs["title"]
+
+
+def test_seeds_give_mean_and_std_over_splits():
+    specs = items.specs_for("table6", "smoke", classes=["headct", "headct_aug"])
+    assert len(specs) == 4
+    finals = {(s.seed, bool(s.config.get("augment"))): v for s, v in zip(specs, (0.7, 0.8, 0.5, 0.6))}
+    results = [_ok(s, finals[(s.seed, bool(s.config.get("augment")))]) for s in specs]
+    long = items.collect("table6", results)
+    by = long.set_index("class")
+    assert by.at["headct", "final"] == pytest.approx(75.0) and by.at["headct", "std"] == pytest.approx(5.0)
+    assert by.at["headct_aug", "mean"] == pytest.approx(55.0) and by.at["headct_aug", "n"] == 2
+    assert by.at["headct", "note"] == "mean ± std over 2 seeds"
+    assert "brainmri" not in by.index  # not requested: left to the table's default "not run"
+
+
+def test_settings_read_their_runs_and_the_shared_ones():
+    specs = items.specs_for("table9", "smoke")
+    final = {"equal": 0.6, 1.0: 0.7, 0.0: 0.8, None: 0.8}  # by cloner / value_weight override
+    results = [_ok(s, final[s.config.get("cloner", s.config.get("value_weight"))]) for s in specs]
+    tabs = items.tables("table9", results, profile="smoke")
+    got = {name: df.at["leather", "ours_final"] for name, df in tabs.items()}
+    assert got == pytest.approx({"table9_equal_net": 60.0, "table9_smaller_net": 80.0, "table9_dir_loss": 80.0,
+                                 "table9_mse_loss": 70.0, "table9_total_loss": 80.0})
+    assert tabs["table9_dir_loss"].at["leather", "paper"] == paper_value("table9", "leather", "dir_loss")
+
+
+def test_pixel_tables_and_table1_from_table11():
+    spec = items.specs_for("table11", "paper", classes=["bottle"])[0]
+    pixel = {m: {"paper_pixel_auroc": 0.9, "pixel_auroc": 0.95, "au_pro": 0.8}
+             for m in (items.GRADIENTS, items.SMOOTHGRAD_REF, items.GBP)}
+    tabs = items.tables("table11", [_ok(spec, pixel=pixel)], profile="paper")
+    assert tabs["table11_gradients_gaussian"].at["bottle", "ours_final"] == pytest.approx(90.0)
+    assert "not implemented" in tabs["table11_gradients"].at["bottle", "note"] or \
+        "no 'gradients-noblur' maps" in tabs["table11_gradients"].at["bottle", "note"]
+    t1 = tabs["table1"]
+    assert t1.index.name == "setting" and t1.at["Gradients + Gaussian", "paper"] == 90.51
+    assert t1.at["Gradients + Gaussian", "ours_final"] == pytest.approx(90.0)
+    assert math.isnan(t1.at["Gradients + Gaussian", "diff"])  # one category of 15: no difference claimed
+
+    t4 = items.tables("table4", [_ok(items.specs_for("table4", "paper", classes=["bottle"])[0], pixel=pixel)],
+                      profile="paper")
+    assert t4["table4"].at["bottle", "ours_final"] == pytest.approx(90.0)
+    assert t4["table4_pixel_auroc"].at["bottle", "ours_final"] == pytest.approx(95.0)
+    assert t4["table4_au_pro"]["paper"].isna().all()  # the paper reports no AU-PRO: no number beside ours
+    assert "AU-PRO" in t4["table4_au_pro"].attrs["title"]
+
+
+def test_saved_files_index_and_figure(tmp_path):
+    specs = items.specs_for("table7", "smoke") + items.specs_for("table8", "smoke")
+    results = [_ok(s, 0.75) for s in specs]
+    tabs = {**items.tables("table7", results, profile="smoke"), **items.tables("table8", results, profile="smoke")}
+    paths = items.save_tables(tabs, tmp_path)
+    assert {p.name for p in paths} >= {"table7_last_1.csv", "table8_last_3.md"}
+    csv = pd.read_csv(tmp_path / "table8_last_3.csv", index_col=0)
+    assert csv.at["0", "ours_final"] == pytest.approx(75.0) and (csv["profile"] == "smoke").all()
+    index = items.write_index(tmp_path, profile="smoke", results=results).read_text()
+    assert "NOT paper numbers" in index and "test-weights" in index and "table7_last_2" in index
+    fig = items.means_figure_for("figure3", tabs)
+    assert len(fig.axes) == 2 and "NOT paper numbers" in fig._suptitle.get_text()
+
+
+def test_weights_reported_when_nothing_ran(tmp_path):
+    spec = items.specs_for("table5", "paper")[0]
+    assert items.weights_used(tmp_path, [_missing(spec)]) == "imagenet (requested)"
+    items.save_tables(items.tables("table5", [_ok(spec)], profile="paper"), tmp_path)
+    assert items.weights_used(tmp_path, [_missing(spec)]) == "test-weights"  # from the tables written
+
+
+def test_notebooks_lookup():
+    assert items.notebooks_for("table9") == ["figure4_tables9_10_cloner_size", "figure5_tables9_10_loss_ablation"]
+    assert items.notebooks_for("figure6") == ["table4_figure6_mvtec_localization"]
+    with pytest.raises(KeyError):
+        items.notebooks_for("table12")
+
+
+def test_executor_keywords():
+    with items.executor("sequential") as kw:
+        assert kw == {}
+    with items.executor("processes", 3) as kw:
+        assert kw == {"workers": 3}
+    with pytest.raises(ValueError, match="Dask scheduler address"):
+        with items.executor("threads"):
+            pass
+
+
+@pytest.mark.slow
+def test_dask_scheduler_address(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    spec = items.specs_for("table5", "smoke", data_root=str(tmp_path / "absent"))[0]
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with items.executor(cluster.scheduler_address) as kw:
+            (result,) = run_many([spec], tmp_path / "runs", progress=False, **kw)
+    assert result.error_type == "DatasetNotFoundError" and str(tmp_path / "absent") in result.error

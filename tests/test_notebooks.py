@@ -1,0 +1,157 @@
+"""The notebooks: thin, committed without outputs, and every one run end to end with the smoke profile.
+
+The smoke runs write into a temporary results folder (never the repository's results/) and check the
+files written: columns, the paper's numbers, AUROC ranges, not-run notes naming the path looked at, the
+figures and the index. Datasets under $MKDLIB_DATA are used where present (the MVTec AD leather sample
+at $MKDLIB_DATA/mvtec_leather_sample too); absent ones must appear as not-run rows.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from mkdlib import items, regenerate
+from mkdlib.paper import paper_value
+from mkdlib.report import COLUMNS
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+COMMON = {"profile", "results_dir", "runs_dir", "data_root", "data_roots", "classes", "seeds", "weights",
+          "device", "executor", "workers", "threads", "progress"}
+QUICKSTART = {"profile", "results_dir", "data_root", "data_roots", "weights", "epochs", "image_size", "device",
+              "threads", "progress"}
+DATA = Path(os.environ["MKDLIB_DATA"]) if os.environ.get("MKDLIB_DATA") else None
+LEATHER = DATA / "mvtec_leather_sample" if DATA and (DATA / "mvtec_leather_sample" / "leather").is_dir() else None
+# Datasets whose smoke rows must have run when their files are present.
+PRESENT = {"mnist": bool(DATA and (DATA / "MNIST" / "raw").is_dir()),
+           "fashionmnist": bool(DATA and (DATA / "FashionMNIST" / "raw").is_dir()),
+           "headct": bool(DATA and (DATA / "head_ct" / "labels.csv").is_file()),
+           "mvtec": LEATHER is not None}
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+
+
+def _parameters(nb: nbformat.NotebookNode) -> dict:
+    """The parameters cell's assignments; each must be a literal."""
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    out = {}
+    for stmt in ast.parse(cells[0].source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.unparse(stmt)
+        out[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # raises for anything but a literal
+    return out
+
+
+def test_every_notebook_is_an_item_of_the_suite():
+    assert {p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")} == set(items.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+def test_committed_thin_and_without_outputs(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "commit notebooks without outputs"
+            assert "def " not in cell.source and "class " not in cell.source, "functions belong in mkdlib"
+            if "parameters" not in cell.metadata.get("tags", []):
+                assert len(cell.source.splitlines()) <= 8, "a thin notebook: a few calls per cell"
+    params = _parameters(nb)
+    assert set(params) == (QUICKSTART if name == "00_quickstart" else COMMON)
+    assert params["profile"] == "paper" and params["device"] == "cpu"
+
+
+# ------------------------------------------------------------------------------------------- smoke runs
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Path:
+    """One results folder for the whole suite, so that notebooks share runs as they do for real."""
+    return tmp_path_factory.mktemp("smoke_results")
+
+
+def _smoke_parameters(name: str, results: Path) -> dict:
+    roots = {"synthetic": str(results.parent / "synthetic")}
+    if LEATHER is not None:
+        roots["mvtec"] = str(LEATHER)
+    params = {"profile": "smoke", "results_dir": str(results), "data_roots": roots, "threads": 1,
+              "progress": False}
+    if name == "table2_one_class_detection":  # a local process pool, as `-p executor=processes` would
+        params.update(executor="processes", workers=2)
+    return {k: v for k, v in params.items() if k in _parameters(_read(name))}
+
+
+def _outputs(name: str) -> list[tuple[str, str | None]]:
+    """(item, setting) of each table a notebook writes; a figure's settings where it draws a subset."""
+    keys = items.NOTEBOOKS[name]
+    figure = next((k for k in keys if k in ("figure4", "figure5")), None)
+    out: list[tuple[str, str | None]] = [("table1", None)] if "table1" in keys else []
+    for key in keys:
+        if key in items.ITEMS:
+            out += [(key, s) for s in (items.FIGURES[figure][1][key] if figure else items.ITEMS[key].settings)]
+    return out
+
+
+def _check_table(results: Path, item: str, setting: str | None) -> None:
+    output = item if setting is None else items.output_name(item, setting)
+    df = pd.read_csv(results / f"{output}.csv", index_col=0, dtype={"class": str, "setting": str})
+    assert list(df.columns) == [*COLUMNS, "profile", "weights"], output
+    assert (df["profile"] == "smoke").all()
+    assert "smoke" in (results / f"{output}.md").read_text().splitlines()[0]  # labelled, not passed off
+    ours = df[["ours_final", "ours_mean"]].stack().dropna()
+    assert ((ours >= 0) & (ours <= 100)).all(), output
+    notes = df["note"].fillna("")
+    assert not notes.str.startswith("failed").any(), notes.tolist()
+    if setting is None:  # Table 1: means only
+        return
+    it, s = items.ITEMS[item], items.ITEMS[item].settings[setting]
+    for row in it.rows:
+        want = paper_value(item, row, s.column) if s.compare else None
+        assert math.isnan(df.at[row, "paper"]) if want is None else df.at[row, "paper"] == want, (output, row)
+    for row in it.smoke_rows:
+        if pd.isna(df.at[row, "ours_final"]):
+            assert notes[row].startswith("not run: "), (output, row, notes[row])  # with the path or reason
+            assert not PRESENT.get(it.rows[row].dataset) or "localisation method" in notes[row], (output, row)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+def test_smoke_run(name, smoke):
+    import papermill as pm
+
+    (smoke / "executed").mkdir(exist_ok=True)
+    pm.execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", smoke / "executed" / f"{name}.ipynb",
+                        parameters=_smoke_parameters(name, smoke), kernel_name=regenerate.kernel_name(),
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    for item, setting in _outputs(name):
+        _check_table(smoke, item, setting)
+    figures = {p.name for p in (smoke / "figures").glob("*.png")} if (smoke / "figures").is_dir() else set()
+    keys = items.NOTEBOOKS[name]
+    for fig in ("figure3", "figure4", "figure5"):
+        if fig in keys:
+            assert f"{fig}.png" in figures
+    if "quickstart" in keys:  # the README's demo (mkdlib.demo)
+        assert (smoke / "quickstart" / "heatmaps.png").is_file()
+        demo = json.loads((smoke / "quickstart" / "metrics.json").read_text())
+        assert all(0 <= demo[k] <= 1 for k in ("image_auroc", "paper_pixel_auroc", "pixel_auroc"))
+    if "figure6" in keys and PRESENT["mvtec"]:
+        assert "figure6_mvtec_leather.png" in figures
+    if "figure1" in keys:
+        assert ("figure1_mvtec_leather.png" in figures) == PRESENT["mvtec"]
+        assert ("figure1_mnist_0.png" in figures) == PRESENT["mnist"]
+    if name != "00_quickstart":
+        assert "smoke" in (smoke / "README.md").read_text()
+    for metrics in (smoke / "runs").glob("*/metrics.json"):  # every finished run: fractions in [0, 1]
+        m = json.loads(metrics.read_text())
+        values = [m["image_auroc"]["final"], m["image_auroc"]["mean"],
+                  *(v for method in m["pixel"].values() for v in method.values())]
+        assert all(0 <= v <= 1 for v in values), metrics
