@@ -17,6 +17,7 @@ from mkdlib import __version__
 RESULTS_ENV = "MKDLIB_RESULTS"
 DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.regenerate"}
 METHODS = ("gradients", "smoothgrad", "smoothgrad-reference", "guided-backprop")  # = localization.METHODS
+VARIANTS = METHODS + tuple(m + "-noblur" for m in METHODS)  # = rundir.localization_variants()
 DATASETS = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder", "synthetic")
 
 EPILOG = """\
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MKDConfig override on top of the paper's settings, e.g. epochs=51 (repeatable)")
     t.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option passed to get_dataset, e.g. image_size=256 (repeatable)")
-    t.add_argument("--localization", nargs="+", default=[], choices=METHODS, metavar="METHOD",
-                   help=f"pixel metrics for these methods when masks exist: {', '.join(METHODS)}")
+    t.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
+                   help=f"pixel metrics for these methods when masks exist: {', '.join(VARIANTS)}")
     t.add_argument("--max-train", type=int, metavar="N", help="use N training images (smoke runs)")
     t.add_argument("--max-test", type=int, metavar="N", help="use N test images, both classes kept")
     t.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
@@ -87,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the metrics of a finished run. With --localization, compute the "
                        "pixel metrics of methods the run lacks (final cloner, test set) and store them.")
     e.add_argument("run", metavar="RUN", help="run directory")
-    e.add_argument("--localization", nargs="+", default=[], choices=METHODS, metavar="METHOD",
-                   help=f"one or more of: {', '.join(METHODS)}")
+    e.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
+                   help=f"one or more of: {', '.join(VARIANTS)}")
     e.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     e.add_argument("--device", help="default: cuda when available")
     e.add_argument("--quiet", action="store_true", help="no progress bars")

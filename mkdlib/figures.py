@@ -1,4 +1,5 @@
-"""Localisation figures in the style of the paper's Figure 6: rows of image / ground truth / heatmap.
+"""Drawing the paper's figures: rows of image / ground truth / heatmap (Figures 1 and 6) and bars of
+mean AUROC per setting (Figures 3-5). `mkdlib.paper_figures` feeds them runs and tables.
 
 Low scores are left transparent on the heatmap (paper: "pixels with low score are omitted"). Built
 on matplotlib's object API (no pyplot, no display), saved with an atomic write.
@@ -6,14 +7,16 @@ on matplotlib's object API (no pyplot, no display), saved with an atomic write.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from mkdlib.io_utils import atomic_write_bytes
+from mkdlib.paper import PAPER
 
 COLUMNS = ("image", "ground truth", "localisation")
 
@@ -65,6 +68,25 @@ def heatmap_rows(images, masks: np.ndarray, maps: np.ndarray, *, titles: Sequenc
                 ax.set_title(COLUMNS[col])
         if titles is not None:
             axes[row, 0].set_ylabel(titles[row])
+    fig.tight_layout()
+    return fig
+
+
+def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -> Figure:
+    """Figures 3-5: a panel per dataset, the paper's and our mean AUROC for each setting, as bars.
+    panels: panel title -> setting -> a `report.comparison_table` with a "mean" row."""
+    fig = Figure(figsize=(4.5 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, by_setting) in zip(axes, panels.items()):
+        dfs = list(by_setting.values())
+        labels = [PAPER[df.attrs["item"]].column_labels.get(df.attrs["column"], df.attrs["column"]) for df in dfs]
+        x = np.arange(len(dfs))
+        ax.bar(x - 0.2, [df.at["mean", "paper"] for df in dfs], 0.4, label="paper")
+        ax.bar(x + 0.2, [np.nan_to_num(df.at["mean", "ours_final"]) for df in dfs], 0.4, label="ours (final)")
+        ax.set_xticks(x, labels, rotation=15)
+        ax.set(ylim=(0, 100), title=panel, ylabel="mean AUROC (%)")
+    axes[0].legend(loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -3,7 +3,8 @@ their metrics become the tables of `mkdlib.report`.
 
 An `Item` is one table of `mkdlib.paper`: its rows (classes) and settings (the paper's columns, or other
 metrics of the same runs). `specs_for` turns it into `RunSpec`s, `collect` reads finished runs back,
-`tables` lines them up with the paper and `save_tables` writes `results/<name>.csv|md`.
+`tables` lines them up with the paper and `save_tables` writes `results/<name>.csv|md`; `FIGURES` says
+what each figure draws (drawn by `mkdlib.paper_figures`).
 Profiles: "paper" is the full protocol; "smoke" tiny subsets and 2 epochs, labelled as such everywhere.
 """
 
@@ -12,29 +13,23 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 
 from mkdlib import report
 from mkdlib.config import paper_config
-from mkdlib.experiment import RunResult, RunSpec, add_localization, load_data, load_model
-from mkdlib.figures import heatmap_rows, save_figure
-from mkdlib.localization import localize
+from mkdlib.experiment import NOBLUR_SUFFIX, RunResult, RunSpec, add_localization
 from mkdlib.models import WEIGHTS_ENV
-from mkdlib.scoring import score_loss
 from mkdlib.paper import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
 
 # Localisation methods, as keys of RunSpec.localization and metrics.json["pixel"].
 GRADIENTS, SMOOTHGRAD_REF, SMOOTHGRAD, GBP = "gradients", "smoothgrad-reference", "smoothgrad", "guided-backprop"
-NO_BLUR = "-noblur"  # the same maps without the Gaussian filter (Tables 1 and 11)
+NO_BLUR = NOBLUR_SUFFIX  # the same maps without the Gaussian filter (Tables 1 and 11)
 PAPER_PIXEL, PIXEL_AUROC, AU_PRO = "paper_pixel_auroc", "pixel_auroc", "au_pro"
 PIXEL_LABELS = {
     PAPER_PIXEL: "pixel AUROC (%), the paper's protocol (anomalous test images only, 1000 thresholds, opening)",
@@ -146,7 +141,7 @@ ITEMS: dict[str, Item] = {it.id: it for it in (
                     "headct_aug": Row("headct", config={"augment": True})},
          {"": Setting("ours")}, ("brainmri", "headct", "headct_aug"), seeds=5,
          notes=("Mean ± std over seeded splits (10 normal + all anomalous test images each); the paper does "
-                "not say how many splits it used: 5 here.",)),
+                "not say how many splits it used: 5 in the paper profile.",)),
     Item("table7", MVTEC, {"last_1": Setting("last_1", LAYERS[1]), "last_2": Setting("last_2", LAYERS[2]),
                            "last_4": Setting("last_4")}, ("leather",), maps=FULL_MVTEC, notes=(_LAYER_NOTE,)),
     Item("table8", _onecls("mnist", MNIST_CLASSES),
@@ -309,22 +304,6 @@ def specs_for(item: str | Item, profile: str = "paper", *,
     return specs
 
 
-@contextmanager
-def executor(kind: str = "sequential", workers: int | None = None) -> Iterator[dict[str, Any]]:
-    """run_many's keywords for a notebook's `executor` parameter: "sequential" (in this process),
-    "processes" (a local pool of `workers`, default one per core) or a Dask scheduler address."""
-    if kind == "sequential":
-        yield {}
-    elif kind == "processes":
-        yield {"workers": workers or os.cpu_count() or 1}
-    elif ":" not in kind:
-        raise ValueError(f"executor must be 'sequential', 'processes' or a Dask scheduler address, got {kind!r}")
-    else:
-        from distributed import Client  # optional dependency: pip install mkdlib[dask]
-        with Client(kind) as client:
-            yield {"executor": client.get_executor()}
-
-
 # --- reading runs back --------------------------------------------------------------------------------
 
 def _effective(spec: RunSpec, key: str) -> Any:
@@ -475,7 +454,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         if not s.compare:
             df[["paper", "paper_pm", "diff"]] = math.nan
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
-                        setting=name, notes=it.notes)  # notes: for report.to_markdown, once it shows them
+                        setting=name, notes=list(it.notes))  # written under the table by report.to_markdown
         df["profile"] = prof.name
         df["weights"] = sub["weights"].reindex(df.index)
         out[output_name(it.id, name)] = df
@@ -508,7 +487,8 @@ def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: s
     out["profile"] = prof.name
     out["weights"] = "; ".join(sorted({w for df in by_setting.values() for w in df["weights"].dropna()})) or None
     out.attrs.update(item=item, title=_title(title(item), "", prof), profile=prof.name,
-                     metric=t.metric + "; ours: mean over the MVTec AD categories run")
+                     metric=t.metric + "; ours: mean over the MVTec AD categories run",
+                     notes=list(dict.fromkeys(n for df in by_setting.values() for n in report.table_notes(df))))
     return out
 
 
@@ -533,76 +513,3 @@ def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunR
     return report.write_index(results_dir, profile=profile_of(profile).label,
                               weights=weights_used(results_dir, results), commit=commit)
 
-
-# --- figures --------------------------------------------------------------------------------------------
-
-def means_figure_for(figure: str, tabs: Mapping[str, pd.DataFrame]) -> Figure:
-    """Figure 3, 4 or 5 from the tables of the items and settings it draws (FIGURES)."""
-    panels = {PAPER[item].title: {s: tabs[output_name(item, s)] for s in settings}
-              for item, settings in FIGURES[figure][1].items()}
-    profiles = {df.attrs.get("profile", "paper") for p in panels.values() for df in p.values()} - {"paper"}
-    return means_figure(panels, title(figure) + "".join(f" [profile {p}: NOT paper numbers]" for p in sorted(profiles)))
-
-
-def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -> Figure:
-    """Figures 3-5: a panel per dataset, the paper's and our mean AUROC for each setting, as bars."""
-    fig = Figure(figsize=(4.5 * len(panels), 3.8))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (panel, by_setting) in zip(axes, panels.items()):
-        dfs = list(by_setting.values())
-        labels = [PAPER[df.attrs["item"]].column_labels.get(df.attrs["column"], df.attrs["column"]) for df in dfs]
-        x = np.arange(len(dfs))
-        ax.bar(x - 0.2, [df.at["mean", "paper"] for df in dfs], 0.4, label="paper")
-        ax.bar(x + 0.2, [np.nan_to_num(df.at["mean", "ours_final"]) for df in dfs], 0.4, label="ours (final)")
-        ax.set_xticks(x, labels, rotation=15)
-        ax.set(ylim=(0, 100), title=panel, ylabel="mean AUROC (%)")
-    axes[0].legend(loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def example_maps(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu"):
-    """(images in [0, 1], masks, maps, titles) of n test images of a finished run, for heatmap figures:
-    one anomalous image per defect type where there are masks (Figs. 1 and 6), else normal images
-    (Fig. 1's MNIST and CIFAR-10 rows: 'normal features')."""
-    _, cfg, source, cloner = load_model(result.run_dir, device=device)
-    test = load_data(result.spec, cfg, split="test")
-    labels, kinds = np.asarray(test.labels), [Path(p).parent.name for p in test.paths]
-    if test.has_masks:
-        first: dict[str, int] = {}
-        for i in np.flatnonzero(labels == 1):
-            first.setdefault(kinds[i], int(i))
-        pick = list(first.values())[:n]
-    else:
-        pick = [int(i) for i in np.flatnonzero(labels == 0)[:n]]
-    items = [test[i] for i in pick]
-    x = torch.stack([item["image"] for item in items])  # (n, 3, H, W) network input
-    gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
-    maps = localize(x.to(device), source, cloner, score_loss(cfg), method=method, generator=gen)
-    base = getattr(test, "base", test)  # a subset's dataset holds the normalisation
-    if getattr(base, "mean", None) is not None:
-        x = x * torch.tensor(base.std).view(1, 3, 1, 1) + torch.tensor(base.mean).view(1, 3, 1, 1)
-    masks = np.stack([item["mask"][0].numpy() if "mask" in item else np.zeros(x.shape[2:]) for item in items])
-    name = result.spec.normal_class if result.spec.normal_class is not None else result.spec.dataset
-    titles = [f"{name}: {kinds[i] if test.has_masks else 'normal'}" for i in pick]
-    return x.clamp(0, 1), masks, maps, titles
-
-
-def heatmap_figure(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu") -> Figure:
-    """Figure 6 style rows (image, ground truth, map) for n test images of a finished run."""
-    images, masks, maps, titles = example_maps(result, n, method=method, device=device)
-    return heatmap_rows(images, masks, maps, titles=titles)
-
-
-def save_heatmaps(figure: str, results: Iterable[RunResult], results_dir: str | Path, *, n: int = 3,
-                  device: str = "cpu") -> list[Path]:
-    """`<results_dir>/figures/<figure>_<dataset>_<class>.png` for each finished run; others are listed."""
-    paths = []
-    for res in results:
-        name = "_".join(str(x) for x in (figure, res.spec.dataset, res.spec.normal_class) if x is not None)
-        if not res.ok:
-            print(f"{name}: {failure_note(res)}")
-            continue
-        paths.append(save_figure(heatmap_figure(res, n, device=device), Path(results_dir) / "figures" / f"{name}.png"))
-    return paths

@@ -1,8 +1,8 @@
 """Results tables written by code: ours beside the paper's number, and the results index.
 
 `comparison_table` lines our per-class AUROC (final epoch; mean ± std over sampled checkpoints, in %)
-up with a table of `mkdlib.paper`; `write_table` writes it as CSV and Markdown; `write_index`
-regenerates `results/README.md` from the tables present.
+up with a table of `mkdlib.paper`; `write_table` writes it as CSV and Markdown (with the notes in
+`df.attrs["notes"]`); `write_index` regenerates `results/README.md` from the tables present.
 """
 
 from __future__ import annotations
@@ -109,9 +109,24 @@ def _pm(m: float, s: float) -> str:
     return _fmt(m) if pd.isna(s) or pd.isna(m) else f"{m:.2f} ± {s:.2f}"
 
 
+def _distinct(df: pd.DataFrame, column: str) -> str | None:
+    """The distinct values of a column, '; '-joined in order of appearance; None without any."""
+    if column not in df.columns:
+        return None
+    return "; ".join(dict.fromkeys(str(v) for v in df[column].dropna())) or None
+
+
+def table_notes(df: pd.DataFrame) -> list[str]:
+    """The table-wide notes in `df.attrs["notes"]` (a string or a sequence of strings)."""
+    notes = df.attrs.get("notes") or ()
+    return [notes] if isinstance(notes, str) else [str(n) for n in notes]
+
+
 def to_markdown(df: pd.DataFrame, title: str) -> str:
-    """A Markdown table: paper and ours as `mean ± std`, numbers to 2 decimals."""
-    head = ["class", "paper", "ours (final)", "ours (mean ± std)", "diff"]
+    """A Markdown table: paper and ours as `mean ± std`, numbers to 2 decimals. The first column is
+    headed by the index name (classes, or settings for Table 1); under the table, the profile and the
+    source weights (from the `profile` / `weights` columns, where present) and `df.attrs["notes"]`."""
+    head = [df.index.name or "class", "paper", "ours (final)", "ours (mean ± std)", "diff"]
     has_notes = "note" in df.columns and bool(df["note"].astype(bool).any())
     head += ["note"] * has_notes
     lines = [f"# {title}", ""]
@@ -124,6 +139,14 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
                  _pm(r["ours_mean"], r["ours_std"]), _fmt(r["diff"])]
         cells += [str(r["note"])] * has_notes
         lines.append("| " + " | ".join(cells) + " |")
+    provenance = [f"{label}: `{value}`" for label, value in (("Profile", _distinct(df, "profile")),
+                                                              ("source weights", _distinct(df, "weights")))
+                  if value is not None]
+    if provenance:
+        lines += ["", "; ".join(provenance) + "."]
+    notes = table_notes(df)
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -188,24 +211,46 @@ def _kv(value: str | Mapping[str, str]) -> list[str]:
     return [f"  - `{value}`"]
 
 
+PROVENANCE = ("How these results were produced: the tables here are written only by the notebooks in "
+              "`notebooks/` (run them with `mkd regenerate`), never by hand. Each table states its profile "
+              "and the source weights its runs used (columns `profile` and `weights`, and the table below). "
+              "Tables of the `smoke` profile are pipeline checks on tiny subsets, not paper numbers.")
+
+
+def _provenance(csv: Path) -> tuple[str, str]:
+    """(profile, weights) of a written table, from its CSV's columns; '—' where absent or unreadable."""
+    try:
+        df = pd.read_csv(csv, dtype=str)
+    except (OSError, ValueError):  # missing, empty or malformed
+        return "—", "—"
+    return _distinct(df, "profile") or "—", _distinct(df, "weights") or "—"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/")
+
+
 def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping[str, str],
                 hardware: str | Mapping[str, str] | None = None, commit: str | None = None) -> Path:
-    """Regenerate `<results_dir>/README.md`: every `*.md` table there, with run provenance."""
+    """Regenerate `<results_dir>/README.md`: every `*.md` table there with its profile and weights,
+    and the provenance of the run writing the index (profile, weights of all tables, commit, hardware)."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     commit = commit or detect_commit(results_dir) or "unknown (git rev-parse failed)"
     hardware = hardware if hardware is not None else detect_hardware()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Results", "",
-             "Written by `mkdlib.report.write_index`; do not edit by hand.", "",
-             f"- date: {now}", f"- commit: `{commit}`", f"- profile: `{profile}`", "- weights:",
-             *_kv(weights), "- hardware:", *_kv(hardware), "",
-             "| item | title | file | csv | modified |", "|---|---|---|---|---|"]
+             "Written by `mkdlib.report.write_index`; do not edit by hand.", "", PROVENANCE, "",
+             f"- date: {now}", f"- commit: `{commit}`", f"- profile of the run writing this index: `{profile}`",
+             "- weights:", *_kv(weights), "- hardware:", *_kv(hardware), "",
+             "| item | title | profile | weights | file | csv | modified |", "|---|---|---|---|---|---|---|"]
     for md in sorted(p for p in results_dir.glob("*.md") if p.name != "README.md"):
         first = md.read_text(encoding="utf-8").splitlines()[:1]
         title = first[0].lstrip("#").strip() if first else ""
         csv = md.with_suffix(".csv")
         mtime = datetime.fromtimestamp(md.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         csv_cell = f"[{csv.name}]({csv.name})" if csv.exists() else "—"
-        lines.append(f"| {md.stem} | {title.replace('|', '/')} | [{md.name}]({md.name}) | {csv_cell} | {mtime} |")
+        prof, used = _provenance(csv) if csv.exists() else ("—", "—")
+        lines.append(f"| {md.stem} | {_cell(title)} | {_cell(prof)} | {_cell(used)} | [{md.name}]({md.name}) "
+                     f"| {csv_cell} | {mtime} |")
     return atomic_write_text(results_dir / "README.md", "\n".join(lines) + "\n")

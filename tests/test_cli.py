@@ -51,9 +51,11 @@ def test_python_dash_m_runs_the_cli():
 
 def test_cli_names_match_the_library():
     from mkdlib.datasets import DATASET_NAMES
+    from mkdlib.experiment import localization_variants
     from mkdlib.localization import METHODS
 
     assert cli.METHODS == METHODS and cli.DATASETS == DATASET_NAMES
+    assert cli.VARIANTS == localization_variants()
 
 
 def test_train_prints_the_run_directory_and_caches(trained, capsys):

@@ -1,9 +1,15 @@
-"""Figure 6-style heatmap rows: drawn without a display and written as PNG."""
+"""Heatmap rows (Figures 1, 6) and mean-AUROC bars (Figures 3-5): drawn without a display, written as PNG."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from mkdlib.figures import heat_overlay, heatmap_rows, save_figure
+from mkdlib import items, paper_figures
+from mkdlib.experiment import RunResult
+from mkdlib.figures import heat_overlay, heatmap_rows, means_figure, save_figure
+from mkdlib.paper import MVTEC_CATEGORIES
+from mkdlib.report import comparison_table
 
 
 def _case(n=2, size=16):
@@ -44,3 +50,29 @@ def test_heatmap_rows_bad_input():
         heatmap_rows(images, masks, maps, titles=["one"])
     with pytest.raises(ValueError, match="NaN"):
         heatmap_rows(images, masks, maps * np.nan)
+
+
+def test_means_figure_draws_a_panel_per_dataset(tmp_path):
+    tabs = {s: comparison_table("table9", {c: 80.0 for c in MVTEC_CATEGORIES}, column=s)
+            for s in ("equal_net", "smaller_net")}
+    fig = means_figure({"MVTec AD": tabs, "again": tabs}, "Figure 4")
+    assert len(fig.axes) == 2 and fig._suptitle.get_text() == "Figure 4"
+    assert [p.get_height() for p in fig.axes[0].patches][2:] == pytest.approx([80.0, 80.0])  # ours
+    assert save_figure(fig, tmp_path / "f4.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_means_figure_for_labels_smoke_tables():
+    specs = items.specs_for("table7", "smoke") + items.specs_for("table8", "smoke")
+    metrics = {"image_auroc": {"final": 0.75, "mean": 0.75, "std": 0.0}, "pixel": {}, "weights": "w"}
+    results = [RunResult(s, Path("/nowhere") / s.key(), metrics) for s in specs]
+    tabs = {**items.tables("table7", results, profile="smoke"), **items.tables("table8", results, profile="smoke")}
+    fig = paper_figures.means_figure_for("figure3", tabs)
+    assert len(fig.axes) == 2 and "NOT paper numbers" in fig._suptitle.get_text()
+
+
+def test_save_heatmaps_lists_runs_that_did_not_finish(tmp_path, capsys):
+    spec = items.specs_for("table3", "smoke")[0]
+    failed = RunResult(spec, None, None, "mvtec data not found: expected /x. To obtain it: ...",
+                       "DatasetNotFoundError")
+    assert paper_figures.save_heatmaps("figure6", [failed], tmp_path) == []
+    assert "figure6_mvtec_leather: not run: mvtec data not found: expected /x." in capsys.readouterr().out

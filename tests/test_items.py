@@ -10,7 +10,7 @@ import pytest
 
 from mkdlib import items
 from mkdlib.config import paper_config
-from mkdlib.experiment import RunResult, RunSpec, run_many
+from mkdlib.experiment import RunResult, RunSpec
 from mkdlib.paper import MVTEC_CATEGORIES, PAPER, paper_value
 from mkdlib.report import COLUMNS
 
@@ -42,6 +42,11 @@ def test_items_match_the_paper_tables():
     assert items.ITEMS["table11"].summary == "table1"
     keys = {k for v in items.NOTEBOOKS.values() for k in v}
     assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart"} == keys
+
+
+def test_paper_profile_run_keys_are_pinned():
+    # Finished runs in results/runs are found by these keys: a change here orphans them.
+    assert items.specs_for("table2_mnist", "paper")[0].key() == "525a9b82cb562ca5"
 
 
 def test_paper_profile_specs_cover_every_class_and_share_runs():
@@ -172,8 +177,7 @@ def test_saved_files_index_and_figure(tmp_path):
     assert csv.at["0", "ours_final"] == pytest.approx(75.0) and (csv["profile"] == "smoke").all()
     index = items.write_index(tmp_path, profile="smoke", results=results).read_text()
     assert "NOT paper numbers" in index and "test-weights" in index and "table7_last_2" in index
-    fig = items.means_figure_for("figure3", tabs)
-    assert len(fig.axes) == 2 and "NOT paper numbers" in fig._suptitle.get_text()
+    assert "| table8_last_3 | " in index and "| smoke | test-weights |" in index  # per table
 
 
 def test_weights_reported_when_nothing_ran(tmp_path):
@@ -190,21 +194,23 @@ def test_notebooks_lookup():
         items.notebooks_for("table12")
 
 
-def test_executor_keywords():
-    with items.executor("sequential") as kw:
-        assert kw == {}
-    with items.executor("processes", 3) as kw:
-        assert kw == {"workers": 3}
-    with pytest.raises(ValueError, match="Dask scheduler address"):
-        with items.executor("threads"):
-            pass
+def test_item_notes_reach_the_markdown(tmp_path):
+    specs = items.specs_for("table7", "smoke") + items.specs_for("table6", "smoke")
+    tabs = {**items.tables("table7", [_ok(s) for s in specs], profile="smoke"),
+            **items.tables("table6", [_ok(s) for s in specs], profile="smoke")}
+    assert tabs["table7_last_1"].attrs["notes"] == list(items.ITEMS["table7"].notes)
+    items.save_tables(tabs, tmp_path)
+    for name, item in (("table7_last_2", "table7"), ("table6", "table6")):
+        text = (tmp_path / f"{name}.md").read_text()
+        assert all(f"- {n}" in text.split("Notes:")[1] for n in items.ITEMS[item].notes), name
+        assert "Profile: `smoke`; source weights: `test-weights`." in text
+    assert "TheLast4" in (tmp_path / "table7_last_4.md").read_text()
+    assert "how many splits it used: 5 in the paper profile" in (tmp_path / "table6.md").read_text()
 
 
-@pytest.mark.slow
-def test_dask_scheduler_address(tmp_path):
-    distributed = pytest.importorskip("distributed")
-    spec = items.specs_for("table5", "smoke", data_root=str(tmp_path / "absent"))[0]
-    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
-        with items.executor(cluster.scheduler_address) as kw:
-            (result,) = run_many([spec], tmp_path / "runs", progress=False, **kw)
-    assert result.error_type == "DatasetNotFoundError" and str(tmp_path / "absent") in result.error
+def test_table1_rows_are_settings_in_markdown(tmp_path):
+    spec = items.specs_for("table11", "paper", classes=["bottle"])[0]
+    pixel = {items.GRADIENTS: {"paper_pixel_auroc": 0.9, "pixel_auroc": 0.95, "au_pro": 0.8}}
+    items.save_tables(items.tables("table11", [_ok(spec, pixel=pixel)], profile="paper"), tmp_path)
+    text = (tmp_path / "table1.md").read_text()
+    assert "| setting | paper |" in text and "| Gradients + Gaussian | 90.51 |" in text

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from mkdlib.paper import MVTEC_CATEGORIES, PAPER, paper_value
-from mkdlib.report import COLUMNS, comparison_table, detect_commit, not_run, write_index, write_table
+from mkdlib.report import (COLUMNS, PROVENANCE, comparison_table, detect_commit, not_run, to_markdown,
+                           write_index, write_table)
 
 
 def _ours(item: str, offset: float = -1.0, skip: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
@@ -97,9 +98,9 @@ def test_write_table_and_index(tmp_path):
                       hardware={"platform": "test"}, commit="abc123")
     assert idx == res / "README.md"
     body = idx.read_text()
-    for needle in ("| table3 | Table 3, p. 8: Anomaly detection on MVTec AD | [table3.md](table3.md) "
+    for needle in ("| table3 | Table 3, p. 8: Anomaly detection on MVTec AD | — | — | [table3.md](table3.md) "
                    "| [table3.csv](table3.csv) |", "| table9_equal_net |", "`abc123`", "`smoke`",
-                   "vgg16: `IMAGENET1K_V1`", "platform: `test`"):
+                   "vgg16: `IMAGENET1K_V1`", "platform: `test`", PROVENANCE):
         assert needle in body
     write_index(res, profile="smoke", weights="none")  # regenerated; itself not listed
     body = idx.read_text()
@@ -131,3 +132,34 @@ def test_commit_is_detected(tmp_path):
     assert detect_commit(tmp_path) == sha + " (dirty)"
     res = tmp_path / "results"
     assert f"`{sha} (dirty)`" in write_index(res, profile="p", weights="w", hardware="h").read_text()
+
+
+def test_markdown_heads_the_index_name_and_prints_notes_profile_and_weights():
+    df = comparison_table("table6", {"brainmri": 94.0, "headct": 77.0})
+    assert df.index.name == "class"
+    text = to_markdown(df, "T6")
+    assert "| class | paper |" in text and "Notes:" not in text and "Profile" not in text
+    df.attrs["notes"] = ["5 splits; the paper does not say how many.", "second | note"]
+    df["profile"], df["weights"] = "paper", ["imagenet", "imagenet", None]
+    text = to_markdown(df, "T6")
+    tail = text.split("| headct_aug |")[1]  # under the table
+    assert "Profile: `paper`; source weights: `imagenet`." in tail
+    assert "\nNotes:\n\n- 5 splits; the paper does not say how many.\n- second | note\n" in tail
+    df.attrs["notes"] = "one note"
+    assert "- one note" in to_markdown(df, "T6")
+    t1 = df.rename_axis("setting")  # Table 1's rows are settings
+    assert "| setting | paper |" in to_markdown(t1, "T1")
+
+
+def test_index_lists_each_tables_profile_and_weights(tmp_path):
+    for name, profile, weights in (("table5", "paper", "imagenet"), ("table6", "smoke", None)):
+        df = comparison_table(name, {})
+        df["profile"], df["weights"] = profile, weights
+        write_table(df, tmp_path, name)
+    (tmp_path / "broken.md").write_text("# broken\n")
+    (tmp_path / "broken.csv").write_text("")  # unreadable: no provenance, no failure
+    body = write_index(tmp_path, profile="paper", weights="w", hardware="h", commit="c").read_text()
+    assert "| table5 | Table 5, p. 8: " in body and "| paper | imagenet | [table5.md](table5.md) |" in body
+    assert "| smoke | — | [table6.md](table6.md) |" in body
+    assert "| broken | broken | — | — | [broken.md](broken.md) |" in body
+    assert "not paper numbers" in body and "mkd regenerate" in body

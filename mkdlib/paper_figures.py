@@ -1,0 +1,74 @@
+"""The paper's figures from its items: Figures 3-5 (mean AUROC bars) from the tables of
+`mkdlib.items.tables`, Figures 1 and 6 (heatmap rows) from finished runs, drawn by `mkdlib.figures`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from mkdlib.experiment import RunResult, load_data, load_model
+from mkdlib.figures import heatmap_rows, means_figure, save_figure
+from mkdlib.items import FIGURES, GRADIENTS, failure_note, output_name, title
+from mkdlib.localization import localize
+from mkdlib.paper import PAPER
+from mkdlib.scoring import score_loss
+
+
+def means_figure_for(figure: str, tabs: Mapping[str, pd.DataFrame]) -> Figure:
+    """Figure 3, 4 or 5 from the tables of the items and settings it draws (items.FIGURES)."""
+    panels = {PAPER[item].title: {s: tabs[output_name(item, s)] for s in settings}
+              for item, settings in FIGURES[figure][1].items()}
+    profiles = {df.attrs.get("profile", "paper") for p in panels.values() for df in p.values()} - {"paper"}
+    return means_figure(panels, title(figure) + "".join(f" [profile {p}: NOT paper numbers]" for p in sorted(profiles)))
+
+
+def example_maps(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu"):
+    """(images in [0, 1], masks, maps, titles) of n test images of a finished run, for heatmap figures:
+    one anomalous image per defect type where there are masks (Figs. 1 and 6), else normal images
+    (Fig. 1's MNIST and CIFAR-10 rows: 'normal features')."""
+    _, cfg, source, cloner = load_model(result.run_dir, device=device)
+    test = load_data(result.spec, cfg, split="test")
+    labels, kinds = np.asarray(test.labels), [Path(p).parent.name for p in test.paths]
+    if test.has_masks:
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(labels == 1):
+            first.setdefault(kinds[i], int(i))
+        pick = list(first.values())[:n]
+    else:
+        pick = [int(i) for i in np.flatnonzero(labels == 0)[:n]]
+    items = [test[i] for i in pick]
+    x = torch.stack([item["image"] for item in items])  # (n, 3, H, W) network input
+    gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
+    maps = localize(x.to(device), source, cloner, score_loss(cfg), method=method, generator=gen)
+    base = getattr(test, "base", test)  # a subset's dataset holds the normalisation
+    if getattr(base, "mean", None) is not None:
+        x = x * torch.tensor(base.std).view(1, 3, 1, 1) + torch.tensor(base.mean).view(1, 3, 1, 1)
+    masks = np.stack([item["mask"][0].numpy() if "mask" in item else np.zeros(x.shape[2:]) for item in items])
+    name = result.spec.normal_class if result.spec.normal_class is not None else result.spec.dataset
+    titles = [f"{name}: {kinds[i] if test.has_masks else 'normal'}" for i in pick]
+    return x.clamp(0, 1), masks, maps, titles
+
+
+def heatmap_figure(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu") -> Figure:
+    """Figure 6 style rows (image, ground truth, map) for n test images of a finished run."""
+    images, masks, maps, titles = example_maps(result, n, method=method, device=device)
+    return heatmap_rows(images, masks, maps, titles=titles)
+
+
+def save_heatmaps(figure: str, results: Iterable[RunResult], results_dir: str | Path, *, n: int = 3,
+                  device: str = "cpu") -> list[Path]:
+    """`<results_dir>/figures/<figure>_<dataset>_<class>.png` for each finished run; others are listed."""
+    paths = []
+    for res in results:
+        name = "_".join(str(x) for x in (figure, res.spec.dataset, res.spec.normal_class) if x is not None)
+        if not res.ok:
+            print(f"{name}: {failure_note(res)}")
+            continue
+        paths.append(save_figure(heatmap_figure(res, n, device=device), Path(results_dir) / "figures" / f"{name}.png"))
+    return paths

@@ -1,0 +1,29 @@
+"""A notebook's `executor` parameter as run_many's keywords."""
+
+from __future__ import annotations
+
+import pytest
+
+from mkdlib import items
+from mkdlib.experiment import run_many
+from mkdlib.parallel import executor
+
+
+def test_executor_keywords():
+    with executor("sequential") as kw:
+        assert kw == {}
+    with executor("processes", 3) as kw:
+        assert kw == {"workers": 3}
+    with pytest.raises(ValueError, match="Dask scheduler address"):
+        with executor("threads"):
+            pass
+
+
+@pytest.mark.slow
+def test_dask_scheduler_address(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    spec = items.specs_for("table5", "smoke", data_root=str(tmp_path / "absent"))[0]
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with executor(cluster.scheduler_address) as kw:
+            (result,) = run_many([spec], tmp_path / "runs", progress=False, **kw)
+    assert result.error_type == "DatasetNotFoundError" and str(tmp_path / "absent") in result.error
