@@ -163,7 +163,8 @@ def fit(
                         target = source(x)
                 value = loss(cloner(x), target)
             if not torch.isfinite(value):
-                write_history(history, ckpt_dir / "history.csv") if ckpt_dir else None
+                if ckpt_dir is not None:  # keep what was computed
+                    write_history(history, ckpt_dir / "history.csv")
                 raise FloatingPointError(
                     f"non-finite training loss ({value.item()}) at epoch {epoch + 1}; "
                     f"checkpoints up to the last good epoch are kept in {ckpt_dir}. "
