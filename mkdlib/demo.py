@@ -25,18 +25,15 @@ from mkdlib.scoring import score, score_loss
 from mkdlib.train import build, fit
 
 
-def _weights_or_random(weights: str | None):
-    """The ImageNet source if it can be had offline, else None (random) with a warning."""
-    from mkdlib.models import Source
-
-    if weights != "imagenet":
-        return weights
+def _build_or_random(cfg, weights: str | None, device: str):
+    """build(cfg) with the ImageNet source if it can be had offline, else a random one, with a warning."""
     try:
-        Source(["pool2"], weights="imagenet")
-        return "imagenet"
+        return build(cfg, weights=weights, device=device)
     except RuntimeError as err:
-        warnings.warn(f"demo falls back to a random source: {err}", stacklevel=2)
-        return None
+        if weights != "imagenet":
+            raise
+        warnings.warn(f"demo falls back to a random source: {err}", stacklevel=3)
+        return build(cfg, weights=None, device=device)
 
 
 def quick_demo(out_dir: str | Path = "demo", *, epochs: int = 30, image_size: int = 64, seed: int = 0,
@@ -44,17 +41,17 @@ def quick_demo(out_dir: str | Path = "demo", *, epochs: int = 30, image_size: in
                device: str = "cpu", progress: bool = True) -> dict:
     """Train, score, localise on the synthetic set; writes metrics.json and heatmaps.png in out_dir."""
     out = Path(out_dir)
-    weights = _weights_or_random(weights)
     cfg = paper_config("synthetic", epochs=epochs, image_size=image_size, seed=seed, batch_size=16)
     train = get_dataset("synthetic", data_root, split="train", seed=seed, image_size=image_size)
     test = get_dataset("synthetic", data_root, split="test", seed=seed, image_size=image_size)
-    source, cloner, loss = build(cfg, weights=weights, device=device)
+    source, cloner, loss = _build_or_random(cfg, weights, device)
     t0 = time.perf_counter()
     history = fit(cloner, source, train, cfg, loss, device=device, progress=progress)
     t1 = time.perf_counter()
-    scores = score(cloner, score_loss(cfg), test, source=source, device=device)
+    scorer = score_loss(cfg)
+    scores = score(cloner, scorer, test, source=source, device=device)
     images = torch.stack([test[i]["image"] for i in range(len(test))]).to(device)
-    maps = localize(images, source, cloner, score_loss(cfg))
+    maps = localize(images, source, cloner, scorer)
     t2 = time.perf_counter()
     masks, labels = test.masks, test.labels
     metrics = {
