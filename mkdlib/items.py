@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mkdlib import report
-from mkdlib.config import paper_config
+from mkdlib.config import MKDConfig, paper_config
 from mkdlib.experiment import NOBLUR_SUFFIX, RunResult, RunSpec, add_localization
 from mkdlib.models import WEIGHTS_ENV
 from mkdlib.paper import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
@@ -271,14 +271,17 @@ def specs_for(item: str | Item, profile: str = "paper", *,
               classes: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
               seeds: Sequence[int] | None = None, settings: Sequence[str] | None = None,
               data_root: str | None = None, data_roots: Mapping[str, str] | None = None,
-              weights: str | None = PROFILE_DEFAULT) -> list[RunSpec]:
+              weights: str | None = PROFILE_DEFAULT, config: Mapping[str, Any] | None = None) -> list[RunSpec]:
     """The runs an item needs: one per (row, distinct config, seed); settings with the same config share
     a run. The full method's runs make item.maps; `add_maps` adds the other maps a setting reads.
 
     classes: see `rows_for`. seeds: default range(item.seeds) (smoke: 2 for the items with several).
     data_roots: per dataset, else data_root (None: $MKDLIB_DATA). weights: "profile" = default_weights.
+    config: MKDConfig overrides for every run on top of the profile's (e.g. {"amp": True} for bf16);
+    the tables name them (`overrides` column). Keys the item's rows or settings vary are refused.
     """
     it, prof = _item(item), profile_of(profile)
+    overrides = check_overrides(it, config)
     rows = rows_for(it, profile, classes)
     names = list(settings) if settings is not None else list(it.settings)
     if seeds is None:
@@ -293,7 +296,7 @@ def specs_for(item: str | Item, profile: str = "paper", *,
             base["image_size"] = prof.image_size[row.dataset]
         runs: dict[str, tuple[dict, tuple[str, ...]]] = {}  # repr(config) -> (config, localisation)
         for s in (it.settings[n] for n in names):
-            config = {**base, **row.config, **s.config}
+            config = {**base, **overrides, **row.config, **s.config}
             runs.setdefault(repr(sorted(config.items())), (config, () if s.config else it.maps))
         for config, methods in runs.values():
             for seed in seeds:
@@ -302,6 +305,26 @@ def specs_for(item: str | Item, profile: str = "paper", *,
                     data_root=roots.get(row.dataset, data_root), weights=weights, localization=methods,
                     max_train=prof.max_train, max_test=max_test))
     return specs
+
+
+def varied_keys(item: str | Item) -> set[str]:
+    """The MKDConfig fields an item's rows or settings set: what the item compares."""
+    it = _item(item)
+    return {k for x in [*it.rows.values(), *it.settings.values()] for k in x.config}
+
+
+def check_overrides(item: str | Item, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """config as a dict, after checking that each key is an MKDConfig field the item does not vary."""
+    it, config = _item(item), dict(config or {})
+    fields = set(MKDConfig().to_dict()) - {"dataset"}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise ValueError(f"config: unknown MKDConfig field(s) {unknown}; valid: {sorted(fields)}")
+    clash = sorted(set(config) & varied_keys(it))
+    if clash:
+        raise ValueError(f"config: {it.id} compares runs that differ in {clash}; "
+                         "an override of them would hide that, drop them from config")
+    return config
 
 
 # --- reading runs back --------------------------------------------------------------------------------
@@ -390,14 +413,22 @@ def _weights(result: RunResult) -> str:
     return str(result.metrics.get("weights") or RANDOM) if result.ok else f"{result.spec.weights or RANDOM} (requested)"
 
 
-def collect(item: str | Item, results: Iterable[RunResult]) -> pd.DataFrame:
+def overrides_of(spec: RunSpec, exclude: Iterable[str] = ()) -> str:
+    """The run's MKDConfig overrides outside `exclude`, as "key=value, ..." ("" for none)."""
+    skip = set(exclude)
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items()) if k not in skip)
+
+
+def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable[str] = ()) -> pd.DataFrame:
     """One row per (setting, class) with runs: final, mean, std (in %), n (runs that finished), note,
-    and the source weights the runs used.
+    the source weights the runs used and their config overrides (besides the keys the item varies and
+    `exclude`).
 
     One seed: the run's final value and mean ± std over its sampled epochs. Several seeds: final and mean
     = mean over seeds of the final values, std = their std. Runs of other items are ignored.
     """
     it = _item(item)
+    exclude = varied_keys(it) | set(exclude)
     found: dict[tuple[str, str], dict[int, RunResult]] = {}
     for res in results:
         row = row_of(it, res.spec)
@@ -427,8 +458,10 @@ def collect(item: str | Item, results: Iterable[RunResult]) -> pd.DataFrame:
             note += f"; {len(failed)} of {len(runs)} runs {failed[0]}"
         out.append({"setting": name, "class": row, "final": 100 * final, "mean": 100 * mean,
                     "std": 100 * std, "n": len(ok), "note": note.lstrip("; "),
-                    "weights": "; ".join(sorted({_weights(r) for r in (ok or runs)}))})
-    return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights"])
+                    "weights": "; ".join(sorted({_weights(r) for r in (ok or runs)})),
+                    "overrides": "; ".join(sorted({overrides_of(r.spec, exclude) for r in runs}))})
+    return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights",
+                                      "overrides"])
 
 
 def output_name(item: str, setting: str) -> str:
@@ -439,10 +472,10 @@ def output_name(item: str, setting: str) -> str:
 def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
            settings: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """Output name -> `report.comparison_table` (ours beside the paper) for each setting of an item,
-    plus the item's means-only summary (Table 1 from Table 11). Tables carry `profile` and `weights`
-    columns (the source weights of each row's runs)."""
+    plus the item's means-only summary (Table 1 from Table 11). Tables carry `profile`, `weights` (the
+    source weights of each row's runs) and `overrides` (their config beyond the paper's and the profile's)."""
     it, prof = _item(item), profile_of(profile)
-    long = collect(it, results)
+    long = collect(it, results, exclude=[*prof.config, *(["image_size"] if prof.image_size else [])])
     out: dict[str, pd.DataFrame] = {}
     for name in settings if settings is not None else it.settings:
         s = it.settings[name]
@@ -453,10 +486,14 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
         if not s.compare:
             df[["paper", "paper_pm", "diff"]] = math.nan
+        used = sorted({o for o in sub["overrides"] if o})
+        notes_below = list(it.notes) + [f"Runs with config overrides beyond the paper's protocol: {'; '.join(used)}"
+                                         " (see the overrides column and the README)."] * bool(used)
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
-                        setting=name, notes=list(it.notes))  # written under the table by report.to_markdown
+                        setting=name, notes=notes_below)  # written under the table by report.to_markdown
         df["profile"] = prof.name
         df["weights"] = sub["weights"].reindex(df.index)
+        df["overrides"] = sub["overrides"].reindex(df.index)
         out[output_name(it.id, name)] = df
     if it.summary:
         out[it.summary] = means_table(it.summary, {n: out[output_name(it.id, n)] for n in it.settings
@@ -486,6 +523,7 @@ def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: s
     out.index.name = "setting"
     out["profile"] = prof.name
     out["weights"] = "; ".join(sorted({w for df in by_setting.values() for w in df["weights"].dropna()})) or None
+    out["overrides"] = "; ".join(sorted({o for df in by_setting.values() for o in df["overrides"].dropna() if o}))
     out.attrs.update(item=item, title=_title(title(item), "", prof), profile=prof.name,
                      metric=t.metric + "; ours: mean over the MVTec AD categories run",
                      notes=list(dict.fromkeys(n for df in by_setting.values() for n in report.table_notes(df))))

@@ -113,7 +113,7 @@ def _distinct(df: pd.DataFrame, column: str) -> str | None:
     """The distinct values of a column, '; '-joined in order of appearance; None without any."""
     if column not in df.columns:
         return None
-    return "; ".join(dict.fromkeys(str(v) for v in df[column].dropna())) or None
+    return "; ".join(dict.fromkeys(str(v) for v in df[column].dropna() if str(v))) or None
 
 
 def table_notes(df: pd.DataFrame) -> list[str]:
@@ -124,8 +124,9 @@ def table_notes(df: pd.DataFrame) -> list[str]:
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:
     """A Markdown table: paper and ours as `mean ± std`, numbers to 2 decimals. The first column is
-    headed by the index name (classes, or settings for Table 1); under the table, the profile and the
-    source weights (from the `profile` / `weights` columns, where present) and `df.attrs["notes"]`."""
+    headed by the index name (classes, or settings for Table 1); under the table, the profile, the
+    source weights and the config overrides (the `profile` / `weights` / `overrides` columns, where
+    present) and `df.attrs["notes"]`."""
     head = [df.index.name or "class", "paper", "ours (final)", "ours (mean ± std)", "diff"]
     has_notes = "note" in df.columns and bool(df["note"].astype(bool).any())
     head += ["note"] * has_notes
@@ -140,7 +141,8 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
         cells += [str(r["note"])] * has_notes
         lines.append("| " + " | ".join(cells) + " |")
     provenance = [f"{label}: `{value}`" for label, value in (("Profile", _distinct(df, "profile")),
-                                                              ("source weights", _distinct(df, "weights")))
+                                                              ("source weights", _distinct(df, "weights")),
+                                                              ("config overrides", _distinct(df, "overrides")))
                   if value is not None]
     if provenance:
         lines += ["", "; ".join(provenance) + "."]
@@ -213,17 +215,21 @@ def _kv(value: str | Mapping[str, str]) -> list[str]:
 
 PROVENANCE = ("How these results were produced: the tables here are written only by the notebooks in "
               "`notebooks/` (run them with `mkd regenerate`), never by hand. Each table states its profile "
-              "and the source weights its runs used (columns `profile` and `weights`, and the table below). "
+              "and the source weights its runs used (columns `profile` and `weights`, and the table below), and "
+              "any config overrides beyond the paper's protocol (column `overrides`, beside the profile below). "
               "Tables of the `smoke` profile are pipeline checks on tiny subsets, not paper numbers.")
 
 
 def _provenance(csv: Path) -> tuple[str, str]:
-    """(profile, weights) of a written table, from its CSV's columns; '—' where absent or unreadable."""
+    """(profile with any config overrides, weights) of a written table, from its CSV's columns; '—' where
+    absent or unreadable."""
     try:
         df = pd.read_csv(csv, dtype=str)
     except (OSError, ValueError):  # missing, empty or malformed
         return "—", "—"
-    return _distinct(df, "profile") or "—", _distinct(df, "weights") or "—"
+    overrides = _distinct(df, "overrides")
+    profile = (_distinct(df, "profile") or "—") + (f" (overrides: {overrides})" if overrides else "")
+    return profile, _distinct(df, "weights") or "—"
 
 
 def _cell(text: str) -> str:

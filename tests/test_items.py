@@ -98,13 +98,32 @@ def test_data_roots_per_dataset():
     assert {(s.dataset, s.data_root) for s in specs} == {("brainmri", "/d"), ("headct", "/h")}
 
 
+def test_config_overrides_reach_every_run_and_the_tables():
+    specs = items.specs_for("table6", "paper", classes=["headct"], config={"amp": True, "channels_last": True})
+    assert len(specs) == 5 and all(s.config == {"amp": True, "channels_last": True} for s in specs)
+    df = items.tables("table6", [_ok(s) for s in specs], profile="paper")["table6"]
+    assert df.at["headct", "overrides"] == "amp=True, channels_last=True" and "5 seeds" in df.at["headct", "note"]
+    assert any("amp=True, channels_last=True" in n for n in df.attrs["notes"])
+    aug = items.specs_for("table6", "paper", classes=["headct_aug"], seeds=[0], config={"amp": True})
+    assert aug[0].config == {"amp": True, "augment": True}  # the row's own key is not an override
+    assert items.tables("table6", [_ok(aug[0])], profile="paper")["table6"].at["headct_aug", "overrides"] == "amp=True"
+    plain = items.tables("table6", [_ok(items.specs_for("table6", "paper", classes=["headct"])[0])], profile="paper")
+    assert plain["table6"].at["headct", "overrides"] == "" and not any("overrides" in n for n in plain["table6"].attrs["notes"])
+    smoke = items.tables("table6", [_ok(s) for s in items.specs_for("table6", "smoke")], profile="smoke")["table6"]
+    assert (smoke["overrides"].dropna() == "").all()  # the profile's own settings are not overrides
+    with pytest.raises(ValueError, match="augment"):
+        items.specs_for("table6", "paper", config={"augment": True})  # what Table 6 compares
+    with pytest.raises(ValueError, match="unknown MKDConfig field.*'ampp'"):
+        items.specs_for("table6", "paper", config={"ampp": True})
+
+
 def test_tables_put_the_paper_beside_ours_with_not_run_notes():
     specs = items.specs_for("table3", "paper", classes=["bottle", "screw"])
     results = [_ok(specs[0], 0.95, mean=0.94, std=0.005), _missing(specs[1], "/data/mvtec/screw/train")]
     tabs = items.tables("table3", results, profile="paper")
     assert list(tabs) == ["table3"]
     df = tabs["table3"]
-    assert list(df.columns) == [*COLUMNS, "profile", "weights"] and list(df.index) == [*MVTEC_CATEGORIES, "mean"]
+    assert list(df.columns) == [*COLUMNS, "profile", "weights", "overrides"] and list(df.index) == [*MVTEC_CATEGORIES, "mean"]
     assert df.at["bottle", "weights"] == "test-weights" and df.at["screw", "weights"] == "imagenet (requested)"
     assert df.at["bottle", "ours_final"] == pytest.approx(95.0) and df.at["bottle", "ours_std"] == pytest.approx(0.5)
     assert df.at["bottle", "paper"] == paper_value("table3", "bottle")

@@ -104,7 +104,7 @@ def _outputs(name: str) -> list[tuple[str, str | None]]:
 def _check_table(results: Path, item: str, setting: str | None) -> None:
     output = item if setting is None else items.output_name(item, setting)
     df = pd.read_csv(results / f"{output}.csv", index_col=0, dtype={"class": str, "setting": str})
-    assert list(df.columns) == [*COLUMNS, "profile", "weights"], output
+    assert list(df.columns) == [*COLUMNS, "profile", "weights", "overrides"], output
     assert (df["profile"] == "smoke").all()
     assert "smoke" in (results / f"{output}.md").read_text().splitlines()[0]  # labelled, not passed off
     ours = df[["ours_final", "ours_mean"]].stack().dropna()

@@ -144,6 +144,9 @@ def test_markdown_heads_the_index_name_and_prints_notes_profile_and_weights():
     text = to_markdown(df, "T6")
     tail = text.split("| headct_aug |")[1]  # under the table
     assert "Profile: `paper`; source weights: `imagenet`." in tail
+    df["overrides"] = ["", "amp=True", None]  # "" = the paper's config: not listed
+    assert "source weights: `imagenet`; config overrides: `amp=True`." in to_markdown(df, "T6")
+    df = df.drop(columns="overrides")
     assert "\nNotes:\n\n- 5 splits; the paper does not say how many.\n- second | note\n" in tail
     df.attrs["notes"] = "one note"
     assert "- one note" in to_markdown(df, "T6")
@@ -154,12 +157,12 @@ def test_markdown_heads_the_index_name_and_prints_notes_profile_and_weights():
 def test_index_lists_each_tables_profile_and_weights(tmp_path):
     for name, profile, weights in (("table5", "paper", "imagenet"), ("table6", "smoke", None)):
         df = comparison_table(name, {})
-        df["profile"], df["weights"] = profile, weights
+        df["profile"], df["weights"], df["overrides"] = profile, weights, "amp=True" if name == "table5" else ""
         write_table(df, tmp_path, name)
     (tmp_path / "broken.md").write_text("# broken\n")
     (tmp_path / "broken.csv").write_text("")  # unreadable: no provenance, no failure
     body = write_index(tmp_path, profile="paper", weights="w", hardware="h", commit="c").read_text()
-    assert "| table5 | Table 5, p. 8: " in body and "| paper | imagenet | [table5.md](table5.md) |" in body
+    assert "| table5 | Table 5, p. 8: " in body and "| paper (overrides: amp=True) | imagenet | [table5.md](table5.md) |" in body
     assert "| smoke | — | [table6.md](table6.md) |" in body
     assert "| broken | broken | — | — | [broken.md](broken.md) |" in body
     assert "not paper numbers" in body and "mkd regenerate" in body
