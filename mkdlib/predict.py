@@ -15,16 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from mkdlib.datasets import IMAGENET_MEAN, IMAGENET_STD
-from mkdlib.datasets.base import resize_to_uint8
-from mkdlib.datasets.factory import REFERENCE_IMAGENET_NORM
-from mkdlib.datasets.io import IMAGE_EXTENSIONS, list_images, open_image
-from mkdlib.datasets.onecls import TORCHVISION, reference_transform
+from mkdlib.datasets import IMAGE_EXTENSIONS, list_images, load_images
 from mkdlib.experiment import load_model
 from mkdlib.figures import heat_overlay
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
@@ -50,18 +44,6 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     if not files:
         raise ValueError(f"no images given (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return files
-
-
-def preprocess(files: Sequence[Path], dataset: str, image_size: int, normalize: bool) -> tuple[Tensor, Tensor]:
-    """(inputs, display): (N, 3, S, S) network inputs as the run's dataset prepares its images, and
-    the same images in [0, 1] before any normalisation."""
-    if dataset in TORCHVISION:  # mnist, fashionmnist, cifar10: the reference's resize (and crop)
-        transform = reference_transform(dataset, image_size)[0]
-    else:  # every other dataset: a square resize, aspect not kept
-        transform = resize_to_uint8(image_size)
-    display = torch.stack([transform(open_image(f)) for f in files]).float().div(255)  # (N, 3, S, S)
-    inputs = TF.normalize(display, IMAGENET_MEAN, IMAGENET_STD) if normalize else display
-    return inputs, display
 
 
 def overlay_png(image: np.ndarray, heat: np.ndarray) -> bytes:
@@ -95,15 +77,13 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
         warnings.warn(f"the run was trained with source weights {result.metrics.get('weights')!r} but they now "
                       f"resolve to {source.weights!r}: scores may not match its threshold", stacklevel=2)
     threshold = float(result.metrics["threshold"] if threshold is None else threshold)
-    opts = result.spec.dataset_options
-    normalize = opts["imagenet_norm"] if opts.get("imagenet_norm") is not None \
-        else REFERENCE_IMAGENET_NORM.get(result.spec.dataset, False)
+    imagenet_norm = result.spec.dataset_options.get("imagenet_norm")  # None: the dataset's own choice
     loss, out = score_loss(cfg), Path(out_dir).expanduser()
     gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
     scores, names = [], []
     for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
         chunk = files[start:start + CHUNK]
-        inputs, display = preprocess(chunk, result.spec.dataset, cfg.image_size, normalize)
+        inputs, display = load_images(chunk, result.spec.dataset, cfg.image_size, imagenet_norm=imagenet_norm)
         scores.append(score(cloner, loss, inputs, source=source, batch_size=cfg.batch_size, device=device))
         if not heatmaps:
             continue

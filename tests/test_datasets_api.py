@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mkdlib.datasets import DATASET_NAMES, DatasetNotFoundError, get_dataset, make_loader
+from mkdlib.datasets import DATASET_NAMES, DatasetNotFoundError, ImageReadError, get_dataset, load_images, make_loader
 
 SMALL = dict(n_train=4, n_test_good=2, n_test_defect=3, size=32)
 
@@ -51,3 +51,22 @@ def test_loader_with_workers_on_augmented_data(tmp_path):
     assert not ds.deterministic
     batches = list(make_loader(ds, batch_size=4, num_workers=1))
     assert batches[0]["image"].shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("norm", [None, True])
+def test_load_images_prepares_files_as_the_dataset_does(tmp_path, norm):
+    ds = get_dataset("synthetic", tmp_path, split="test", image_size=24, imagenet_norm=norm, **SMALL)
+    inputs, display = load_images(ds.paths, "synthetic", 24, imagenet_norm=norm)
+    expected = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    assert inputs.shape == display.shape == (len(ds), 3, 24, 24)
+    torch.testing.assert_close(inputs, expected)
+    assert display.min() >= 0 and display.max() <= 1 and torch.equal(inputs, display) == (norm is None)
+
+
+def test_load_images_errors_name_the_dataset_and_the_file(tmp_path):
+    with pytest.raises(ValueError, match="'imagenet'.*'synthetic'"):
+        load_images([], "imagenet", 32)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        load_images([bad], "mnist", 32)

@@ -5,7 +5,8 @@ reference code did; see README_DATA.md for where each archive comes from and the
 from .archive import MVTEC_SHA256, download_mvtec
 from .base import IMAGENET_MEAN, IMAGENET_STD, FileDataset, ImageDataset
 from .errors import ArchiveError, DatasetNotFoundError, EmptyFolderError, ImageReadError, MissingMaskError
-from .factory import DATASET_NAMES, get_dataset
+from .factory import DATASET_NAMES, get_dataset, load_images
+from .io import IMAGE_EXTENSIONS, list_images
 from .loader import make_loader
 from .medical import RETINA_CLASSES
 from .mvtec import MVTEC_CATEGORIES
@@ -14,7 +15,7 @@ from .roots import ENV_VAR
 from .synthetic import make_synthetic
 
 __all__ = [
-    "get_dataset", "make_loader", "make_synthetic", "download_mvtec",
+    "get_dataset", "load_images", "list_images", "IMAGE_EXTENSIONS", "make_loader", "make_synthetic", "download_mvtec",
     "DATASET_NAMES", "MVTEC_CATEGORIES", "RETINA_CLASSES", "CLASS_NAMES", "MVTEC_SHA256", "ENV_VAR",
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "FileDataset",
     "DatasetNotFoundError", "MissingMaskError", "EmptyFolderError", "ImageReadError", "ArchiveError",

@@ -5,14 +5,19 @@ Defaults follow the reference code's preprocessing per dataset (reference-implem
 CIFAR-10, is a deviation from it.
 """
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from .base import ImageDataset
+import torch
+import torchvision.transforms.functional as TF
+
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, resize_to_uint8
+from .io import open_image
 from .folder import build_folder
 from .medical import build_brainmri, build_headct, build_retina
 from .mvtec import build_mvtec
-from .onecls import build_onecls
+from .onecls import TORCHVISION, build_onecls, reference_transform
 from .synthetic import build_synthetic
 
 DATASET_NAMES = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder",
@@ -74,3 +79,18 @@ def get_dataset(name: str, root: str | Path | None = None, *, split: str,
     normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
     return BUILDERS[key](root, split=split, image_size=image_size, normalize=normalize,
                          augment=augment and split == "train", cache=cache, **options)
+
+
+def load_images(files: Sequence[str | Path], name: str, image_size: int, *,
+                imagenet_norm: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """New image files prepared as dataset `name` prepares its own: (inputs, display), both (N, 3, S, S)
+    float; inputs as the networks take them (ImageNet-normalised where the dataset is, see
+    get_dataset's imagenet_norm), display the same images in [0, 1]. Errors name an unreadable file."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
+    # mnist, fashionmnist, cifar10: the reference's resize (and crop); the others a square resize
+    transform = reference_transform(key, image_size)[0] if key in TORCHVISION else resize_to_uint8(image_size)
+    display = torch.stack([transform(open_image(f)) for f in files]).float().div(255)
+    normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
+    return (TF.normalize(display, IMAGENET_MEAN, IMAGENET_STD) if normalize else display), display
