@@ -1,5 +1,5 @@
 """The paper's figures from its items: Figures 3-5 (mean AUROC bars) from the tables of
-`mkdlib.items.tables`, Figures 1 and 6 (heatmap rows) from finished runs, drawn by `mkdlib.figures`.
+`mkdlib.tabulation.tables`, Figures 1 and 6 (heatmap rows) from finished runs, drawn by `mkdlib.figures`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from matplotlib.figure import Figure
 
 from mkdlib.experiment import RunResult, load_data, load_model
 from mkdlib.figures import heatmap_rows, means_figure, save_figure
-from mkdlib.items import FIGURES, GRADIENTS, failure_note, output_name, title
+from mkdlib.items import FIGURES, GRADIENTS, title
 from mkdlib.localization import localize
 from mkdlib.paper import PAPER
 from mkdlib.scoring import score_loss
+from mkdlib.tabulation import failure_note, output_name
 
 
 def means_figure_for(figure: str, tabs: Mapping[str, pd.DataFrame]) -> Figure:

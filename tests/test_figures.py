@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mkdlib import items, paper_figures
+from mkdlib import items, paper_figures, tabulation
 from mkdlib.experiment import RunResult
 from mkdlib.figures import heat_overlay, heatmap_rows, means_figure, save_figure
 from mkdlib.paper import MVTEC_CATEGORIES
@@ -65,7 +65,7 @@ def test_means_figure_for_labels_smoke_tables():
     specs = items.specs_for("table7", "smoke") + items.specs_for("table8", "smoke")
     metrics = {"image_auroc": {"final": 0.75, "mean": 0.75, "std": 0.0}, "pixel": {}, "weights": "w"}
     results = [RunResult(s, Path("/nowhere") / s.key(), metrics) for s in specs]
-    tabs = {**items.tables("table7", results, profile="smoke"), **items.tables("table8", results, profile="smoke")}
+    tabs = {**tabulation.tables("table7", results, profile="smoke"), **tabulation.tables("table8", results, profile="smoke")}
     fig = paper_figures.means_figure_for("figure3", tabs)
     assert len(fig.axes) == 2 and "NOT paper numbers" in fig._suptitle.get_text()
 

@@ -18,7 +18,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mkdlib import items, regenerate
+from mkdlib import items, regenerate, tabulation
 from mkdlib.paper import paper_value
 from mkdlib.report import COLUMNS
 
@@ -102,7 +102,7 @@ def _outputs(name: str) -> list[tuple[str, str | None]]:
 
 
 def _check_table(results: Path, item: str, setting: str | None) -> None:
-    output = item if setting is None else items.output_name(item, setting)
+    output = item if setting is None else tabulation.output_name(item, setting)
     df = pd.read_csv(results / f"{output}.csv", index_col=0, dtype={"class": str, "setting": str})
     assert list(df.columns) == [*COLUMNS, "profile", "weights", "overrides"], output
     assert (df["profile"] == "smoke").all()

@@ -54,7 +54,7 @@ def test_every_method_has_a_variant_without_the_gaussian():
     assert spec.localization == ("gradients-noblur", "gradients")
     assert spec.key() != RunSpec("mvtec", "wood", localization=("gradients",)).key()
 
-    from mkdlib.items import supported  # what the paper items (Tables 1, 11) ask runs for
+    from mkdlib.tabulation import supported  # what the paper items (Tables 1, 11) ask runs for
 
     assert all(supported(m) for m in names) and not supported("gradients-blur")
 

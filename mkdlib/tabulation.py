@@ -1,0 +1,256 @@
+"""The paper's tables from finished runs: `collect` reads each item's runs back (by row, setting and
+seed), `tables` lines them up with the paper (`mkdlib.report.comparison_table`), `save_tables` writes
+`results/<name>.csv|md` and `write_index` the index `results/README.md`. `add_maps` adds the saliency
+maps a table reads to runs that lack them. Which runs an item needs is `mkdlib.items`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mkdlib import report
+from mkdlib.config import paper_config
+from mkdlib.experiment import RunResult, RunSpec, add_localization
+from mkdlib.items import AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, profile_of, title, varied_keys
+from mkdlib.paper import PAPER
+
+PIXEL_LABELS = {
+    PAPER_PIXEL: "pixel AUROC (%), the paper's protocol (anomalous test images only, 1000 thresholds, opening)",
+    PIXEL_AUROC: "standard pixel AUROC (%) over all test images, masks binarised at 0.5",
+    AU_PRO: "AU-PRO (%) up to a false-positive rate of 0.3",
+}
+
+
+def _norm(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _effective(spec: RunSpec, key: str) -> Any:
+    """A config value as the run used it: its override, else the paper's value for its dataset."""
+    return _norm(spec.config[key] if key in spec.config else getattr(paper_config(spec.dataset), key))
+
+
+def row_of(item: str | Item, spec: RunSpec) -> str | None:
+    """The row of item a run belongs to (same dataset, class and row-specific config), or None."""
+    it = get_item(item)
+    keys = {k for r in it.rows.values() for k in r.config}
+    default = paper_config(spec.dataset)
+    for name, row in it.rows.items():
+        if (row.dataset == spec.dataset and str(row.normal_class) == str(spec.normal_class)
+                and all(_effective(spec, k) == _norm(row.config.get(k, getattr(default, k))) for k in keys)):
+            return name
+    return None
+
+
+def _matches(it: Item, s: Setting, spec: RunSpec) -> bool:
+    """The run has the setting's value of every config key that the item's settings vary."""
+    default = paper_config(spec.dataset)
+    return all(_effective(spec, k) == _norm(s.config.get(k, getattr(default, k)))
+               for k in {k for x in it.settings.values() for k in x.config})
+
+
+def _metric(metrics: Mapping, path: tuple[str, ...]) -> tuple[float, float, float]:
+    """(final, mean, std) as fractions; mean and std NaN for a metric with one value per run."""
+    node: Any = metrics
+    for key in path:
+        node = node[key]
+    if isinstance(node, Mapping):
+        return float(node["final"]), float(node.get("mean", math.nan)), float(node.get("std", math.nan))
+    return float(node), math.nan, math.nan
+
+
+def failure_note(result: RunResult) -> str:
+    """'not run: <where the data was looked for>' for absent data, else 'failed: <the error>'."""
+    text = " ".join(str(result.error).split())
+    if result.error_type == "DatasetNotFoundError":
+        return report.not_run(text.split(" To obtain it")[0])
+    return f"failed: {result.error_type}: {text[:300]}"
+
+
+def supported(method: str) -> bool:
+    """Whether runs can make this localisation method (what RunSpec accepts)."""
+    try:
+        RunSpec("synthetic", localization=(method,))
+    except ValueError:
+        return False
+    return True
+
+
+def _missing_maps_note(method: str) -> str:
+    if not supported(method):
+        return f"not run: localisation method {method!r} is not implemented (RunSpec.localization)"
+    return f"not run: no {method!r} maps in the run (call tabulation.add_maps)"
+
+
+def add_maps(item: str | Item, results: Sequence[RunResult], *, device: str = "cpu",
+             progress: bool = True) -> list[RunResult]:
+    """Add to each finished run of item the maps its settings read and the run lacks
+    (experiment.add_localization; methods mkdlib does not implement are left out and noted)."""
+    it, out = get_item(item), []
+    for res in results:
+        row = row_of(it, res.spec) if res.ok else None
+        need = {m for s in it.settings.values() if row is not None and _matches(it, s, res.spec)
+                for m in s.localization}
+        missing = sorted(m for m in need if supported(m) and m not in res.metrics.get("pixel", {}))
+        if missing:
+            try:
+                res = add_localization(res.run_dir, missing, device=device, progress=progress)
+            except Exception as err:  # noted as missing maps in the table; the notebook goes on
+                print(f"mkdlib: adding {missing} to {res.run_dir} failed: {err}", file=sys.stderr)
+        out.append(res)
+    return out
+
+
+RANDOM = "none (random source: a pipeline check only)"
+
+
+def _weights(result: RunResult) -> str:
+    """The source weights a run used, or those it asked for."""
+    return str(result.metrics.get("weights") or RANDOM) if result.ok else f"{result.spec.weights or RANDOM} (requested)"
+
+
+def overrides_of(spec: RunSpec, exclude: Iterable[str] = ()) -> str:
+    """The run's MKDConfig overrides outside `exclude`, as "key=value, ..." ("" for none)."""
+    skip = set(exclude)
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items()) if k not in skip)
+
+
+def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per (setting, class) with runs: final, mean, std (in %), n (runs that finished), note,
+    the source weights the runs used and their config overrides (besides the keys the item varies and
+    `exclude`).
+
+    One seed: the run's final value and mean ± std over its sampled epochs. Several seeds: final and mean
+    = mean over seeds of the final values, std = their std. Runs of other items are ignored.
+    """
+    it = get_item(item)
+    exclude = varied_keys(it) | set(exclude)
+    found: dict[tuple[str, str], dict[int, RunResult]] = {}
+    for res in results:
+        row = row_of(it, res.spec)
+        for name, s in it.settings.items():
+            if row is not None and _matches(it, s, res.spec):
+                found.setdefault((name, row), {}).setdefault(res.spec.seed, res)  # one run per seed
+    out = []
+    for (name, row), by_seed in sorted(found.items(), key=lambda kv: (list(it.settings).index(kv[0][0]),
+                                                                       list(it.rows).index(kv[0][1]))):
+        runs = list(by_seed.values())
+        ok = [r for r in runs if r.ok]
+        failed = [failure_note(r) for r in runs if not r.ok]
+        path = it.settings[name].metric
+        if path[0] == "pixel" and any(path[1] not in r.metrics.get("pixel", {}) for r in ok):
+            failed += [_missing_maps_note(path[1])] * len(ok)
+            ok = []
+        values = np.array([_metric(r.metrics, path) for r in ok]).reshape(-1, 3)  # (n runs, 3)
+        final = mean = std = math.nan
+        note = failed[0] if failed and not ok else ""
+        if len(ok) == 1:
+            final, mean, std = values[0]
+        elif ok:
+            final = mean = values[:, 0].mean()
+            std = values[:, 0].std()
+            note = f"mean ± std over {len(ok)} seeds"
+        if failed and ok:
+            note += f"; {len(failed)} of {len(runs)} runs {failed[0]}"
+        out.append({"setting": name, "class": row, "final": 100 * final, "mean": 100 * mean,
+                    "std": 100 * std, "n": len(ok), "note": note.lstrip("; "),
+                    "weights": "; ".join(sorted({_weights(r) for r in (ok or runs)})),
+                    "overrides": "; ".join(sorted({overrides_of(r.spec, exclude) for r in runs}))})
+    return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights",
+                                      "overrides"])
+
+
+def output_name(item: str, setting: str) -> str:
+    """results/<output_name>.csv: the item id, plus the setting for items with several."""
+    return f"{item}_{setting}" if setting else item
+
+
+def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
+           settings: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Output name -> `report.comparison_table` (ours beside the paper) for each setting of an item,
+    plus the item's means-only summary (Table 1 from Table 11). Tables carry `profile`, `weights` (the
+    source weights of each row's runs) and `overrides` (their config beyond the paper's and the profile's)."""
+    it, prof = get_item(item), profile_of(profile)
+    long = collect(it, results, exclude=[*prof.config, *(["image_size"] if prof.image_size else [])])
+    out: dict[str, pd.DataFrame] = {}
+    for name in settings if settings is not None else it.settings:
+        s = it.settings[name]
+        sub = long[long["setting"] == name].set_index("class")
+        notes = {c: n for c, n in sub["note"].items() if n}
+        df = report.comparison_table(it.id, sub[["final", "mean", "std"]] / 100, column=s.column, notes=notes,
+                                     unit="fraction")  # fractions: no guessing of the unit
+        metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
+        if not s.compare:
+            df[["paper", "paper_pm", "diff"]] = math.nan
+        used = sorted({o for o in sub["overrides"] if o})
+        notes_below = list(it.notes) + [f"Runs with config overrides beyond the paper's protocol: {'; '.join(used)}"
+                                         " (see the overrides column and the README)."] * bool(used)
+        df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
+                        setting=name, notes=notes_below)  # written under the table by report.to_markdown
+        df["profile"] = prof.name
+        df["weights"] = sub["weights"].reindex(df.index)
+        df["overrides"] = sub["overrides"].reindex(df.index)
+        out[output_name(it.id, name)] = df
+    if it.summary:
+        out[it.summary] = means_table(it.summary, {n: out[output_name(it.id, n)] for n in it.settings
+                                                   if output_name(it.id, n) in out}, profile=prof.name)
+    return out
+
+
+def _title(base: str, label: str, prof: Profile) -> str:
+    return base + (f" ({label})" if label else "") + ("" if prof.name == "paper" else f" [profile {prof.label}]")
+
+
+def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: str) -> pd.DataFrame:
+    """A means-only paper table (Table 1): one row per setting, from each table's mean row."""
+    t, prof = PAPER[item], profile_of(profile)
+    rows = {}
+    for name, df in by_setting.items():
+        column = df.attrs["column"]
+        if column not in t.printed_mean or "mean" not in df.index:
+            continue
+        r = df.loc["mean", report.COLUMNS].copy()
+        r["paper"], r["paper_pm"] = t.printed_mean[column], math.nan
+        r["diff"] = r["ours_final"] - r["paper"] if not r["note"] else math.nan
+        label = t.column_labels.get(column, column)
+        rows[label + (f" [{df.attrs['setting']}]" if df.attrs["setting"] != column else "")] = r
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=report.COLUMNS)
+    out[report.COLUMNS[:-1]] = out[report.COLUMNS[:-1]].astype(float)
+    out.index.name = "setting"
+    out["profile"] = prof.name
+    out["weights"] = "; ".join(sorted({w for df in by_setting.values() for w in df["weights"].dropna()})) or None
+    out["overrides"] = "; ".join(sorted({o for df in by_setting.values() for o in df["overrides"].dropna() if o}))
+    out.attrs.update(item=item, title=_title(title(item), "", prof), profile=prof.name,
+                     metric=t.metric + "; ours: mean over the MVTec AD categories run",
+                     notes=list(dict.fromkeys(n for df in by_setting.values() for n in report.table_notes(df))))
+    return out
+
+
+def save_tables(tabs: Mapping[str, pd.DataFrame], results_dir: str | Path) -> list[Path]:
+    """Write each table as `<results_dir>/<name>.csv` and `.md`; returns the paths written."""
+    return [p for name, df in tabs.items() for p in report.write_table(df, results_dir, name)]
+
+
+def weights_used(results_dir: str | Path, results: Iterable[RunResult] = ()) -> str:
+    """The source weights behind every table in results_dir (their `weights` column) and `results`."""
+    seen = {_weights(r) for r in results}
+    for csv in Path(results_dir).glob("*.csv"):
+        column = pd.read_csv(csv).get("weights")
+        seen |= set() if column is None else {str(w) for w in column.dropna()}
+    ran = {w for w in seen if not w.endswith("(requested)")}
+    return "; ".join(sorted(ran or seen)) or "unknown (no runs)"
+
+
+def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunResult] = ()) -> Path:
+    """Regenerate `<results_dir>/README.md`: every table there, the profile, the weights the runs used."""
+    commit = report.detect_commit(Path(__file__).resolve().parent)
+    return report.write_index(results_dir, profile=profile_of(profile).label,
+                              weights=weights_used(results_dir, results), commit=commit)
+
