@@ -23,7 +23,7 @@ from mkdlib.paper import paper_value
 from mkdlib.report import COLUMNS
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-COMMON = {"profile", "results_dir", "runs_dir", "data_root", "data_roots", "classes", "seeds", "weights",
+COMMON = {"profile", "results_dir", "runs_dir", "data_root", "data_roots", "classes", "seeds", "weights", "config",
           "device", "executor", "workers", "threads", "progress"}
 QUICKSTART = {"profile", "results_dir", "data_root", "data_roots", "weights", "epochs", "image_size", "device",
               "threads", "progress"}
@@ -87,6 +87,8 @@ def _smoke_parameters(name: str, results: Path) -> dict:
               "progress": False}
     if name == "table2_one_class_detection":  # a local process pool, as `-p executor=processes` would
         params.update(executor="processes", workers=2)
+    if name == "table6_medical":  # config overrides, as `-p 'config={"channels_last": true}'` would
+        params.update(config={"channels_last": True})
     return {k: v for k, v in params.items() if k in _parameters(_read(name))}
 
 
@@ -148,6 +150,10 @@ def test_smoke_run(name, smoke):
     if "figure1" in keys:
         assert ("figure1_mvtec_leather.png" in figures) == PRESENT["mvtec"]
         assert ("figure1_mnist_0.png" in figures) == PRESENT["mnist"]
+    if name == "table6_medical":  # every row that has runs names the override, and the Markdown says it
+        overrides = pd.read_csv(smoke / "table6.csv", index_col=0)["overrides"].dropna()
+        assert len(overrides) and (overrides == "channels_last=True").all(), overrides
+        assert "config overrides: `channels_last=True`" in (smoke / "table6.md").read_text()
     if name != "00_quickstart":
         assert "smoke" in (smoke / "README.md").read_text()
     for metrics in (smoke / "runs").glob("*/metrics.json"):  # every finished run: fractions in [0, 1]
