@@ -311,6 +311,7 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, train: Dataset, test: Dat
                      "train_epochs_total": round(sum(h["seconds"] for h in history), 3)},  # all sessions
         "config": cfg.to_dict(),
         "weights": source.weights,
+        "weights_sha256": source.weights_sha256,
         "device": str(device),
     }
 

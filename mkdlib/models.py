@@ -7,6 +7,8 @@ a loss. Layer names are the only way layers are referred to in mkdlib.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,14 @@ TRAIN_LAYERS = ("pool2", "pool3", "pool4", "pool5")  # reference: all four criti
 SCORE_LAYERS = ("pool3", "pool4", "pool5")  # reference: pool2 is dropped at test time
 
 WEIGHTS_ENV = "MKDLIB_VGG16_WEIGHTS"
+
+# Weights files recognised by SHA-256: the full digest, or the 8-hex prefix torchvision puts in its file names.
+KNOWN_WEIGHTS = {
+    "ec8092bca32d74687081713fb2a183a098d6b5b5e0c58184513c2a77fc310942":
+        "the original VGG-16 release (Simonyan & Zisserman, Oxford/Caffe weights via Keras) rescaled to "
+        "torchvision's activation units, not torchvision's file",
+    "397923af": "torchvision's vgg16-397923af.pth (VGG16_Weights.IMAGENET1K_V1), the paper's authors' source",
+}
 
 # Cloner architectures as data ("M" = 2x2 max-pool), after torchvision's vgg.py `cfgs`.
 # "small" is the reference's default cloner: the widths before each pool equal the source's, so
@@ -79,6 +89,30 @@ def _state_dict_from_file(path: Path) -> dict[str, Tensor]:
     return state
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, computed once per (path, size, modification time) in a process."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_weights(recorded: str, sha256: str | None) -> str:
+    """Source weights for a report: a file as its name, digest and, where KNOWN_WEIGHTS has it, what it
+    is; anything else (e.g. "torchvision VGG16_Weights.IMAGENET1K_V1") as recorded."""
+    if not sha256:
+        return recorded
+    known = next((label for key, label in KNOWN_WEIGHTS.items() if sha256.startswith(key)), None)
+    return f"{Path(recorded).name} (sha256 {sha256[:12]}" + (f"): {known}" if known else ")")
+
+
 def _imagenet_state_dict() -> tuple[dict[str, Tensor], str]:
     """The ImageNet weights and where they came from: $MKDLIB_VGG16_WEIGHTS, else torchvision."""
     env = os.environ.get(WEIGHTS_ENV)
@@ -127,6 +161,8 @@ class Source(nn.Module):
         elif weights is not None:
             features.load_state_dict(_state_dict_from_file(Path(weights).expanduser()))
             self.weights = str(weights)
+        is_file = self.weights is not None and Path(self.weights).expanduser().is_file()
+        self.weights_sha256 = file_sha256(Path(self.weights).expanduser()) if is_file else None  # for reports
         self.net = _Tapped(features, {VGG16_POOL_INDEX[name]: name for name in self.layers})
         self.requires_grad_(False)
         super().train(False)

@@ -18,7 +18,9 @@ import pandas as pd
 from mkdlib import report
 from mkdlib.config import paper_config
 from mkdlib.experiment import RunResult, RunSpec, add_localization
-from mkdlib.items import AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, profile_of, title, varied_keys
+from mkdlib.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, profile_of, title,
+                          varied_keys)
+from mkdlib.models import describe_weights, file_sha256
 from mkdlib.paper import PAPER
 
 PIXEL_LABELS = {
@@ -112,8 +114,17 @@ RANDOM = "none (random source: a pipeline check only)"
 
 
 def _weights(result: RunResult) -> str:
-    """The source weights a run used, or those it asked for."""
-    return str(result.metrics.get("weights") or RANDOM) if result.ok else f"{result.spec.weights or RANDOM} (requested)"
+    """The source weights a run used (models.describe_weights: a file by name, SHA-256 and what it is), or
+    those it asked for. Runs recorded before the digest was: the digest of the file now at the recorded path."""
+    if not result.ok:
+        return f"{result.spec.weights or RANDOM} (requested)"
+    recorded = result.metrics.get("weights")
+    if not recorded:
+        return RANDOM
+    sha = result.metrics.get("weights_sha256")
+    if sha is None and Path(recorded).expanduser().is_file():
+        sha = file_sha256(Path(recorded).expanduser())
+    return describe_weights(str(recorded), sha)
 
 
 def overrides_of(spec: RunSpec, exclude: Iterable[str] = ()) -> str:

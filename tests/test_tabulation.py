@@ -3,6 +3,7 @@ config overrides; the files and the index written."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -130,6 +131,20 @@ def test_saved_files_index_and_figure(tmp_path):
     index = tabulation.write_index(tmp_path, profile="smoke", results=results).read_text()
     assert "NOT paper numbers" in index and "test-weights" in index and "table7_last_2" in index
     assert "| table8_last_3 | " in index and "| smoke | test-weights |" in index  # per table
+
+
+def test_weights_column_names_the_file_by_digest(tmp_path):
+    spec = items.specs_for("table5", "paper")[0]
+    weights = tmp_path / "vgg16_features.pth"
+    weights.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    run = _ok(spec)
+    recorded = {**run.metrics, "weights": str(weights), "weights_sha256": digest}
+    cell = tabulation.tables("table5", [RunResult(spec, run.run_dir, recorded)], profile="paper")["table5"]
+    assert cell.at["retinal_oct", "weights"] == f"vgg16_features.pth (sha256 {digest[:12]})"  # not the machine's path
+    older = {**recorded, "weights_sha256": None}  # recorded before digests: the file at the recorded path
+    cell = tabulation.tables("table5", [RunResult(spec, run.run_dir, older)], profile="paper")["table5"]
+    assert cell.at["retinal_oct", "weights"] == f"vgg16_features.pth (sha256 {digest[:12]})"
 
 
 def test_weights_reported_when_nothing_ran(tmp_path):
