@@ -15,7 +15,8 @@ from .roots import ENV_VAR
 from .synthetic import make_synthetic
 
 __all__ = [
-    "get_dataset", "load_images", "list_images", "IMAGE_EXTENSIONS", "make_loader", "make_synthetic", "download_mvtec",
+    "get_dataset", "load_images", "list_images", "make_loader", "make_synthetic", "download_mvtec",
+    "IMAGE_EXTENSIONS",
     "DATASET_NAMES", "MVTEC_CATEGORIES", "RETINA_CLASSES", "CLASS_NAMES", "MVTEC_SHA256", "ENV_VAR",
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "FileDataset",
     "DatasetNotFoundError", "MissingMaskError", "EmptyFolderError", "ImageReadError", "ArchiveError",

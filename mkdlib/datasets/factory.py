@@ -13,8 +13,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, resize_to_uint8
-from .io import open_image
 from .folder import build_folder
+from .io import open_image
 from .medical import build_brainmri, build_headct, build_retina
 from .mvtec import build_mvtec
 from .onecls import TORCHVISION, build_onecls, reference_transform
