@@ -35,7 +35,7 @@ from mkdlib.features import image_loader
 from mkdlib.io_utils import atomic_write_text
 from mkdlib.localization import SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_maps, finish_maps
 from mkdlib.metrics import au_pro, paper_pixel_auroc, pixel_auroc
-from mkdlib.models import Cloner, Source
+from mkdlib.models import Cloner, Source, weights_sha256
 from mkdlib.rundir import (  # noqa: F401  (re-exported: mkdlib.experiment is the public entry point)
     ENV, ERROR, FORMAT_VERSION, HISTORY, LOCK, METRICS, NOBLUR_SUFFIX, SCORES, SPEC, RunError, RunLock,
     RunResult, RunSpec, canonical_json, check_methods, environment, load_run, localization_variants,
@@ -311,7 +311,7 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, train: Dataset, test: Dat
                      "train_epochs_total": round(sum(h["seconds"] for h in history), 3)},  # all sessions
         "config": cfg.to_dict(),
         "weights": source.weights,
-        "weights_sha256": source.weights_sha256,
+        "weights_sha256": weights_sha256(source.weights),
         "device": str(device),
     }
 

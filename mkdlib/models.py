@@ -104,6 +104,12 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(recorded: str | None) -> str | None:
+    """The SHA-256 of the weights a Source recorded (`Source.weights`) where that is a file, else None."""
+    path = None if recorded is None else Path(recorded).expanduser()
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
 def describe_weights(recorded: str, sha256: str | None) -> str:
     """Source weights for a report: a file as its name, digest and, where KNOWN_WEIGHTS has it, what it
     is; anything else (e.g. "torchvision VGG16_Weights.IMAGENET1K_V1") as recorded."""
@@ -161,8 +167,6 @@ class Source(nn.Module):
         elif weights is not None:
             features.load_state_dict(_state_dict_from_file(Path(weights).expanduser()))
             self.weights = str(weights)
-        is_file = self.weights is not None and Path(self.weights).expanduser().is_file()
-        self.weights_sha256 = file_sha256(Path(self.weights).expanduser()) if is_file else None  # for reports
         self.net = _Tapped(features, {VGG16_POOL_INDEX[name]: name for name in self.layers})
         self.requires_grad_(False)
         super().train(False)

@@ -20,7 +20,7 @@ from mkdlib.config import paper_config
 from mkdlib.experiment import RunResult, RunSpec, add_localization
 from mkdlib.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, profile_of, title,
                           varied_keys)
-from mkdlib.models import describe_weights, file_sha256
+from mkdlib.models import describe_weights, weights_sha256
 from mkdlib.paper import PAPER
 
 PIXEL_LABELS = {
@@ -121,9 +121,7 @@ def _weights(result: RunResult) -> str:
     recorded = result.metrics.get("weights")
     if not recorded:
         return RANDOM
-    sha = result.metrics.get("weights_sha256")
-    if sha is None and Path(recorded).expanduser().is_file():
-        sha = file_sha256(Path(recorded).expanduser())
+    sha = result.metrics.get("weights_sha256") or weights_sha256(str(recorded))
     return describe_weights(str(recorded), sha)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.models import vgg16
 
-from mkdlib.models import KNOWN_WEIGHTS, POOLS, Cloner, Source, describe_weights, n_parameters
+from mkdlib.models import KNOWN_WEIGHTS, POOLS, Cloner, Source, describe_weights, n_parameters, weights_sha256
 
 
 def test_cloner_parameter_counts():
@@ -64,7 +64,7 @@ def test_weights_file_for_features_or_whole_vgg(tmp_path, monkeypatch, whole):
     monkeypatch.setenv("MKDLIB_VGG16_WEIGHTS", str(path))
     source = Source()  # "imagenet" resolves the environment variable
     assert source.weights == str(path)
-    assert source.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # recorded with every run
+    assert weights_sha256(source.weights) == hashlib.sha256(path.read_bytes()).hexdigest()  # recorded with every run
     torch.testing.assert_close(source.net.body[0].weight, net.features[0].weight)
     torch.testing.assert_close(Source(weights=path).net.body[28].bias, net.features[28].bias)
 
@@ -77,7 +77,7 @@ def test_weights_described_by_name_digest_and_what_they_are():
     assert "torchvision's vgg16-397923af.pth" in describe_weights("/x/vgg16-397923af.pth", "397923af" + "0" * 56)
     assert describe_weights("/x/mine.pth", "ab" * 32) == f"mine.pth (sha256 {'ab' * 6})"  # unknown file
     assert describe_weights("torchvision VGG16_Weights.IMAGENET1K_V1", None) == "torchvision VGG16_Weights.IMAGENET1K_V1"
-    assert Source(weights=None).weights_sha256 is None
+    assert weights_sha256(Source(weights=None).weights) is None
 
 
 def test_bad_weights_file_names_it(tmp_path):
