@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench regenerate regenerate-paper clean
+.PHONY: demo test test-avx2 bench regenerate regenerate-paper clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,17 @@ demo: $(VENV)/.installed  ## quick demo on the synthetic dataset (a few minutes 
 test: $(VENV)/.installed  ## the test suite (real-data tests skip without MKDLIB_DATA / MKDLIB_VGG16_WEIGHTS)
 	$(PY) -m pytest -q
 
+# The numeric tests again with the AVX2 kernels forced, so that an AVX-512 / AMX machine also checks the
+# paths an AVX2-only CPU takes (the identities they test must not depend on the CPU's kernels).
+NUMERIC_TESTS := tests/test_localization.py tests/test_losses.py tests/test_train.py tests/test_scoring.py \
+	tests/test_metrics.py tests/test_models.py tests/test_postprocess.py
+test-avx2: $(VENV)/.installed  ## the numeric tests on the AVX2 kernel paths (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(NUMERIC_TESTS)
+
 bench: $(VENV)/.installed  ## throughput against the released code's way of computing
 	$(PY) -m mkdlib.bench
 
-regenerate: $(VENV)/.installed  ## every notebook, smoke profile, into results/executed/
+regenerate: $(VENV)/.installed  ## every notebook, smoke profile, into results/smoke/ (never the paper's results/)
 	$(PY) -m mkdlib.regenerate --profile smoke
 
 regenerate-paper: $(VENV)/.installed  ## every notebook with the paper's protocol (days on CPU)

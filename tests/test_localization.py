@@ -41,6 +41,20 @@ def images():
     return torch.rand((3, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(scope="module")
+def nets64(nets):
+    """The same networks in float64, for the exact identities: in float32 a max-pool near-tie can
+    round differently under another CPU's convolution kernels (AVX2 vs AVX-512) and send a pixel's
+    gradient to its neighbour; in float64 the identities hold on every CPU at the same tolerance."""
+    source, cloner, loss = nets
+    return copy.deepcopy(source).double(), copy.deepcopy(cloner).double(), loss
+
+
+@pytest.fixture
+def images64(images):
+    return images.double()
+
+
 def _loop_grads(images, source, cloner, loss):
     """The released code: one image at a time, loss.backward(), read x.grad."""
     grads = []
@@ -84,8 +98,9 @@ def _close(actual, expected):
     torch.testing.assert_close(actual.float(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_batched_gradients_equal_per_image_loop(nets, images):
-    source, cloner, loss = nets
+def test_batched_gradients_equal_per_image_loop(nets64, images64):
+    source, cloner, loss = nets64
+    images = images64
     cloner.train()  # attribution_maps must switch to eval itself, and switch back
     maps = loc.attribution_maps(images, source, cloner, loss)
     assert cloner.training
@@ -95,8 +110,9 @@ def test_batched_gradients_equal_per_image_loop(nets, images):
     _close(maps, expected)
 
 
-def test_guided_backprop_equals_custom_function_restatement(nets, images):
-    source, cloner, loss = nets
+def test_guided_backprop_equals_custom_function_restatement(nets64, images64):
+    source, cloner, loss = nets64
+    images = images64
     maps = loc.attribution_maps(images, source, cloner, loss, method=loc.GUIDED_BACKPROP)
     expected = pp.grey(_loop_grads(images, source, _guided_copy(cloner), loss).numpy())
     _close(maps, expected)
@@ -119,8 +135,9 @@ def test_no_side_effects_on_networks(nets, images):
     assert all(not p.requires_grad and p.grad is None for p in source.parameters())
 
 
-def test_chunked_equals_unchunked(nets, images):
-    source, cloner, loss = nets
+def test_chunked_equals_unchunked(nets64, images64):
+    source, cloner, loss = nets64
+    images = images64
     for method in (loc.GRADIENTS, loc.GUIDED_BACKPROP):
         whole = loc.attribution_maps(images, source, cloner, loss, method=method)
         _close(loc.attribution_maps(images, source, cloner, loss, method=method, max_batch=2), whole)
