@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlib.models import TRAIN_LAYERS, _check_layers
+from mkdlib.models import TRAIN_LAYERS, check_layers
 
 
 class MKDLoss(nn.Module):
@@ -27,7 +27,7 @@ class MKDLoss(nn.Module):
         direction_weight: float = 1.0,
     ):
         super().__init__()
-        self.layers = _check_layers(layers)
+        self.layers = check_layers(layers)
         if value_weight < 0 or direction_weight < 0 or value_weight + direction_weight == 0:
             raise ValueError(
                 f"weights must be >= 0 and not both 0, got value_weight={value_weight}, "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +30,7 @@ TRAIN_LAYERS = ("pool2", "pool3", "pool4", "pool5")  # reference: all four criti
 SCORE_LAYERS = ("pool3", "pool4", "pool5")  # reference: pool2 is dropped at test time
 
 WEIGHTS_ENV = "MKDLIB_VGG16_WEIGHTS"
+TORCHVISION_URL = VGG16_Weights.IMAGENET1K_V1.url  # the file name carries its SHA-256 prefix
 
 # Weights files recognised by SHA-256: the full digest, or the 8-hex prefix torchvision puts in its file names.
 KNOWN_WEIGHTS = {
@@ -46,7 +49,7 @@ CLONER_CFGS: dict[str, list[int | str]] = {
 }
 
 
-def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     layers = tuple(layers)
     bad = [name for name in layers if name not in VGG16_POOL_INDEX]
     if bad or not layers:
@@ -72,21 +75,47 @@ class _Tapped(nn.Module):
 
 
 def _state_dict_from_file(path: Path) -> dict[str, Tensor]:
-    """A state dict for `vgg16().features` from a file holding it or a whole `vgg16()` one."""
+    """A state dict for `vgg16().features` from a file holding it or a whole `vgg16()` one. Only tensors
+    are unpickled (weights_only), so a planted pickle cannot run code; its keys are checked on loading."""
     if not path.is_file():
         raise FileNotFoundError(f"VGG-16 weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read VGG-16 weights from {path}: {err}") from None
-    if isinstance(state, dict) and any(k.startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    if not isinstance(state, dict) or "0.weight" not in state:
+    except Exception as err:  # text, truncated zip, arbitrary pickles: KeyError, EOFError, UnpicklingError ...
         raise ValueError(
-            f"{path} is not a state dict for torchvision's vgg16().features or vgg16() "
-            "(expected keys '0.weight', ... or 'features.0.weight', ...)"
-        )
+            f"{path} is not a weights file that torch.load(weights_only=True) can read "
+            f"({type(err).__name__}): expected a state dict of torchvision's vgg16().features or vgg16() "
+            "saved with torch.save"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict for torchvision's "
+                         "vgg16().features or vgg16() (expected keys '0.weight', ... or 'features.0.weight', ...)")
+    whole = [k for k in state if isinstance(k, str) and k.startswith("features.")]  # a whole vgg16()
+    if whole:
+        state = {k[len("features."):]: state[k] for k in whole}
     return state
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _load_features(features: nn.Sequential, path: Path) -> None:
+    """Load the weights file `path` into `features`; weights of another network (VGG-11, vgg16_bn, a
+    cloner) are refused by name and shape, naming the file, rather than by torch's bare RuntimeError."""
+    state, expected = _state_dict_from_file(path), features.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [str(k) for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape) if torch.is_tensor(state[k]) else type(state[k]).__name__} "
+             f"(expected {tuple(v.shape)})" for k, v in expected.items()
+             if k in state and not (torch.is_tensor(state[k]) and state[k].shape == v.shape)]
+    problems = [f"{what}: {_first(keys)}" for what, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
+    if problems:
+        raise ValueError(f"{path} does not hold VGG-16 weights ({'; '.join(problems)}): expected a state dict "
+                         "of torchvision's vgg16().features (13 convolutions, keys '0.weight' ... '28.bias') "
+                         "or of a whole vgg16(), not of another network such as VGG-11 or vgg16_bn")
+    features.load_state_dict(state)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -119,23 +148,48 @@ def describe_weights(recorded: str, sha256: str | None) -> str:
     return f"{Path(recorded).name} (sha256 {sha256[:12]}" + (f"): {known}" if known else ")")
 
 
-def _imagenet_state_dict() -> tuple[dict[str, Tensor], str]:
-    """The ImageNet weights and where they came from: $MKDLIB_VGG16_WEIGHTS, else torchvision."""
+def _torchvision_checkpoint() -> tuple[Path, str]:
+    """Where torch.hub caches torchvision's VGG-16 file (`$TORCH_HOME` respected), and the SHA-256 prefix
+    its name carries (vgg16-397923af.pth: the digest starts with 397923af), which torch.hub never checks."""
+    name = Path(urllib.parse.urlparse(TORCHVISION_URL).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name, re.search(r"-([0-9a-f]+)\.", name).group(1)
+
+
+def _offline_error(cached: Path, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        "ImageNet VGG-16 weights are not available offline and could not be downloaded "
+        f"({type(err).__name__}: {err}). Provide them with Source(weights='/path/to/file.pth') or "
+        f"the environment variable {WEIGHTS_ENV}=/path/to/file.pth: a state dict for "
+        "torchvision.models.vgg16().features or vgg16(), e.g. torchvision's vgg16-397923af.pth "
+        f"copied to {cached}."
+    )
+
+
+def _torchvision_file() -> Path:
+    """torchvision's IMAGENET1K_V1 file from torch.hub's cache, else downloaded; either way only once its
+    SHA-256 matches the prefix in its name, so a file planted in the cache is refused, never unpickled."""
+    path, prefix = _torchvision_checkpoint()
+    if not path.is_file():
+        try:  # written under a temporary name, moved into the cache only if the hash matches
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(TORCHVISION_URL, str(path), hash_prefix=prefix, progress=False)
+        except Exception as err:
+            raise _offline_error(path, err) from None
+    sha = file_sha256(path)
+    if not sha.startswith(prefix):
+        raise ValueError(f"{path} failed its hash check (SHA-256 {sha[:16]}..., its name promises {prefix}...): "
+                         f"it is not torchvision's VGG-16 weights file; delete it, or set {WEIGHTS_ENV} to a "
+                         "weights file you trust")
+    return path
+
+
+def _imagenet_weights() -> tuple[Path, str]:
+    """The ImageNet weights file and how to record it: $MKDLIB_VGG16_WEIGHTS as given, else torchvision's."""
     env = os.environ.get(WEIGHTS_ENV)
     if env:
-        return _state_dict_from_file(Path(env).expanduser()), env
-    try:  # torchvision's cache, else its download
-        full = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except Exception as err:
-        raise RuntimeError(
-            "ImageNet VGG-16 weights are not available offline and could not be downloaded "
-            f"({type(err).__name__}: {err}). Provide them with Source(weights='/path/to/file.pth') or "
-            f"the environment variable {WEIGHTS_ENV}=/path/to/file.pth: a state dict for "
-            "torchvision.models.vgg16().features or vgg16(), e.g. torchvision's vgg16-397923af.pth "
-            "copied into ~/.cache/torch/hub/checkpoints/."
-        ) from None
-    features = {k[len("features."):]: v for k, v in full.items() if k.startswith("features.")}
-    return features, "torchvision VGG16_Weights.IMAGENET1K_V1"
+        return Path(env).expanduser(), env
+    path = _torchvision_file()
+    return path, str(path)
 
 
 def _vgg16_features() -> nn.Sequential:
@@ -151,22 +205,20 @@ def _vgg16_features() -> nn.Sequential:
 class Source(nn.Module):
     """Frozen VGG-16 features returning the named pool taps.
 
-    weights: "imagenet" (explicit file path, else $MKDLIB_VGG16_WEIGHTS, else torchvision's
-    IMAGENET1K_V1 from its cache or download), a path to a state dict, or None (random init:
-    tests and the no-pretraining ablation).
+    weights: "imagenet" ($MKDLIB_VGG16_WEIGHTS, else torchvision's IMAGENET1K_V1 from torch.hub's cache
+    or a download, hash-checked either way), a path to a state dict, or None (random init: tests and
+    the no-pretraining ablation).
     """
 
     def __init__(self, layers: Sequence[str] = TRAIN_LAYERS, *, weights: str | Path | None = "imagenet"):
         super().__init__()
-        self.layers = _check_layers(layers)
+        self.layers = check_layers(layers)
         features = _vgg16_features()
         self.weights = None  # where the weights came from, for reports
-        if weights == "imagenet":
-            state, self.weights = _imagenet_state_dict()
-            features.load_state_dict(state)
-        elif weights is not None:
-            features.load_state_dict(_state_dict_from_file(Path(weights).expanduser()))
-            self.weights = str(weights)
+        if weights is not None:
+            path, self.weights = _imagenet_weights() if weights == "imagenet" else \
+                (Path(weights).expanduser(), str(weights))
+            _load_features(features, path)
         self.net = _Tapped(features, {VGG16_POOL_INDEX[name]: name for name in self.layers})
         self.requires_grad_(False)
         super().train(False)
@@ -205,7 +257,7 @@ class Cloner(nn.Module):
             if cfg not in CLONER_CFGS:
                 raise ValueError(f"unknown cloner config {cfg!r}; valid: {list(CLONER_CFGS)}")
             cfg = CLONER_CFGS[cfg]
-        self.layers = _check_layers(layers)
+        self.layers = check_layers(layers)
         body, taps = make_cloner_layers(cfg)
         wanted = {i: name for i, name in taps.items() if name in self.layers}
         self.net = _Tapped(body, wanted)

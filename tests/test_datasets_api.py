@@ -70,3 +70,16 @@ def test_load_images_errors_name_the_dataset_and_the_file(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(ImageReadError, match="broken.png"):
         load_images([bad], "mnist", 32)
+
+
+@pytest.mark.parametrize("name,valid", [
+    ("synthetic", r"\['n_train', 'n_test_good', 'n_test_defect', 'size'\]"),
+    ("headct", r"\['n_test_normal'\]"),
+    ("mvtec", "none"),
+])
+def test_unknown_option_is_refused_by_name_with_the_valid_ones(tmp_path, name, valid):
+    kwargs = {"normal_class": "bottle"} if name == "mvtec" else {}
+    message = rf"{name}: unknown dataset option\(s\) \['bogus'\]; valid options for {name}: {valid}"
+    with pytest.raises(ValueError, match=message):
+        get_dataset(name, tmp_path, split="train", bogus=1, **kwargs)
+    assert not list(tmp_path.iterdir())  # refused before anything is read or generated

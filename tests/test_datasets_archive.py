@@ -2,7 +2,12 @@
 
 import hashlib
 import io
+import os
+import socket
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +64,37 @@ def test_from_url_and_without_any_source(tmp_path):
     assert (root / "mvtec_anomaly_detection.tar.xz").is_file() and (root / "bottle").is_dir()
     with pytest.raises(DatasetNotFoundError, match=r"(?s)mvtec_anomaly_detection\.tar\.xz.*mvtec\.com"):
         download_mvtec(tmp_path / "other")
+
+
+def test_incomplete_category_is_replaced_by_the_archives(tmp_path):
+    members = {"bottle/train/good/000.png": b"png0", "bottle/train/good/001.png": b"png1",
+               "cable/train/good/000.png": b"cable"}
+    sha = _tar(tmp_path / "a.tar.xz", members)
+    data = tmp_path / "data"
+    (data / "bottle" / "train" / "good").mkdir(parents=True)  # an earlier, interrupted copy:
+    (data / "bottle" / "train" / "good" / "000.png").write_bytes(b"pn")  # one file truncated, one missing
+    (data / "cable" / "train" / "good").mkdir(parents=True)  # a complete copy, with a file of the user's
+    (data / "cable" / "train" / "good" / "000.png").write_bytes(b"cable")
+    (data / "cable" / "notes.txt").write_text("mine")
+    download_mvtec(data, archive=tmp_path / "a.tar.xz", sha256=sha)
+    assert sorted(p.name for p in (data / "bottle" / "train" / "good").iterdir()) == ["000.png", "001.png"]
+    assert (data / "bottle" / "train" / "good" / "000.png").read_bytes() == b"png0"
+    assert (data / "cable" / "notes.txt").read_text() == "mine"  # complete: kept as it is
+    assert not [p for p in data.iterdir() if p.name.startswith(".")]
+
+
+def test_stale_extraction_folders_of_dead_processes_are_removed(tmp_path):
+    sha = _tar(tmp_path / "a.tar.xz", GOOD)
+    data = tmp_path / "data"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process of ours that has exited: its pid names no running process
+    host = socket.gethostname()
+    killed = data / f".extract-{host}-{dead.pid}-abcd1234"  # left by a `kill -9` mid-extraction
+    running = data / f".extract-{host}-{os.getpid()}-abcd1234"  # a live extraction: left alone
+    old, recent = data / ".extract-k2j4h5g6", data / ".extract-othername"  # without host and pid: by age
+    for folder in (killed, running, old, recent):
+        (folder / "bottle").mkdir(parents=True)
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (day_ago, day_ago))
+    download_mvtec(data, archive=tmp_path / "a.tar.xz", sha256=sha)
+    assert sorted(p.name for p in data.iterdir() if p.name.startswith(".")) == sorted([running.name, recent.name])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mkdlib.datasets import DatasetNotFoundError, MissingMaskError, get_dataset
+from mkdlib.datasets import DatasetNotFoundError, MaskSizeError, MissingMaskError, get_dataset
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -60,3 +60,9 @@ def test_folder_errors(user_data):
         get_dataset("folder", user_data, split="test", abnormal_dir="missing_dir")
     with pytest.raises(ValueError, match="relative"):
         get_dataset("folder", None, split="train")
+
+
+def test_folder_mask_of_another_size_is_refused(user_data):
+    _png(user_data / "masks" / "a2.png", np.zeros((40, 40), np.uint8))  # its image is 20x20
+    with pytest.raises(MaskSizeError, match=r"masks/a2\.png is 40x40 px but its image .*abnormal/a2\.jpg is 20x20"):
+        get_dataset("folder", user_data, split="test", mask_dir="masks")

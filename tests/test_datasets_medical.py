@@ -103,3 +103,24 @@ def test_retina_missing_or_empty_class_folder(oct2017):
     (oct2017 / "test" / "CNV").rmdir()
     with pytest.raises(DatasetNotFoundError, match=r"(?s)CNV.*Mendeley"):
         get_dataset("retina", oct2017, split="test")
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("id,label\n0,0\n", r"expected columns 'id, hemorrhage', got \['id', 'label'\]"),
+    ("id, hemorrhage\n0,0\n1,2\n", r"data row 2: .*hemorrhage 0 or 1, got id='1', hemorrhage='2'"),
+    ("id, hemorrhage\n0,0\nseven,1\n", r"data row 2: .*got id='seven'"),
+    ("id, hemorrhage\n0,0\n1\n", r"data row 2: .*hemorrhage=''"),
+    ("id, hemorrhage\n0,0\n1,1,1\n", r"not a readable CSV table \(ParserError"),
+    ("id, hemorrhage\n", "no rows"),
+    ("id, hemorrhage\n0,0\n0,1\n", r"id\(s\) \[0\] listed more than once"),
+])
+def test_headct_bad_labels_csv_names_the_file(headct, rows, message):
+    (headct / "labels.csv").write_text(rows)
+    with pytest.raises(ValueError, match=rf"(?s)head_ct/labels\.csv.*{message}"):
+        get_dataset("headct", headct, split="train")
+
+
+def test_headct_ids_without_an_image_name_the_csv(headct):
+    (headct / "labels.csv").write_text("id, hemorrhage\n0,0\n31,1\n40,0\n")
+    with pytest.raises(DatasetNotFoundError, match=r"labels\.csv lists id\(s\) \[31, 40\] without an image.*031\.png"):
+        get_dataset("headct", headct, split="train")

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, MissingMaskError,
-                             get_dataset)
+from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, MaskSizeError,
+                             MissingMaskError, get_dataset)
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -73,6 +73,16 @@ def test_cache_off_gives_the_same_items_and_collate_works(mvtec):
     assert batch_a["image"].shape == (5, 3, 128, 128) and batch_a["mask"].shape == (5, 1, 128, 128)
     assert torch.equal(batch_a["image"], batch_b["image"]) and torch.equal(batch_a["mask"], batch_b["mask"])
     assert batch_a["label"].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_mask_of_another_size_names_both_files(mvtec):
+    _png(mvtec / "bottle" / "ground_truth" / "broken" / "002_mask.png", np.zeros((32, 48), np.uint8))
+    message = r"002_mask\.png is 48x32 px but its image .*broken/002\.png is 64x64 px"
+    with pytest.raises(MaskSizeError, match=message):  # compared before both are resized to 32
+        get_dataset("mvtec", mvtec, split="test", normal_class="bottle", image_size=32)
+    lazy = get_dataset("mvtec", mvtec, split="test", normal_class="bottle", cache=False)
+    with pytest.raises(MaskSizeError, match=message):  # uncached: when the item is read
+        lazy[1]
 
 
 def test_defect_without_mask_names_the_image(mvtec):

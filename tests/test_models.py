@@ -89,13 +89,12 @@ def test_bad_weights_file_names_it(tmp_path):
         Source(weights=tmp_path / "missing.pth")
 
 
-def test_offline_without_weights_says_how_to_provide_them(monkeypatch):
-    from torchvision.models import VGG16_Weights
-
+def test_offline_without_weights_says_how_to_provide_them(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
 
     monkeypatch.delenv("MKDLIB_VGG16_WEIGHTS", raising=False)
-    monkeypatch.setattr(type(VGG16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch.hub cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(RuntimeError, match="MKDLIB_VGG16_WEIGHTS"):
         Source()

@@ -1,13 +1,19 @@
 """Fetch, verify and safely unpack the MVTec AD archive (paper Sec. 4; README_DATA.md).
 
 The archive is checked against its published SHA-256 before anything is extracted; extraction refuses
-absolute paths, `..`, links leaving the tree and special files, and lands all-or-nothing.
+absolute paths, `..`, links leaving the tree and special files, and lands all-or-nothing: a category
+already on disk is kept only if it has every file of the archive's, else replaced whole, and temporary
+folders of a killed extraction are removed at the next call.
 """
 
 import hashlib
+import os
+import re
 import shutil
+import socket
 import tarfile
 import tempfile
+import time
 import urllib.request
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -18,6 +24,7 @@ from .roots import not_found
 
 MVTEC_ARCHIVE = "mvtec_anomaly_detection.tar.xz"
 MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
+STALE_AFTER_S = 24 * 3600  # a `.extract-*` folder untouched this long is abandoned, whoever made it
 
 
 # the stdlib's own checks (Python >= 3.11.4, 3.10.12), as a second guard
@@ -60,20 +67,76 @@ def _check(member: tarfile.TarInfo, archive: Path) -> None:
         raise ArchiveError(f"refusing special file {member.name!r} in {archive}")
 
 
+def _top(name: str) -> str:
+    """The top-level entry a member lands in ("./bottle/x.png" -> "bottle")."""
+    return PurePosixPath(name.replace("\\", "/")).parts[0]
+
+
+def _complete(dest: Path, files: dict[str, int]) -> bool:
+    """Whether every file the archive holds (relative name -> size) is already in `dest` with its size."""
+    return all((dest / name).is_file() and (dest / name).stat().st_size == size for name, size in files.items())
+
+
+def _owner_alive(folder: Path) -> bool | None:
+    """Whether the process that made a `.extract-<host>-<pid>-*` folder still runs; None where this cannot
+    be told here (another host's folder, an older name without host and pid, not a POSIX system)."""
+    match = re.fullmatch(r"\.extract-(.+)-(\d+)-[^-]+", folder.name)
+    if not match or match[1] != socket.gethostname() or os.name != "posix":
+        return None
+    try:
+        os.kill(int(match[2]), 0)  # signal 0 sends nothing: it only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        pass
+    return True
+
+
+def _stale(folder: Path, now: float) -> bool:
+    """A temporary extraction folder left by a process that is gone, or else untouched for a day."""
+    alive = _owner_alive(folder)
+    return now - folder.stat().st_mtime > STALE_AFTER_S if alive is None else not alive
+
+
+def _remove_stale(dest: Path) -> None:
+    """Delete `.extract-*` folders left in `dest` by an extraction that was killed (kill -9, power loss)."""
+    now = time.time()
+    for folder in dest.glob(".extract-*"):
+        if folder.is_dir() and _stale(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _install(entry: Path, target: Path, trash: Path) -> None:
+    """Put the extracted `entry` at `target` by rename; an existing `target` is first moved into `trash`
+    (same file system), so readers see the old or the new copy, never a half-written one."""
+    if target.exists() or target.is_symlink():
+        target.rename(trash / target.name)
+    entry.rename(target)
+
+
 def safe_extract(archive: Path, dest: Path) -> list[Path]:
-    """Extract a tar archive into `dest`; returns its top-level entries. Existing entries are kept."""
+    """Extract a tar archive into `dest`; returns its top-level entries. An existing entry is kept when it
+    already has every file of the archive's copy at its size, else replaced whole by the archive's."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
+    _remove_stale(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{socket.gethostname()}-{os.getpid()}-", dir=dest))
+    try:
+        files: dict[str, dict[str, int]] = {}  # top-level entry -> {member file name: size}
         with tarfile.open(archive) as tar:
             for member in tar:  # one pass: xz cannot seek back cheaply
                 _check(member, archive)
-                tar.extract(member, tmp, **_STDLIB_FILTER)
+                tar.extract(member, tmp / "new", **_STDLIB_FILTER)
+                if member.isfile():
+                    files.setdefault(_top(member.name), {})[member.name] = member.size
+        (tmp / "old").mkdir()
         top = []
-        for entry in sorted(Path(tmp).iterdir()):
+        for entry in sorted((tmp / "new").iterdir()):
             target = dest / entry.name
-            if not target.exists():
-                shutil.move(str(entry), target)
+            if not target.exists() or not _complete(dest, files.get(entry.name, {})):
+                _install(entry, target, tmp / "old")
             top.append(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return top
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .errors import MaskSizeError
 from .io import open_image, open_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -132,10 +133,16 @@ class FileDataset(ImageDataset):
                          has_masks=mask_files is not None, image_size=image_size, **kwargs)
 
     def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
-        img = self._resize(open_image(self.files[i]))  # (3, S, S) uint8
+        image = open_image(self.files[i])
+        img = self._resize(image)  # (3, S, S) uint8
         if self.mask_files is None:
             return img, None
         m = self.mask_files[i]
         if m is None:
             return img, torch.zeros((1, *img.shape[1:]), dtype=torch.uint8)
-        return img, self._resize(open_mask(m))  # (1, S, S) uint8
+        mask = open_mask(m)
+        if mask.size != image.size:  # native sizes: both are then resized to S alike
+            raise MaskSizeError(f"mask {m} is {mask.width}x{mask.height} px but its image {self.files[i]} is "
+                                f"{image.width}x{image.height} px; a mask must have its image's size (check "
+                                "that it belongs to this image, or save it at the image's size)")
+        return img, self._resize(mask)  # (1, S, S) uint8

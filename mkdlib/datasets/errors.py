@@ -12,6 +12,10 @@ class MissingMaskError(FileNotFoundError):
     """A defective test image has no ground-truth mask."""
 
 
+class MaskSizeError(ValueError):
+    """A ground-truth mask's native size differs from its image's: stretching it would misplace defects."""
+
+
 class EmptyFolderError(ValueError):
     """A class or defect folder holds no images."""
 

@@ -5,6 +5,7 @@ Defaults follow the reference code's preprocessing per dataset (reference-implem
 CIFAR-10, is a deviation from it.
 """
 
+import inspect
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,26 @@ BUILDERS = {
 }
 
 
+# keyword arguments get_dataset passes to every builder itself: not dataset options
+_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download", "normalize", "augment", "cache"}
+
+
+def dataset_options(key: str) -> tuple[str, ...]:
+    """The options dataset `key` accepts beyond get_dataset's own arguments: its builder's keyword
+    parameters, read from its signature so that the list cannot drift from the code."""
+    params = inspect.signature(BUILDERS[key]).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _SET_BY_GET_DATASET)
+
+
+def _check_options(key: str, options: dict) -> None:
+    """Refuse options `key` does not take by name (e.g. `mkd train --option bogus=1`), not by a TypeError."""
+    valid = dataset_options(key)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{key}: unknown dataset option(s) {unknown}; valid options for {key}: "
+                         f"{list(valid) if valid else 'none'}")
+
+
 def get_dataset(name: str, root: str | Path | None = None, *, split: str,
                 normal_class: int | str | None = None, seed: int = 0, image_size: int | None = None,
                 imagenet_norm: bool | None = None, augment: bool = False, cache: bool = True,
@@ -63,6 +84,7 @@ def get_dataset(name: str, root: str | Path | None = None, *, split: str,
         raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_options(key, options)
     if key in WITH_CLASS:
         if normal_class is None:
             raise ValueError(f"{key} needs normal_class (the normal class or category)")

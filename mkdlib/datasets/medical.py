@@ -5,6 +5,7 @@ a bug). HeadCT and BrainMRI have none: a seeded split holds out 10 normals + all
 All use the MVTec recipe (128 px, [0, 1]); the paper's BrainMRI images are 256 px (`image_size=256`).
 """
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,22 +45,42 @@ def _seeded(name: str, files: list[Path], labels: list[int], groups: list[str], 
                        mask_files=None, image_size=image_size or 128, name=name, split=split, **kwargs)
 
 
+def _headct_labels(csv: Path) -> tuple[list[int], list[int]]:
+    """(ids, labels) of HeadCT's labels.csv (header "id, hemorrhage"); every problem names the file."""
+    try:
+        table = pd.read_csv(csv, skipinitialspace=True, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{csv}: not a readable CSV table ({type(e).__name__}: {e}); expected a header "
+                         "'id, hemorrhage' and one row per image") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    if not {"id", "hemorrhage"} <= set(table.columns):
+        raise ValueError(f"{csv}: expected columns 'id, hemorrhage', got {list(table.columns)}")
+    ids, labels = [], []
+    for row, (i, v) in enumerate(zip(table["id"].str.strip(), table["hemorrhage"].str.strip()), start=1):
+        if not i.isdecimal() or v not in ("0", "1"):
+            raise ValueError(f"{csv}, data row {row}: expected an image number and hemorrhage 0 or 1, "
+                             f"got id={i!r}, hemorrhage={v!r}")
+        ids.append(int(i))
+        labels.append(int(v))
+    if not ids:
+        raise ValueError(f"{csv}: no rows under the header 'id, hemorrhage'; expected one row per image")
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{csv}: id(s) {repeated} listed more than once; each image needs exactly one label")
+    return ids, labels
+
+
 def build_headct(root: str | Path | None, *, split: str, seed: int, image_size: int | None,
                  n_test_normal: int = 10, **kwargs) -> FileDataset:
     base = locate("headct", root, "labels.csv")
-    table = pd.read_csv(base / "labels.csv", skipinitialspace=True)  # header "id, hemorrhage"
-    table.columns = [c.strip().lower() for c in table.columns]
-    if not {"id", "hemorrhage"} <= set(table.columns):
-        raise ValueError(f"{base / 'labels.csv'}: expected columns 'id, hemorrhage', "
-                         f"got {list(table.columns)}")
-    by_id = {int(p.stem): p for p in _folder("headct", base / "images") if p.stem.isdigit()}
-    files = []
-    for i in table["id"].astype(int):
-        if i not in by_id:
-            raise not_found("headct", base / "images" / f"{i:03d}.png", f"labels.csv lists id {i} but "
-                            f"{base / 'images' / f'{i:03d}.png'} is missing.")
-        files.append(by_id[i])
-    labels = [int(v) for v in table["hemorrhage"]]
+    ids, labels = _headct_labels(base / "labels.csv")
+    by_id = {int(p.stem): p for p in _folder("headct", base / "images") if p.stem.isdecimal()}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        expected = base / "images" / f"{missing[0]:03d}.png"
+        raise not_found("headct", expected, f"{base / 'labels.csv'} lists id(s) {missing[:5]} without an image "
+                        f"in {base / 'images'} (e.g. {expected} is missing).")
+    files = [by_id[i] for i in ids]
     groups = ["hemorrhage" if v else "normal" for v in labels]
     return _seeded("headct", files, labels, groups, split=split, seed=seed, n_test_normal=n_test_normal,
                    image_size=image_size, **kwargs)
