@@ -181,6 +181,26 @@ def notebooks_for(key: str) -> list[str]:
     return found
 
 
+def output_name(item: str, setting: str) -> str:
+    """results/<output_name>.csv: the item id, plus the setting for items with several."""
+    return f"{item}_{setting}" if setting else item
+
+
+def outputs(notebook: str) -> dict[str, tuple[str, str | None]]:
+    """The tables a notebook writes: output name -> (item, setting; None for the item's summary table,
+    e.g. Table 1 of Table 11). An item written by several notebooks (Tables 9-10) is split between them:
+    each writes the settings its figure draws (FIGURES), as the notebooks of Figures 4 and 5 do."""
+    keys, out = NOTEBOOKS[notebook], {}
+    for item in (k for k in keys if k in ITEMS):
+        settings = tuple(ITEMS[item].settings)
+        if len(notebooks_for(item)) > 1:
+            settings = next(FIGURES[f][1][item] for f in keys if f in FIGURES and item in FIGURES[f][1])
+        out |= {output_name(item, s): (item, s) for s in settings}
+        if ITEMS[item].summary:
+            out[ITEMS[item].summary] = (item, None)
+    return out
+
+
 def title(key: str) -> str:
     """A paper item's or figure's title, e.g. 'Table 3, p. 8: Anomaly detection on MVTec AD'."""
     if key in FIGURES:

@@ -1,8 +1,13 @@
 """`mkd regenerate` / `python -m mkdlib.regenerate`: execute the paper notebooks with papermill.
 
 Each notebook of `items.NOTEBOOKS` runs with the chosen profile and writes its tables and figures into
-the results folder; the executed copy goes to `<results>/executed/`. A failing notebook is reported and
-the others still run; the exit code is 1 if any failed.
+the results folder; the executed copy goes to `<results>/executed/`. Each profile has its own folder
+(results/ for the paper's, results/<profile>/ for the others), and tables or an index that another profile
+wrote are not overwritten without --force. A failing notebook is reported and the others still run; the
+exit code is 1 if any failed (with --strict, also a notebook with an item that ran nothing).
+
+The notebooks call `notebook_paths` and `notebook_options` on their parameters, so that they write the
+same place from any working directory and take dicts given as JSON strings (papermill's `-p`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mkdlib.items import NOTEBOOKS, PROFILES, notebooks_for
+import pandas as pd
+
+from mkdlib.items import FIGURES, NOTEBOOKS, PROFILES, notebooks_for, outputs, profile_of
+from mkdlib.report import written_profile
 
 REPO = Path(__file__).resolve().parent.parent  # a source checkout (pip install -e .)
 NOTEBOOK_DIR, RESULTS_DIR = REPO / "notebooks", REPO / "results"
@@ -51,26 +59,127 @@ def select(only: Sequence[str] | None = None) -> list[str]:
     return [nb for nb in NOTEBOOKS if nb in wanted]
 
 
-def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path = RESULTS_DIR,
+def default_results(profile: str) -> Path:
+    """results/ for the paper profile (the committed tables), results/<profile>/ for any other, so that a
+    pipeline check never replaces the paper's numbers."""
+    name = profile_of(profile).name
+    return RESULTS_DIR if name == "paper" else RESULTS_DIR / name
+
+
+def _from_notebooks(path: str | Path) -> Path:
+    """A notebook parameter's path, relative ones taken from the notebooks folder (as "../results" was
+    always meant), not from the working directory of whoever started papermill."""
+    return (NOTEBOOK_DIR / Path(path).expanduser()).resolve()
+
+
+def notebook_paths(profile: str, results_dir: str | Path | None,
+                   runs_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(results folder, run cache) of a notebook: results_dir, else the profile's default_results; the run
+    cache runs_dir, else <results folder>/runs. Relative paths are relative to the notebooks folder."""
+    results = default_results(profile) if results_dir is None else _from_notebooks(results_dir)
+    return results, _from_notebooks(runs_dir) if runs_dir else results / "runs"
+
+
+def _decoded(name: str, value: Any) -> Any:
+    """A dict or list parameter that arrived as a JSON string (papermill -p passes them as text)."""
+    if not (isinstance(value, str) and value.strip()[:1] in ("{", "[")):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"notebook parameter {name}={value!r} is not valid JSON ({err.msg}); give dicts and "
+                         "lists as JSON (-p classes '{\"mvtec\": [\"bottle\"]}') or as YAML (papermill -y)") from None
+
+
+def notebook_options(**parameters: Any) -> dict[str, Any]:
+    """The notebook's run options (items.specs_for keywords), JSON strings decoded."""
+    return {name: _decoded(name, value) for name, value in parameters.items()}
+
+
+def _writes_index(name: str) -> bool:
+    """Every notebook of a paper table or figure rewrites the index; the quickstart writes only its demo."""
+    return bool(outputs(name)) or any(key in FIGURES for key in NOTEBOOKS[name])
+
+
+def overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> list[tuple[Path, str]]:
+    """(file, its profile) for each table (csv, md) or index these notebooks would write in results_dir
+    that another profile wrote (report.written_profile)."""
+    results_dir = Path(results_dir)
+    files = [results_dir / f"{out}.{ext}" for name in names for out in outputs(name) for ext in ("csv", "md")]
+    if any(_writes_index(name) for name in names):
+        files.append(results_dir / "README.md")
+    found = [(path, written_profile(path)) for path in dict.fromkeys(files)]
+    return [(path, written) for path, written in found if written not in (None, profile)]
+
+
+def refuse_overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> None:
+    """Raise FileExistsError, before anything runs, if the notebooks would overwrite another profile's files."""
+    clash = overwrites(results_dir, names, profile)
+    if clash:
+        path, written = clash[0]
+        others = "".join(f"\n  {p} (profile {w!r})" for p, w in clash[1:])
+        raise FileExistsError(f"{path} was written by profile {written!r}, not {profile!r}"
+                              f"{f' (and {len(clash) - 1} more files below)' if others else ''}: pass --force "
+                              f"to overwrite, or choose another folder with --results{others}")
+
+
+def _has_value(csv: Path) -> bool:
+    """Whether a written table has any number of ours (a run that finished)."""
+    try:
+        return bool(pd.read_csv(csv)["ours_final"].notna().any())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def ran_nothing(results_dir: str | Path, name: str, since: float) -> list[str]:
+    """The items of a notebook without a single finished run (every row not run or failed), read from the
+    tables it wrote; for a notebook writing no tables, its heatmap figures not drawn after `since` (a
+    time.time()). A pipeline check (--strict) that ran nothing has checked nothing."""
+    results_dir, by_item = Path(results_dir), {}
+    for out, (item, _) in outputs(name).items():
+        by_item.setdefault(item, []).append(results_dir / f"{out}.csv")
+    if by_item:
+        return [item for item, tables in by_item.items() if not any(_has_value(t) for t in tables)]
+    return [key for key in NOTEBOOKS[name] if key in FIGURES and not _drawn(results_dir, key, since)]
+
+
+def _drawn(results_dir: Path, figure: str, since: float) -> bool:
+    """Whether `<results_dir>/figures/<figure>_*.png` has a file written after `since`."""
+    return any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{figure}_*.png"))
+
+
+def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
             notebook_dir: str | Path = NOTEBOOK_DIR, parameters: Mapping[str, Any] | None = None,
-            kernel: str | None = None, log_output: bool = False) -> dict[str, str | None]:
-    """Execute each notebook into `<results_dir>/executed/<name>.ipynb`; name -> None or its error."""
+            kernel: str | None = None, log_output: bool = False, force: bool = False,
+            strict: bool = False) -> dict[str, str | None]:
+    """Execute each notebook into `<results_dir>/executed/<name>.ipynb`; name -> None or its error.
+
+    results_dir: default_results(profile) when None. Files of another profile are not overwritten unless
+    `force` (FileExistsError before anything runs). strict: a notebook with an item that ran nothing fails.
+    """
     import papermill as pm
 
-    results_dir, notebook_dir = Path(results_dir).resolve(), Path(notebook_dir).resolve()
+    fixed = sorted({"profile", "results_dir"} & set(parameters or {}))
+    if fixed:
+        raise ValueError(f"parameters {fixed} are set by --profile and --results; drop them from -p")
+    results_dir = default_results(profile) if results_dir is None else Path(results_dir).resolve()
+    notebook_dir = Path(notebook_dir).resolve()
+    if not force:
+        refuse_overwrites(results_dir, names, profile)
     executed = results_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
     params = {"profile": profile, "results_dir": str(results_dir), **(parameters or {})}
     status: dict[str, str | None] = {}
     for name in names:
-        start = time.perf_counter()
+        start, since = time.perf_counter(), time.time()
         print(f"mkd regenerate: {name} (profile {profile}) ...", flush=True)
         try:
             pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed / f"{name}.ipynb", parameters=params,
                                 kernel_name=kernel, cwd=str(notebook_dir), progress_bar=False,
                                 log_output=log_output)
-            status[name] = None
+            empty = ran_nothing(results_dir, name, since) if strict else []
+            status[name] = f"ran no runs for {', '.join(empty)} (--strict; see {results_dir})" if empty else None
         except Exception as err:  # a failing notebook is reported; the others still run
             if hasattr(err, "ename"):  # papermill's PapermillExecutionError: the cell's exception
                 status[name] = f"{err.ename}: {err.evalue} (cell {err.exec_count}; see {executed / name}.ipynb)"
@@ -98,11 +207,16 @@ def parser() -> argparse.ArgumentParser:
                    help="paper: the full protocol; smoke: tiny subsets and 2 epochs (a pipeline check)")
     p.add_argument("--only", nargs="+", metavar="ITEM",
                    help=f"items (table3, figure6, ...) or notebooks: {', '.join(NOTEBOOKS)}")
-    p.add_argument("--results", default=str(RESULTS_DIR), help="results folder (default: %(default)s)")
+    p.add_argument("--results", help=f"results folder (default: {RESULTS_DIR} for the paper profile, "
+                                     f"{RESULTS_DIR}/<profile> for the others)")
     p.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
     p.add_argument("-p", "--parameter", action="append", type=_parameter, default=[], metavar="KEY=VALUE",
                    help='a notebook parameter, e.g. -p device=cuda -p executor=processes -p workers=4 '
                         '-p \'data_roots={"mvtec": "/data/mvtec"}\' (repeatable)')
+    p.add_argument("--force", action="store_true",
+                   help="overwrite tables and the index even where another profile wrote them")
+    p.add_argument("--strict", action="store_true",
+                   help="fail a notebook with an item that ran no run (all not run or failed), as CI should")
     p.add_argument("--kernel", help="Jupyter kernel name (default: one running this Python)")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p.add_argument("--list", action="store_true", help="list the notebooks and what they write, then exit")
@@ -120,11 +234,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as err:
         print(f"mkd regenerate: {err.args[0]}", file=sys.stderr)
         return 2
-    status = execute(names, profile=args.profile, results_dir=args.results, notebook_dir=args.notebooks,
-                     parameters=dict(args.parameter), kernel=args.kernel, log_output=args.log_output)
+    results = default_results(args.profile) if args.results is None else Path(args.results).resolve()
+    try:
+        status = execute(names, profile=args.profile, results_dir=results, notebook_dir=args.notebooks,
+                         parameters=dict(args.parameter), kernel=args.kernel, log_output=args.log_output,
+                         force=args.force, strict=args.strict)
+    except (FileExistsError, ValueError) as err:
+        print(f"mkd regenerate: {err}", file=sys.stderr)
+        return 2
     failed = {k: v for k, v in status.items() if v is not None}
     print(f"mkd regenerate: {len(status) - len(failed)} of {len(status)} notebooks ok; executed copies in "
-          f"{Path(args.results) / 'executed'}")
+          f"{results / 'executed'}")
     for name, error in failed.items():
         print(f"  FAILED {name}: {error}", file=sys.stderr)
     return 1 if failed else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -21,6 +22,8 @@ from .io_utils import atomic_write_text
 from .paper import PAPER
 
 COLUMNS = ["paper", "paper_pm", "ours_final", "ours_mean", "ours_std", "diff", "note"]
+INDEX_PROFILE = "profile of the run writing this index"  # a line of the index, read back by written_profile
+UNKNOWN = "unknown"  # the profile of a results file that records none
 UNITS = {"%": 1.0, "fraction": 100.0}  # factor to %
 
 
@@ -220,12 +223,19 @@ PROVENANCE = ("How these results were produced: the tables here are written only
               "Tables of the `smoke` profile are pipeline checks on tiny subsets, not paper numbers.")
 
 
+def _read_csv(csv: Path) -> pd.DataFrame | None:
+    """A written table as strings; None when missing, empty or malformed."""
+    try:
+        return pd.read_csv(csv, dtype=str)
+    except (OSError, ValueError):
+        return None
+
+
 def _provenance(csv: Path) -> tuple[str, str]:
     """(profile with any config overrides, weights) of a written table, from its CSV's columns; '—' where
     absent or unreadable."""
-    try:
-        df = pd.read_csv(csv, dtype=str)
-    except (OSError, ValueError):  # missing, empty or malformed
+    df = _read_csv(csv)
+    if df is None:
         return "—", "—"
     overrides = _distinct(df, "overrides")
     profile = (_distinct(df, "profile") or "—") + (f" (overrides: {overrides})" if overrides else "")
@@ -247,7 +257,7 @@ def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Results", "",
              "Written by `mkdlib.report.write_index`; do not edit by hand.", "", PROVENANCE, "",
-             f"- date: {now}", f"- commit: `{commit}`", f"- profile of the run writing this index: `{profile}`",
+             f"- date: {now}", f"- commit: `{commit}`", f"- {INDEX_PROFILE}: `{profile}`",
              "- weights:", *_kv(weights), "- hardware:", *_kv(hardware), "",
              "| item | title | profile | weights | file | csv | modified |", "|---|---|---|---|---|---|---|"]
     for md in sorted(p for p in results_dir.glob("*.md") if p.name != "README.md"):
@@ -260,3 +270,22 @@ def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping
         lines.append(f"| {md.stem} | {_cell(title)} | {_cell(prof)} | {_cell(used)} | [{md.name}]({md.name}) "
                      f"| {csv_cell} | {mtime} |")
     return atomic_write_text(results_dir / "README.md", "\n".join(lines) + "\n")
+
+
+def written_profile(path: str | Path) -> str | None:
+    """The profile that wrote a results file, from what the file records, so that one profile's run never
+    silently replaces another's tables: a table's `profile` column (for a .md, its 'Profile:' line, else
+    its CSV twin's column), the index's profile line (its first word, the profile's name). None when the
+    file does not exist; UNKNOWN when it records no profile."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.suffix == ".csv":
+        df = _read_csv(path)
+        return (None if df is None else _distinct(df, "profile")) or UNKNOWN
+    line = rf"^- {INDEX_PROFILE}: `([^`:]*)" if path.name == "README.md" else r"^Profile: `([^`]*)`"
+    found = re.search(line, path.read_text(encoding="utf-8", errors="replace"), re.MULTILINE)
+    if found:
+        return found.group(1).strip()
+    twin = path.with_suffix(".csv")
+    return written_profile(twin) if path.name != "README.md" and twin.exists() else UNKNOWN

@@ -18,8 +18,8 @@ import pandas as pd
 from mkdlib import report
 from mkdlib.config import paper_config
 from mkdlib.experiment import RunResult, RunSpec, add_localization
-from mkdlib.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, profile_of, title,
-                          varied_keys)
+from mkdlib.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, output_name,
+                          profile_of, title, varied_keys)
 from mkdlib.models import describe_weights, weights_sha256
 from mkdlib.paper import PAPER
 
@@ -174,11 +174,6 @@ def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable
                     "overrides": "; ".join(sorted({overrides_of(r.spec, exclude) for r in runs}))})
     return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights",
                                       "overrides"])
-
-
-def output_name(item: str, setting: str) -> str:
-    """results/<output_name>.csv: the item id, plus the setting for items with several."""
-    return f"{item}_{setting}" if setting else item
 
 
 def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,

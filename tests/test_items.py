@@ -83,3 +83,14 @@ def test_notebooks_lookup():
         items.notebooks_for("table12")
 
 
+
+
+def test_outputs_name_every_table_a_notebook_writes():
+    assert items.outputs("00_quickstart") == items.outputs("figure1_heatmaps") == {}
+    assert items.outputs("table3_mvtec_detection") == {"table3": ("table3", "")}
+    assert list(items.outputs("table4_figure6_mvtec_localization")) == ["table4", "table4_pixel_auroc", "table4_au_pro"]
+    t11 = items.outputs("table1_table11_interpretability")
+    assert t11["table1"] == ("table11", None) and t11["table11_gbp"] == ("table11", "gbp") and len(t11) == 9
+    cloner, loss = items.outputs("figure4_tables9_10_cloner_size"), items.outputs("figure5_tables9_10_loss_ablation")
+    assert set(cloner) == {"table9_equal_net", "table9_smaller_net", "table10_equal_net", "table10_smaller_net"}
+    assert set(loss) == {f"table{n}_{s}" for n in (9, 10) for s in ("dir_loss", "mse_loss", "total_loss")}

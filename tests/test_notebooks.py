@@ -3,7 +3,8 @@
 The smoke runs write into a temporary results folder (never the repository's results/) and check the
 files written: columns, the paper's numbers, AUROC ranges, not-run notes naming the path looked at, the
 figures and the index. Datasets under $MKDLIB_DATA are used where present (the MVTec AD leather sample
-at $MKDLIB_DATA/mvtec_leather_sample too); absent ones must appear as not-run rows.
+at $MKDLIB_DATA/mvtec_leather_sample too); absent ones must appear as not-run rows, and an item whose data
+is present must have run (what `mkd regenerate --strict` checks).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import ast
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from mkdlib import items, regenerate, tabulation
+from mkdlib import items, regenerate
 from mkdlib.paper import paper_value
 from mkdlib.report import COLUMNS
 
@@ -92,19 +94,13 @@ def _smoke_parameters(name: str, results: Path) -> dict:
     return {k: v for k, v in params.items() if k in _parameters(_read(name))}
 
 
-def _outputs(name: str) -> list[tuple[str, str | None]]:
-    """(item, setting) of each table a notebook writes; a figure's settings where it draws a subset."""
-    keys = items.NOTEBOOKS[name]
-    figure = next((k for k in keys if k in ("figure4", "figure5")), None)
-    out: list[tuple[str, str | None]] = [("table1", None)] if "table1" in keys else []
-    for key in keys:
-        if key in items.ITEMS:
-            out += [(key, s) for s in (items.FIGURES[figure][1][key] if figure else items.ITEMS[key].settings)]
-    return out
+def _has_data(key: str) -> bool:
+    """Whether the data of some smoke row of an item, or of a figure's items, is present."""
+    keys = items.FIGURES[key][1] if key in items.FIGURES else [key]
+    return any(PRESENT.get(items.ITEMS[k].rows[r].dataset, False) for k in keys for r in items.ITEMS[k].smoke_rows)
 
 
-def _check_table(results: Path, item: str, setting: str | None) -> None:
-    output = item if setting is None else tabulation.output_name(item, setting)
+def _check_table(results: Path, output: str, item: str, setting: str | None) -> None:
     df = pd.read_csv(results / f"{output}.csv", index_col=0, dtype={"class": str, "setting": str})
     assert list(df.columns) == [*COLUMNS, "profile", "weights", "overrides"], output
     assert (df["profile"] == "smoke").all()
@@ -131,11 +127,14 @@ def test_smoke_run(name, smoke):
     import papermill as pm
 
     (smoke / "executed").mkdir(exist_ok=True)
+    since = time.time()
     pm.execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", smoke / "executed" / f"{name}.ipynb",
                         parameters=_smoke_parameters(name, smoke), kernel_name=regenerate.kernel_name(),
                         cwd=str(NOTEBOOK_DIR), progress_bar=False)
-    for item, setting in _outputs(name):
-        _check_table(smoke, item, setting)
+    for output, (item, setting) in items.outputs(name).items():
+        _check_table(smoke, output, item, setting)
+    empty = regenerate.ran_nothing(smoke, name, since)  # --strict, where the data is present
+    assert not [key for key in empty if _has_data(key)], empty
     figures = {p.name for p in (smoke / "figures").glob("*.png")} if (smoke / "figures").is_dir() else set()
     keys = items.NOTEBOOKS[name]
     for fig in ("figure3", "figure4", "figure5"):
@@ -161,3 +160,24 @@ def test_smoke_run(name, smoke):
         values = [m["image_auroc"]["final"], m["image_auroc"]["mean"],
                   *(v for method in m["pixel"].values() for v in method.values())]
         assert all(0 <= v <= 1 for v in values), metrics
+
+
+@pytest.mark.slow
+def test_relative_results_land_beside_the_notebooks_from_any_working_directory(tmp_path):
+    """papermill run directly, from another folder: a relative results_dir is taken from notebooks/, and
+    dict parameters given as JSON text (papermill -p) are decoded."""
+    import papermill as pm
+
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    parameters = {"profile": "smoke", "results_dir": os.path.relpath(out, NOTEBOOK_DIR), "threads": 1,
+                  "progress": False, "data_roots": json.dumps({"retina": str(tmp_path / "no_oct")}),
+                  "config": '{"channels_last": true}'}
+    pm.execute_notebook(NOTEBOOK_DIR / "table5_retinal_oct.ipynb", tmp_path / "executed.ipynb",
+                        parameters=parameters, kernel_name=regenerate.kernel_name(), cwd=str(elsewhere),
+                        progress_bar=False)
+    assert list(elsewhere.iterdir()) == []
+    assert {"table5.csv", "table5.md", "README.md"} <= {p.name for p in out.iterdir()}
+    df = pd.read_csv(out / "table5.csv", index_col=0)
+    assert str(tmp_path / "no_oct") in df.at["retinal_oct", "note"], df.at["retinal_oct", "note"]
+    assert df.at["retinal_oct", "overrides"] == "channels_last=True"

@@ -1,17 +1,22 @@
-"""`mkd regenerate`: notebook selection, parameters, the kernel, and failures that do not stop the suite."""
+"""`mkd regenerate`: notebook selection, parameters, the kernel, failures that do not stop the suite, each
+profile's own results folder (never overwriting another profile's tables) and --strict."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mkdlib import regenerate
+from mkdlib import regenerate, tabulation
 from mkdlib.items import NOTEBOOKS
 
 
@@ -73,3 +78,108 @@ def test_a_failing_notebook_is_reported_and_the_others_run(tmp_path, capsys):
     assert seen["profile"] == "smoke" and seen["cwd"] == str(notebooks.resolve())  # run from the notebooks folder
     assert Path(seen["python"]).resolve() == Path(sys.executable).resolve()  # the kernel is this environment
     assert {p.name for p in (results / "executed").iterdir()} == {"00_quickstart.ipynb", "table5_retinal_oct.ipynb"}
+
+
+@pytest.fixture
+def papermill(monkeypatch) -> list[dict]:
+    """A stand-in for papermill that records each notebook it is asked to execute, and runs nothing."""
+    calls: list[dict] = []
+    fake = types.ModuleType("papermill")
+    fake.execute_notebook = lambda source, target, **kw: calls.append({"source": source, **kw})
+    monkeypatch.setitem(sys.modules, "papermill", fake)
+    return calls
+
+
+def _paper_tables(results: Path) -> dict[str, str]:
+    """Paper-profile Table 2 files and index in results, as the committed results/ holds; name -> text."""
+    tabs = {k: v for item in ("table2_mnist", "table2_fashionmnist", "table2_cifar10")
+            for k, v in tabulation.tables(item, [], profile="paper").items()}
+    tabulation.save_tables(tabs, results)
+    tabulation.write_index(results, profile="paper")
+    return {p.name: p.read_text() for p in results.iterdir()}
+
+
+def test_each_profile_has_its_own_default_results_folder(monkeypatch, tmp_path, papermill):
+    monkeypatch.setattr(regenerate, "RESULTS_DIR", tmp_path / "results")
+    assert regenerate.default_results("paper") == tmp_path / "results"
+    assert regenerate.default_results("smoke") == tmp_path / "results" / "smoke"
+    assert regenerate.main(["--profile", "smoke", "--only", "table3", "--kernel", "python3"]) == 0
+    assert papermill[0]["parameters"]["results_dir"] == str(tmp_path / "results" / "smoke")
+
+
+def test_smoke_never_overwrites_paper_tables_without_force(tmp_path, papermill, capsys):
+    results = tmp_path / "results"
+    before = _paper_tables(results)
+    argv = ["--profile", "smoke", "--only", "table2_mnist", "--results", str(results), "--kernel", "python3"]
+    assert regenerate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "table2_" in err and "profile 'paper'" in err and "--force" in err, err
+    assert papermill == [], "refused before any notebook ran"
+    assert {p.name: p.read_text() for p in results.iterdir()} == before
+    assert regenerate.main([*argv[:-2], "--profile", "paper", "--kernel", "python3"]) == 0  # its own profile
+    assert regenerate.main([*argv, "--force"]) == 0 and len(papermill) == 2
+    assert regenerate.main([*argv, "-p", "profile=paper"]) == 2  # the guard is not sidestepped with -p
+    assert "--profile" in capsys.readouterr().err
+
+
+def test_the_committed_results_are_guarded():
+    clash = regenerate.overwrites(regenerate.RESULTS_DIR, regenerate.select(["table2_mnist"]), "smoke")
+    assert {p.name for p, profile in clash if profile == "paper"} >= {"table2_mnist.csv", "table2_mnist.md",
+                                                                      "README.md"}
+    assert regenerate.overwrites(regenerate.RESULTS_DIR, regenerate.select(None), "paper") == []
+
+
+def test_notebook_paths_do_not_depend_on_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    results = regenerate.RESULTS_DIR
+    assert regenerate.notebook_paths("paper", "../results") == (results, results / "runs")
+    assert regenerate.notebook_paths("smoke", None) == (results / "smoke", results / "smoke" / "runs")
+    assert regenerate.notebook_paths("smoke", tmp_path / "r", "../cache") == (tmp_path / "r", results.parent / "cache")
+
+
+def test_notebook_options_decode_json_text():
+    options = regenerate.notebook_options(classes='{"mvtec": ["bottle"]}', seeds=" [0, 1]", config={"amp": True},
+                                          data_root="/data", weights="imagenet", data_roots=None)
+    assert options == {"classes": {"mvtec": ["bottle"]}, "seeds": [0, 1], "config": {"amp": True},
+                       "data_root": "/data", "weights": "imagenet", "data_roots": None}
+    with pytest.raises(ValueError, match="classes=.*not valid JSON.*-y"):
+        regenerate.notebook_options(classes="{mvtec: [bottle]}")
+
+
+def test_ran_nothing_reads_the_tables_and_figures_written(tmp_path):
+    tabulation.save_tables(tabulation.tables("table3", [], profile="smoke"), tmp_path)
+    since = time.time()
+    assert regenerate.ran_nothing(tmp_path, "table3_mvtec_detection", since) == ["table3"]
+    assert regenerate.ran_nothing(tmp_path, "table5_retinal_oct", since) == ["table5"]  # no table at all
+    assert regenerate.ran_nothing(tmp_path, "figure1_heatmaps", since) == ["figure1"]
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "figure1_mvtec_leather.png").write_bytes(b"png")
+    assert regenerate.ran_nothing(tmp_path, "figure1_heatmaps", since) == []
+    assert regenerate.ran_nothing(tmp_path, "figure1_heatmaps", time.time() + 60) == ["figure1"]  # an old one
+    assert regenerate.ran_nothing(tmp_path, "00_quickstart", since) == []
+    table = pd.read_csv(tmp_path / "table3.csv", index_col=0)
+    table.loc["leather", "ours_final"] = 51.0  # one run finished
+    table.to_csv(tmp_path / "table3.csv")
+    assert regenerate.ran_nothing(tmp_path, "table3_mvtec_detection", since) == []
+
+
+@pytest.mark.slow
+def test_strict_fails_a_smoke_run_that_ran_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MKDLIB_DATA", str(tmp_path / "empty"))  # the kernel inherits it: no MVTec AD
+    (tmp_path / "empty").mkdir()
+    argv = ["--profile", "smoke", "--only", "table3", "--results", str(tmp_path / "results"),
+            "-p", "threads=1", "-p", "progress=false"]
+    assert regenerate.main([*argv, "--strict"]) == 1
+    assert "FAILED table3_mvtec_detection: ran no runs for table3" in capsys.readouterr().err
+    assert regenerate.main(argv) == 0  # without --strict, absent data is a not-run row
+
+
+LEATHER = Path(os.environ.get("MKDLIB_DATA", "/nonexistent")) / "mvtec_leather_sample"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (LEATHER / "leather").is_dir(), reason="needs $MKDLIB_DATA/mvtec_leather_sample")
+def test_strict_passes_a_smoke_run_with_its_data(tmp_path):
+    argv = ["--profile", "smoke", "--only", "table3", "--results", str(tmp_path / "results"), "--strict",
+            "-p", f'data_roots={{"mvtec": "{LEATHER}"}}', "-p", "threads=1", "-p", "progress=false"]
+    assert regenerate.main(argv) == 0

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from mkdlib.paper import MVTEC_CATEGORIES, PAPER, paper_value
-from mkdlib.report import (COLUMNS, PROVENANCE, comparison_table, detect_commit, not_run, to_markdown,
-                           write_index, write_table)
+from mkdlib.report import (COLUMNS, PROVENANCE, UNKNOWN, comparison_table, detect_commit, not_run, to_markdown,
+                           write_index, write_table, written_profile)
 
 
 def _ours(item: str, offset: float = -1.0, skip: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
@@ -166,3 +166,21 @@ def test_index_lists_each_tables_profile_and_weights(tmp_path):
     assert "| smoke | — | [table6.md](table6.md) |" in body
     assert "| broken | broken | — | — | [broken.md](broken.md) |" in body
     assert "not paper numbers" in body and "mkd regenerate" in body
+
+
+def test_written_profile_of_tables_and_index(tmp_path):
+    df = comparison_table("table5", {})
+    df["profile"] = "smoke"
+    csv, md = write_table(df, tmp_path, "table5")
+    assert written_profile(csv) == written_profile(md) == "smoke"
+    csv.unlink()
+    assert written_profile(md) == "smoke"  # from its own 'Profile:' line, without the CSV
+    (tmp_path / "old.md").write_text("# an old table\n")
+    (tmp_path / "old.csv").write_text("class,paper,profile\nx,1.0,paper\n")
+    assert written_profile(tmp_path / "old.md") == "paper"  # no line of its own: its CSV twin's column
+    (tmp_path / "bare.md").write_text("# no profile anywhere\n")
+    (tmp_path / "empty.csv").write_text("")
+    assert written_profile(tmp_path / "bare.md") == written_profile(tmp_path / "empty.csv") == UNKNOWN
+    assert written_profile(tmp_path / "absent.csv") is None
+    index = write_index(tmp_path, profile="smoke: tiny subsets", weights="w", hardware="h", commit="c")
+    assert written_profile(index) == "smoke"  # the profile's name, not its label
