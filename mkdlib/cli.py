@@ -36,6 +36,10 @@ MKDLIB_RESULTS (default results folder for `train`, else ./runs).
 """
 
 
+WEIGHTS_HELP = ("the source weights file on this machine (default: as the run recorded them); refused if its "
+                "SHA-256 differs from the one the run was trained with")
+
+
 def _key_value(text: str) -> tuple[str, object]:
     """KEY=VALUE, VALUE parsed as JSON when it is JSON (2, 0.5, true, [..]), else kept a string."""
     key, sep, value = text.partition("=")
@@ -86,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="show a run's metrics; add localisation metrics",
                        description="Print the metrics of a finished run. With --localization, compute the "
-                       "pixel metrics of methods the run lacks (final cloner, test set) and store them.")
+                       "pixel metrics of methods the run lacks (final cloner, test set) and store them. "
+                       "A corrupt metrics.json is re-evaluated and a lost sampled cloner recomputed "
+                       "from the run's checkpoints; nothing else is redone.")
     e.add_argument("run", metavar="RUN", help="run directory")
+    e.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     e.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
                    help=f"one or more of: {', '.join(VARIANTS)}")
     e.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
@@ -103,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run", metavar="RUN", help="run directory")
     r.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    r.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     r.add_argument("--threshold", type=float, help="decision threshold on the score (default: the run's)")
     r.add_argument("--method", default="gradients", choices=METHODS, metavar="METHOD",
                    help=f"heatmap method (default gradients): {', '.join(METHODS)}")
@@ -146,14 +154,10 @@ def _summary(m: dict) -> str:
 
 
 def _evaluate(a) -> int:
-    from mkdlib.experiment import RunError, add_localization, load_run
+    from mkdlib.experiment import evaluate
 
-    result = load_run(a.run)
-    if result.metrics is None:
-        raise RunError(f"{result.error}; finish it with `mkd train` (same arguments)")
-    if a.localization:
-        result = add_localization(a.run, a.localization, device=a.device or _default_device(),
-                                  progress=not a.quiet)
+    result = evaluate(a.run, a.localization, device=a.device or _default_device(), progress=not a.quiet,
+                      weights=a.weights)
     print(json.dumps(result.metrics, indent=1) if a.json else _summary(result.metrics))
     return 0
 
@@ -161,7 +165,7 @@ def _evaluate(a) -> int:
 def _predict(a) -> int:
     from mkdlib.predict import predict
 
-    table = predict(a.run, a.paths, a.out, threshold=a.threshold, method=a.method,
+    table = predict(a.run, a.paths, a.out, threshold=a.threshold, method=a.method, weights=a.weights,
                     device=a.device or _default_device(), heatmaps=not a.no_heatmaps, progress=not a.quiet)
     print(f"{int(table['anomalous'].sum())} of {len(table)} images anomalous "
           f"(threshold {table['threshold'].iloc[0]:.6g}); wrote {Path(a.out) / 'predictions.csv'}",
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: Exception) -> str:
     from mkdlib.experiment import RunError
+    from mkdlib.train import CheckpointError
 
     text = " ".join(str(err).split()) or repr(err)
-    known = (RunError, ValueError, OSError)  # users' errors: missing data, bad names, corrupt files
+    known = (RunError, CheckpointError, ValueError, OSError)  # users' errors: missing data, bad names, corrupt files
     return text if isinstance(err, known) else f"{type(err).__name__}: {text} (rerun with --traceback)"

@@ -6,10 +6,13 @@ code (rohban-lab/Knowledge_Distillation_AD), which produced the published number
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from mkdlib.models import SCORE_LAYERS, TRAIN_LAYERS
+import numpy as np
+
+from mkdlib.models import CLONER_CFGS, SCORE_LAYERS, TRAIN_LAYERS, check_layers
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,38 @@ class MKDConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # dataset options passed to get_dataset
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MKDConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype!r}")
-        object.__setattr__(self, "train_layers", tuple(self.train_layers))
-        object.__setattr__(self, "score_layers", tuple(self.score_layers))
+        """Every field checked for type and range before anything runs: a bad value fails here,
+        naming the field, not hours later (`epochs=True` is not 1 epoch, `lr=nan` is no rate)."""
+        for name, low in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"MKDConfig.{name} must be an integer >= {low}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name, positive in _FLOAT_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
+                    not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(f"MKDConfig.{name} must be a finite number {'>' if positive else '>='} 0, "
+                                 f"got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"MKDConfig.{name} must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.value_weight == 0 and self.direction_weight == 0:
+            raise ValueError("MKDConfig: value_weight and direction_weight are both 0: there is no loss")
+        for name, valid in (("cache_dtype", ("float32", "float16")), ("cloner", tuple(CLONER_CFGS)),
+                            ("dataset", tuple(PAPER_SETTINGS))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"MKDConfig.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+        for name in ("train_layers", "score_layers"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ValueError(f"MKDConfig.{name} must be a list of layer names, got {value!r}")
+            check_layers(value)  # names each unknown layer
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"MKDConfig.extra must be a dict of dataset options, got {self.extra!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,6 +116,14 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "synthetic": dict(image_size=128, epochs=601, value_weight=0.5, sample_last=100),
     "folder": dict(image_size=128, epochs=601, value_weight=0.5, sample_last=100),
 }
+
+
+# Checked in MKDConfig.__post_init__: integers with their minimum (32 px: VGG-16's five 2x2 pools), floats
+# (True: strictly positive), booleans.
+_INT_FIELDS = {"image_size": 32, "epochs": 1, "batch_size": 1, "eval_every": 1, "sample_last": 0,
+               "checkpoint_every": 1, "seed": 0, "memory_budget_mb": 0}
+_FLOAT_FIELDS = {"value_weight": False, "direction_weight": False, "lr": True}
+_BOOL_FIELDS = ("pretrained", "deterministic", "amp", "channels_last", "cache_features", "augment")
 
 
 def paper_config(dataset: str, **overrides: Any) -> MKDConfig:

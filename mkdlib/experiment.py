@@ -18,8 +18,11 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -37,11 +40,12 @@ from mkdlib.localization import SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_ma
 from mkdlib.metrics import au_pro, paper_pixel_auroc, pixel_auroc
 from mkdlib.models import Cloner, Source, weights_sha256
 from mkdlib.rundir import (  # noqa: F401  (re-exported: mkdlib.experiment is the public entry point)
-    ENV, ERROR, FORMAT_VERSION, HISTORY, LOCK, METRICS, NOBLUR_SUFFIX, SCORES, SPEC, RunError, RunLock,
-    RunResult, RunSpec, canonical_json, check_methods, environment, load_run, localization_variants,
-    parse_method, write_json, write_spec)
+    ENV, ERROR, FORMAT_VERSION, HISTORY, LOCK, METRICS, NOBLUR_SUFFIX, SCORES, SPEC, CorruptMetrics, RunError,
+    RunLock, RunResult, RunSpec, canonical_json, check_methods, environment, load_run, localization_variants,
+    parse_method, read_metrics, read_spec, write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, score, score_loss
-from mkdlib.train import LAST, build, cloner_path, fit, load_checkpoint, seed_everything, write_history
+from mkdlib.train import (LAST, CheckpointError, build, cloner_path, fit, load_checkpoint, missing_cloners,
+                          restore_cloners, trained_epochs, write_history)
 
 THRESHOLD_PERCENTILE = 99.0  # decision threshold: this percentile of the training images' scores
 _BUILD_LOCK = threading.Lock()  # seeding + init use torch's global RNG: one run at a time per process
@@ -115,12 +119,27 @@ def load_data(spec: RunSpec, cfg: MKDConfig | None = None, *, split: str, augmen
 
 # -------------------------------------------------------------------------------------- models
 
-def build_models(spec: RunSpec, cfg: MKDConfig, device: str | torch.device):
-    """Source, seeded cloner and loss. The seed is set before the source too, so that a random
-    source (weights=None, pretrained=False) is the same in every process that resumes the run."""
+def build_models(spec: RunSpec, cfg: MKDConfig, device: str | torch.device, *, weights: str | Path | None = None):
+    """Source, seeded cloner and loss (`train.build` seeds before the source too, so that a random
+    source is the same in every process that resumes the run). weights: instead of spec.weights."""
     with _BUILD_LOCK:
-        seed_everything(cfg.seed, cfg.deterministic)
-        return build(cfg, weights=spec.weights, device=device)
+        return build(cfg, weights=spec.weights if weights is None else str(weights), device=device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, or a ValueError saying it is not available here (before any run is started)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"invalid device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here (no CUDA GPU visible to torch); "
+                         "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' is not available here; use --device cpu")
+    return device
 
 
 def _check_resume(ckpt_dir: Path, cloner: Cloner, cfg: MKDConfig) -> int:
@@ -148,22 +167,42 @@ def _check_resume(ckpt_dir: Path, cloner: Cloner, cfg: MKDConfig) -> int:
 def load_final_cloner(cloner: Cloner, run_dir: Path, cfg: MKDConfig) -> Cloner:
     path = cloner_path(Path(run_dir) / "checkpoints", cfg.epochs)
     if not path.is_file():
-        raise RunError(f"missing final cloner {path}: the run is unfinished or was moved incompletely")
+        raise RunError(f"missing final cloner {path}: `mkd evaluate {run_dir}` recomputes a lost checkpoint "
+                       "(the run's record alone, without checkpoints/, cannot be used on new images)")
     try:
         cloner.load_state_dict(load_checkpoint(path)["cloner"])
     except (RuntimeError, KeyError, TypeError) as err:
-        raise RunError(f"final cloner {path} is unusable ({str(err).splitlines()[0]}); delete the run to "
-                       "recompute it") from None
+        raise RunError(f"final cloner {path} is unusable ({str(err).splitlines()[0]}); delete that file and "
+                       f"run `mkd evaluate {run_dir}`: only it is recomputed") from None
     return cloner.eval()
 
 
-def load_model(run_dir: str | Path, *, device: str | torch.device = "cpu"):
-    """(RunResult, resolved config, source, final cloner) of a finished run, for new images."""
+def check_weights(result: RunResult, source: Source) -> None:
+    """Refuse a source whose weights differ from the ones the run was trained with: its scores would
+    not match the run's threshold. Compared by SHA-256 where the run recorded one, else by path."""
+    recorded, digest = result.metrics.get("weights"), result.metrics.get("weights_sha256")
+    now = weights_sha256(source.weights)
+    if digest and now and digest != now:
+        raise RunError(f"{result.run_dir} was trained with source weights of sha256 {digest[:12]} "
+                       f"({recorded}), but {source.weights} has sha256 {now[:12]}: pass --weights with the "
+                       "file it was trained with")
+    if not (digest and now) and recorded != source.weights:
+        warnings.warn(f"the run was trained with source weights {recorded!r} but they now resolve to "
+                      f"{source.weights!r} (no digest to compare): scores may not match its threshold",
+                      stacklevel=3)
+
+
+def load_model(run_dir: str | Path, *, device: str | torch.device = "cpu", weights: str | Path | None = None):
+    """(RunResult, resolved config, source, final cloner) of a finished run, for new images.
+
+    weights: the source weights file on this machine (default: as the run recorded them); refused
+    when its SHA-256 differs from the run's."""
     result = load_run(run_dir)
     if result.metrics is None:
         raise RunError(result.error)
     cfg = result.spec.mkd_config()
-    source, cloner, _ = build_models(result.spec, cfg, device)
+    source, cloner, _ = build_models(result.spec, cfg, device, weights=weights)
+    check_weights(result, source)
     return result, cfg, source, load_final_cloner(cloner, result.run_dir, cfg)
 
 
@@ -196,21 +235,24 @@ def pixel_metrics(source: Source, cloner: Cloner, cfg: MKDConfig, test: Dataset,
 
 
 def add_localization(run_dir: str | Path, methods: Iterable[str], *, device: str | torch.device = "cpu",
-                     progress: bool = True) -> RunResult:
+                     progress: bool = True, weights: str | Path | None = None) -> RunResult:
     """Compute the pixel metrics of the localisation variants a finished run lacks and add them to its
     metrics.json (under the variant's name, e.g. "gradients-noblur")."""
     methods = check_methods(methods)
     result = load_run(run_dir)
-    missing = [m for m in methods if m not in (result.metrics or {}).get("pixel", {})]
-    if result.metrics is None or not missing:
+    if result.metrics is None or not _missing_maps(result, methods):
         return result
     spec, cfg = result.spec, result.spec.mkd_config()
     test = load_data(spec, cfg, split="test")
     if not test.has_masks:
         raise ValueError(f"{spec.dataset} has no ground-truth masks: pixel metrics need them")
     with RunLock(result.run_dir, quiet=not progress):
-        metrics = load_run(run_dir).metrics
-        source, cloner, _ = build_models(spec, cfg, device)
+        result = load_run(run_dir)  # a process we waited for may have stored some of them
+        metrics, missing = result.metrics, _missing_maps(result, methods)
+        if not missing:
+            return result
+        source, cloner, _ = build_models(spec, cfg, device, weights=weights)
+        check_weights(result, source)
         load_final_cloner(cloner, result.run_dir, cfg)
         t0 = time.perf_counter()
         metrics.setdefault("pixel", {}).update(
@@ -218,6 +260,10 @@ def add_localization(run_dir: str | Path, methods: Iterable[str], *, device: str
         metrics["timing_s"][f"localize_{'+'.join(missing)}"] = round(time.perf_counter() - t0, 3)
         write_json(result.run_dir / METRICS, metrics)
     return load_run(run_dir)
+
+
+def _missing_maps(result: RunResult, methods: Iterable[str]) -> list[str]:
+    return [m for m in methods if m not in result.metrics.get("pixel", {})]
 
 
 def _write_scores(path: Path, data: Dataset, scores: np.ndarray) -> None:
@@ -230,45 +276,108 @@ def _write_scores(path: Path, data: Dataset, scores: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------------------ run
 
-def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progress: bool = True) -> RunResult:
+def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progress: bool = True,
+        weights: str | Path | None = None) -> RunResult:
     """Train (or resume), evaluate and cache one run in results_root/<spec.key()>/.
+
+    A finished run is returned as it is, with the maps spec.localization asks for added; a lost
+    sampled cloner is recomputed and a corrupt metrics.json re-evaluated, nothing else. weights: where
+    the source weights are on this machine (default spec.weights), checked against the run's record.
 
     metrics.json is written last, atomically: its presence marks a finished run, which is returned
     as it is. Raises the datasets' errors (e.g. DatasetNotFoundError) and RunError."""
     if isinstance(spec, dict):
         spec = RunSpec.from_dict(spec)
     run_dir = Path(results_root).expanduser() / spec.key()
-    if (run_dir / METRICS).is_file():
-        return _cached(run_dir, spec)
     cfg = spec.mkd_config()
+    if _complete(run_dir, cfg):
+        return _cached(run_dir, spec, device, progress, weights)
+    check_device(device)
     t0 = time.perf_counter()
     train, test = load_data(spec, cfg, split="train"), load_data(spec, cfg, split="test")  # fail before any write
+    if spec.localization and not test.has_masks:
+        raise ValueError(f"{spec.label()}: localization {list(spec.localization)} needs ground-truth masks, "
+                         f"and {spec.dataset} has none; drop the localization methods")
     t_data = time.perf_counter() - t0
+    models = build_models(spec, cfg, device, weights=weights)  # unusable weights fail here, before any write
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir, quiet=not progress):
-        if (run_dir / METRICS).is_file():  # another process finished it while we waited
-            return _cached(run_dir, spec)
-        write_spec(run_dir, spec, cfg)
-        write_json(run_dir / ENV, environment(device))
-        metrics = _train_and_evaluate(spec, cfg, train, test, run_dir, device, progress)
-        metrics["timing_s"]["data"] = round(t_data, 3)
-        write_json(run_dir / METRICS, metrics)
-        (run_dir / ERROR).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints" / "features", ignore_errors=True)  # spilled feature cache
-    return load_run(run_dir)
+    with RunLock(run_dir, quiet=not progress), _checkpoint_errors_as_run_errors():
+        if not _complete(run_dir, cfg):  # else another process finished it while we waited
+            write_spec(run_dir, spec, cfg)
+            _set_aside_corrupt_metrics(run_dir)
+            new_cloner = lambda: build_models(spec, cfg, device, weights=weights)[1]  # noqa: E731
+            restore_cloners(new_cloner, models[0], train, cfg, models[2], run_dir / "checkpoints", device=device,
+                            progress=progress)
+        if not (run_dir / METRICS).is_file():
+            write_json(run_dir / ENV, environment(device))
+            metrics = _train_and_evaluate(spec, cfg, models, train, test, run_dir, device, progress)
+            metrics["timing_s"]["data"] = round(t_data, 3)
+            write_json(run_dir / METRICS, metrics)
+            (run_dir / ERROR).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "checkpoints" / "features", ignore_errors=True)  # spilled feature cache
+    return _cached(run_dir, spec, device, progress, weights)
 
 
-def _cached(run_dir: Path, spec: RunSpec) -> RunResult:
+@contextmanager
+def _checkpoint_errors_as_run_errors():
+    try:
+        yield
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+
+
+def _complete(run_dir: Path, cfg: MKDConfig) -> bool:
+    """A finished run whose record is usable as it is: readable metrics.json, no lost sampled cloner
+    (a record without checkpoints/, as committed, has none to lose)."""
+    if not (run_dir / METRICS).is_file():
+        return False
+    try:
+        read_metrics(run_dir)
+        return not missing_cloners(run_dir / "checkpoints", cfg)
+    except (RunError, RuntimeError):
+        return False  # corrupt metrics are re-evaluated; an unreadable last.pt is reported by run()
+
+
+def _set_aside_corrupt_metrics(run_dir: Path) -> None:
+    """A corrupt metrics.json is renamed (kept for inspection), so that the run is re-evaluated."""
+    try:
+        if (run_dir / METRICS).is_file():
+            read_metrics(run_dir)
+    except CorruptMetrics as err:
+        aside = run_dir / f"{METRICS}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(run_dir / METRICS, aside)
+        print(f"mkdlib: {err}; kept as {aside.name}, re-evaluating from the checkpoints", file=sys.stderr)
+
+
+def _cached(run_dir: Path, spec: RunSpec, device: str, progress: bool, weights=None) -> RunResult:
+    """The finished run, with the localisation maps spec asks for added if it lacks them."""
     result = load_run(run_dir)
-    if result.spec != spec:
+    if result.spec.trained() != spec.trained():
         raise RunError(f"{run_dir} holds a different run ({result.spec.label()}); use another results folder")
+    if spec.localization and _missing_maps(result, spec.localization):
+        result = add_localization(run_dir, spec.localization, device=device, progress=progress, weights=weights)
     return result
 
 
-def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, train: Dataset, test: Dataset, run_dir: Path,
-                        device: str, progress: bool) -> dict:
+def evaluate(run_dir: str | Path, methods: Iterable[str] = (), *, device: str = "cpu", progress: bool = True,
+             weights: str | Path | None = None) -> RunResult:
+    """A trained run's metrics, mended where needed: a corrupt metrics.json re-evaluated, a lost sampled
+    cloner recomputed, the localisation `methods` it lacks added. An unfinished run is an error."""
+    run_dir = Path(run_dir).expanduser()
+    spec, _ = read_spec(run_dir) if (run_dir / SPEC).is_file() else (load_run(run_dir).spec, None)
+    cfg = spec.mkd_config()
+    if run_dir.name != spec.key():
+        raise RunError(f"{run_dir} is not named by its key {spec.key()}: move it back to <results>/{spec.key()}")
+    if not (run_dir / METRICS).is_file() and trained_epochs(run_dir / "checkpoints") < cfg.epochs:
+        raise RunError(f"run not finished ({run_dir}); finish it with `mkd train` (same arguments)")
+    return run(replace(spec, localization=check_methods(methods)), run_dir.parent, device=device,
+               progress=progress, weights=weights)
+
+
+def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dataset, test: Dataset,
+                        run_dir: Path, device: str, progress: bool) -> dict:
     ckpt = run_dir / "checkpoints"
-    source, cloner, loss = build_models(spec, cfg, device)
+    source, cloner, loss = models
     resumed_from = _check_resume(ckpt, cloner, cfg)
     t0 = time.perf_counter()
     history = fit(cloner, source, train, cfg, loss, device=device, checkpoint_dir=ckpt, progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the file before it is left as it was
+            raise OSError(err.errno, f"no space left on the device writing {path} ({len(data)} bytes); free "
+                          "space or choose another results folder, then run the same command again") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -8,8 +8,12 @@ user's value. Heatmaps are the run's localisation maps (gradients by default) ov
 from __future__ import annotations
 
 import io
-import warnings
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -62,42 +66,88 @@ def overlay_png(image: np.ndarray, heat: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagenet_norm: bool | None):
+    """(positions of the files that load, their (inputs, display) tensors, {position: error} of the others):
+    one bad file does not stop the rest."""
+    good, inputs, display, bad = [], [], [], {}
+    for i, f in enumerate(files):
+        try:
+            x, d = load_images([f], dataset, image_size, imagenet_norm=imagenet_norm)
+        except Exception as err:  # any decoding failure: listed, the other images still scored
+            bad[i] = " ".join(str(err).split()) or type(err).__name__
+            continue
+        good.append(i)
+        inputs.append(x)
+        display.append(d)
+    if not good:
+        return good, None, None, bad
+    return good, torch.cat(inputs), torch.cat(display), bad
+
+
+@contextmanager
+def fresh_folder(out: Path):
+    """A temporary sibling folder that replaces `out` whole when the block succeeds (an older output is
+    never mixed with a new one, nor lost when this one fails)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o755)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path, *,
             threshold: float | None = None, method: str = GRADIENTS, device: str = "cpu",
-            heatmaps: bool = True, progress: bool = True) -> pd.DataFrame:
+            heatmaps: bool = True, progress: bool = True, weights: str | Path | None = None) -> pd.DataFrame:
     """Score new images with a finished run and write out_dir/predictions.csv and heatmap PNGs.
 
     Columns: path, score, threshold, anomalous (score > threshold), heatmap (PNG path, relative to
-    out_dir). threshold None = the run's own (metrics.json "threshold")."""
+    out_dir), error (why an image could not be read; its score is empty). threshold None = the run's
+    own (metrics.json "threshold"). weights: the source weights file here (checked against the run's
+    SHA-256). The folder is replaced whole, atomically. ValueError when no image could be read."""
     if method not in METHODS:
         raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
     files = image_files(paths)
-    result, cfg, source, cloner = load_model(run_dir, device=device)
-    if source.weights != result.metrics.get("weights"):
-        warnings.warn(f"the run was trained with source weights {result.metrics.get('weights')!r} but they now "
-                      f"resolve to {source.weights!r}: scores may not match its threshold", stacklevel=2)
+    result, cfg, source, cloner = load_model(run_dir, device=device, weights=weights)
     threshold = float(result.metrics["threshold"] if threshold is None else threshold)
     imagenet_norm = result.spec.dataset_options.get("imagenet_norm")  # None: the dataset's own choice
-    loss, out = score_loss(cfg), Path(out_dir).expanduser()
+    loss = score_loss(cfg)
     gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
-    scores, names = [], []
-    for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
-        chunk = files[start:start + CHUNK]
-        inputs, display = load_images(chunk, result.spec.dataset, cfg.image_size, imagenet_norm=imagenet_norm)
-        scores.append(score(cloner, loss, inputs, source=source, batch_size=cfg.batch_size, device=device))
+    rows = [{"path": str(f), "score": np.nan, "heatmap": "", "error": ""} for f in files]
+    with fresh_folder(Path(out_dir).expanduser()) as out:
+        for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
+            chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], result.spec.dataset,
+                                                          cfg.image_size, imagenet_norm)
+            for i, error in bad.items():
+                rows[start + i]["error"] = error
+                print(f"mkd predict: skipped unreadable image {files[start + i]}: {error}", file=sys.stderr)
+            if not chunk:
+                continue
+            scores = score(cloner, loss, inputs, source=source, batch_size=cfg.batch_size, device=device)
+            maps = localize(inputs.to(device), source, cloner, loss, method=method, generator=gen) \
+                if heatmaps else [None] * len(chunk)  # (B, H, W)
+            for i, s, image, heat in zip(chunk, scores, display.numpy(), maps):
+                rows[start + i]["score"] = float(s)
+                if heat is not None:
+                    name = f"{HEATMAP_DIR}/{start + i:04d}_{files[start + i].stem}.png"  # index: equal names apart
+                    atomic_write_bytes(out / name, overlay_png(image, heat))
+                    rows[start + i]["heatmap"] = name
+        table = pd.DataFrame(rows)
+        if table["score"].isna().all():
+            raise ValueError(f"none of the {len(files)} images could be read (first: {files[0]}: "
+                             f"{table['error'].iloc[0]})")
+        table.insert(2, "threshold", threshold)
+        table.insert(3, "anomalous", table["score"] > threshold)
         if not heatmaps:
-            continue
-        maps = localize(inputs.to(device), source, cloner, loss, method=method, generator=gen)  # (B, H, W)
-        for i, (f, image, heat) in enumerate(zip(chunk, display.numpy(), maps), start=start):
-            name = f"{HEATMAP_DIR}/{i:04d}_{f.stem}.png"  # the index keeps equal names apart
-            atomic_write_bytes(out / name, overlay_png(image, heat))
-            names.append(name)
-    scores = np.concatenate(scores)
-    table = pd.DataFrame({"path": [str(f) for f in files], "score": scores, "threshold": threshold,
-                          "anomalous": scores > threshold})
-    if heatmaps:
-        table["heatmap"] = names
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write_text(out / CSV_NAME, buf.getvalue())
+            table = table.drop(columns="heatmap")
+        buf = io.StringIO()
+        table.to_csv(buf, index=False)
+        atomic_write_text(out / CSV_NAME, buf.getvalue())
     return table

@@ -71,13 +71,19 @@ def check_methods(methods) -> tuple[str, ...]:
 
 
 def canonical_json(value):
-    """`value` as plain JSON types (tuples -> lists); TypeError if it is not JSON-serialisable."""
-    return json.loads(json.dumps(value))
+    """`value` as plain JSON types (tuples -> lists); ValueError for NaN or infinity (spec.json is
+    strict JSON), TypeError if it is not JSON-serialisable."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except ValueError:
+        raise ValueError(f"not a finite JSON value (NaN or infinity): {value!r}") from None
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What defines a run. `key()` hashes all of it (data_root included: None keeps keys portable)."""
+    """What defines a run. `key()` hashes all of it (data_root included: None keeps keys portable)
+    except `localization`: the maps to evaluate are an evaluation of the trained run, added to it
+    when asked for (`add_localization`), never a reason to train again."""
 
     dataset: str
     normal_class: int | str | None = None  # class index/name (mnist, fashionmnist, cifar10) or MVTec category
@@ -161,9 +167,15 @@ class RunSpec:
             d["localization"] = tuple(d["localization"])
         return cls(**d)
 
+    def trained(self) -> RunSpec:
+        """The spec of the training run alone (no localisation): what `key()` names and spec.json holds."""
+        return replace(self, localization=())
+
     def key(self) -> str:
-        """16 hex digits of sha256 over the canonical JSON of the spec and the run format version."""
-        text = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """16 hex digits of sha256 over the canonical JSON of the trained spec and the run format
+        version (localization hashed as empty, as format-1 keys always had it)."""
+        d = {"format": FORMAT_VERSION, **self.trained().to_dict()}
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return sha256(text.encode()).hexdigest()[:16]
 
     def __hash__(self) -> int:
@@ -224,19 +236,45 @@ class RunLock:
         os.close(self.fd)
 
 
-def read_json(path: Path) -> dict:
+class CorruptMetrics(RunError):
+    """metrics.json is unreadable: the run is re-evaluated from its checkpoints, nothing is deleted."""
+
+
+def read_json(path: Path, advice: str | None = None) -> dict:
+    """A JSON object from path; RunError naming the file and what to do (`advice`, default: the
+    directory cannot be used and is to be re-run into a new results folder)."""
+    advice = advice or f"re-run it into a new results folder (or move {path.parent} aside)"
     try:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunError(f"{path} is unreadable or corrupt ({type(err).__name__}); delete "
-                       f"{path.parent} to recompute the run") from None
+        raise RunError(f"{path} is unreadable or corrupt ({type(err).__name__}); {advice}") from None
     if not isinstance(d, dict):
-        raise RunError(f"{path} is corrupt (not a JSON object); delete {path.parent} to recompute the run")
+        raise RunError(f"{path} is corrupt (not a JSON object); {advice}")
     return d
 
 
 def write_json(path: Path, d: dict) -> None:
     atomic_write_text(path, json.dumps(d, indent=1, sort_keys=False) + "\n")
+
+
+REEVALUATE = "`mkd evaluate {run}` re-evaluates it from its checkpoints (nothing is deleted)"
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """metrics.json of a run; CorruptMetrics (with non-destructive advice) when it is unusable."""
+    path = run_dir / METRICS
+    advice = REEVALUATE.format(run=run_dir)
+    try:
+        metrics = read_json(path, advice)
+        img = metrics["image_auroc"]
+        img["per_epoch"] = {int(e): float(v) for e, v in img["per_epoch"].items()}
+        float(metrics["threshold"])
+    except RunError as err:
+        raise CorruptMetrics(str(err)) from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CorruptMetrics(f"{path} lacks fields this mkdlib needs (corrupt, or an incompatible version); "
+                             f"{advice}") from None
+    return metrics
 
 
 def read_spec(run_dir: Path) -> tuple[RunSpec, dict]:
@@ -259,9 +297,10 @@ def read_spec(run_dir: Path) -> tuple[RunSpec, dict]:
 
 def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig) -> None:
     """Write spec.json, or check that the one there is this spec with this resolved configuration."""
+    spec = spec.trained()
     if (run_dir / SPEC).is_file():
         old, d = read_spec(run_dir)
-        if old != spec:
+        if old.trained() != spec:
             raise RunError(f"{run_dir} holds a different run ({old.label()}); use another results folder")
         if d.get("config") != canonical_json(cfg.to_dict()):
             raise RunError(f"{run_dir} was started with another resolved configuration (an earlier mkdlib "
@@ -280,15 +319,7 @@ def load_run(run_dir: str | Path) -> RunResult:
     spec, _ = read_spec(run_dir)
     if not (run_dir / METRICS).is_file():
         return RunResult(spec, run_dir, None, f"run not finished (no {METRICS} in {run_dir})", "Unfinished")
-    metrics = read_json(run_dir / METRICS)
-    try:
-        img = metrics["image_auroc"]
-        img["per_epoch"] = {int(e): float(v) for e, v in img["per_epoch"].items()}
-        float(metrics["threshold"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise RunError(f"{run_dir / METRICS} lacks fields this mkdlib needs; it comes from an incompatible "
-                       "version or is corrupt: re-run it into a new results folder") from None
-    return RunResult(spec, run_dir, metrics)
+    return RunResult(spec, run_dir, read_metrics(run_dir))
 
 
 def _git_commit() -> dict:

@@ -10,8 +10,11 @@ import csv
 import io
 import math
 import random
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +84,68 @@ def write_history(history: list[dict], path: Path) -> None:
     atomic_write_text(path, out.getvalue())
 
 
+class CheckpointError(RuntimeError):
+    """An unreadable checkpoint file; the message says what deleting it recomputes."""
+
+
 def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it to start the run again"
+        what = ("the run restarts from scratch" if Path(path).name == LAST else
+                "only it is recomputed, from the nearest earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it and run the same command "
+            f"again: {what}"
         ) from None
 
 
 def cloner_path(checkpoint_dir: Path, epoch: int) -> Path:
     return Path(checkpoint_dir) / f"cloner_e{epoch:04d}.pt"
+
+
+def trained_epochs(checkpoint_dir: str | Path) -> int:
+    """Passes recorded in checkpoint_dir/last.pt (0 without one)."""
+    path = Path(checkpoint_dir) / LAST
+    return int(load_checkpoint(path)["epoch"]) if path.is_file() else 0
+
+
+def missing_cloners(checkpoint_dir: str | Path, cfg: MKDConfig) -> list[int]:
+    """Sampled epochs (cfg.eval_epochs()) that training has passed but whose cloner file is absent."""
+    done = trained_epochs(checkpoint_dir)
+    return [e for e in cfg.eval_epochs() if e <= done and not cloner_path(checkpoint_dir, e).is_file()]
+
+
+def restore_cloners(new_cloner: Callable[[], Cloner], source: Source, data: Dataset | Tensor, cfg: MKDConfig,
+                    loss: MKDLoss, checkpoint_dir: str | Path, *, device: str | torch.device = "cpu",
+                    progress: bool = True) -> list[int]:
+    """Recompute the sampled cloners missing from a checkpoint directory (deleted or lost), touching
+    nothing else; returns their epochs. The one at last.pt's epoch is last.pt's own cloner; earlier ones
+    are retrained from the nearest earlier full checkpoint, which is the seeded start (only last.pt
+    keeps optimizer state), in checkpoint_dir/recover/ (itself resumable). The data order depends only
+    on (seed, epoch), so this retraces the run: bit-identical in deterministic mode.
+
+    new_cloner: builds the run's freshly seeded cloner (its initial weights)."""
+    ckpt = Path(checkpoint_dir)
+    missing = missing_cloners(ckpt, cfg)
+    done = trained_epochs(ckpt)
+    if done in missing:
+        _save({"cloner": load_checkpoint(ckpt / LAST)["cloner"], "epoch": done}, cloner_path(ckpt, done))
+    earlier = [e for e in missing if e < done]
+    if earlier:
+        print(f"mkdlib: recomputing the missing sampled cloner(s) of epochs {earlier} in {ckpt}: retraining "
+              f"from the start to epoch {max(earlier)}", file=sys.stderr)
+
+        def keep(epoch: int, cloner: Cloner) -> None:
+            if epoch in earlier:
+                _save({"cloner": cloner.state_dict(), "epoch": epoch}, cloner_path(ckpt, epoch))
+
+        if trained_epochs(ckpt / "recover") > min(earlier):  # an older recovery went past one of them
+            shutil.rmtree(ckpt / "recover")
+        fit(new_cloner(), source, data, replace(cfg, epochs=max(earlier)), loss, device=device,
+            checkpoint_dir=ckpt / "recover", progress=progress, on_epoch_end=keep)
+        shutil.rmtree(ckpt / "recover", ignore_errors=True)
+    return missing
 
 
 def fit(

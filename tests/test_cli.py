@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -83,8 +84,8 @@ def test_predict_writes_csv_and_pngs(trained, capsys):
     assert main(["predict", run_dir, str(images / "good"), str(images / "spot"), "--out", str(out),
                  "--threshold", "0", "--quiet", "--device", "cpu"]) == 0
     lines = (out / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "path,score,threshold,anomalous,heatmap" and len(lines) == 1 + 3
-    assert all(",True," in line for line in lines[1:])  # threshold 0: every image flagged
+    assert lines[0] == "path,score,threshold,anomalous,heatmap,error" and len(lines) == 1 + 3
+    assert all(",True," in line and line.endswith(",") for line in lines[1:])  # all flagged, none unreadable
     assert len(list((out / "heatmaps").glob("*.png"))) == 3
 
 
@@ -96,6 +97,11 @@ def test_user_errors_are_one_line(trained, capsys, tmp_path):
         (["train", "--dataset", "mvtec", "--class", "lether", "--data-root", str(tmp_path)], "'leather'"),
         (["evaluate", str(tmp_path)], "not an mkdlib run directory"),
         (["predict", run_dir, str(tmp_path / "none.png"), "--out", str(tmp_path)], "none.png"),
+        (["train", "--dataset", "synthetic", "--config", "epochs=true"], "epochs must be an integer"),
+        (["train", "--dataset", "synthetic", "--option", "bogus=1", "--data-root", str(tmp_path)], "bogus"),
+        (["train", "--dataset", "synthetic", "--device", "cuda:7", "--data-root", str(tmp_path)], "cuda:7"),
+        (["predict", run_dir, str(next((trained[0] / "data").iterdir()) / "test" / "good"), "--out",
+          str(tmp_path / "p"), "--weights", str(tmp_path / "w.pth")], "w.pth"),
     ]
     for argv, words in cases:
         assert main(argv) == 2, argv
@@ -116,6 +122,18 @@ def test_user_errors_are_one_line(trained, capsys, tmp_path):
         final.write_bytes(saved)
     err = capsys.readouterr().err
     assert final.name in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_evaluate_re_evaluates_a_corrupt_metrics_file(trained, capsys):
+    _, run_dir, _ = _train(trained, capsys)
+    metrics = Path(run_dir) / "metrics.json"
+    saved = metrics.read_text()
+    metrics.write_text("{")
+    assert main(["evaluate", run_dir, "--json", "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["image_auroc"] == json.loads(saved)["image_auroc"]
+    for aside in Path(run_dir).glob("metrics.json.corrupt-*"):
+        aside.unlink()
 
 
 def test_bench_and_regenerate_are_delegated(monkeypatch):

@@ -186,3 +186,128 @@ def test_run_many_through_a_dask_cluster(tmp_path):
     assert results[0].run_dir != results[1].run_dir
     again = run_many(specs[:2], tmp_path / "runs", progress=False)  # cached, in process
     assert [r.metrics for r in again] == [r.metrics for r in results[:2]]
+
+
+# --- damaged runs are mended by recomputing only what is missing (issue 11, point 7) -------------------
+
+def _fit_calls(monkeypatch) -> list:
+    calls, real = [], ex.restore_cloners.__globals__["fit"]
+
+    def counted(*args, **kwargs):
+        calls.append(args[3].epochs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(ex.restore_cloners.__globals__, "fit", counted)
+    monkeypatch.setattr(ex, "fit", counted)
+    return calls
+
+
+def test_a_deleted_sampled_cloner_is_retrained_not_looped_on(tmp_path, monkeypatch):
+    spec = tiny(tmp_path)
+    first = run(spec, tmp_path / "runs", progress=False)
+    ckpt = first.run_dir / "checkpoints"
+    original = (ckpt / "cloner_e0002.pt").read_bytes()
+    (ckpt / "cloner_e0002.pt").unlink()
+    (first.run_dir / "metrics.json").unlink()  # the state the advice "delete it" left: no metrics
+    calls = _fit_calls(monkeypatch)
+    again = run(spec, tmp_path / "runs", progress=False)
+    assert calls[0] == 2  # retrained to epoch 2 only, then the main fit found the run complete
+    assert again.metrics["image_auroc"] == first.metrics["image_auroc"]  # deterministic: the same cloner
+    import torch
+    a = torch.load(ckpt / "cloner_e0002.pt", weights_only=True)["cloner"]
+    b = torch.load(__import__("io").BytesIO(original), weights_only=True)["cloner"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (ckpt / "recover").exists()
+
+
+def test_a_deleted_final_cloner_of_a_finished_run_is_restored_from_last(tmp_path, monkeypatch):
+    spec = tiny(tmp_path)
+    first = run(spec, tmp_path / "runs", progress=False)
+    final = first.run_dir / "checkpoints" / "cloner_e0004.pt"
+    final.unlink()
+    with pytest.raises(RunError, match="mkd evaluate"):  # what predict says now
+        ex.load_model(first.run_dir)
+    calls = _fit_calls(monkeypatch)
+    again = run(spec, tmp_path / "runs", progress=False)  # not "cached" with a lost cloner
+    assert final.is_file() and again.metrics == first.metrics
+    assert calls == []  # taken from last.pt (the final state): nothing trained, the metrics kept
+    ex.load_model(first.run_dir)  # usable again
+
+
+def test_corrupt_metrics_are_re_evaluated_and_kept_aside(tmp_path):
+    spec = tiny(tmp_path)
+    first = run(spec, tmp_path / "runs", progress=False)
+    (first.run_dir / "metrics.json").write_text("{not json")
+    with pytest.raises(RunError) as err:
+        load_run(first.run_dir)
+    assert "mkd evaluate" in str(err.value) and "nothing is deleted" in str(err.value)
+    again = ex.evaluate(first.run_dir)
+    assert again.metrics["image_auroc"] == first.metrics["image_auroc"]
+    assert len(list(first.run_dir.glob("metrics.json.corrupt-*"))) == 1
+    assert (first.run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_localization_is_added_to_a_finished_run_without_training(tmp_path, monkeypatch):
+    spec = tiny(tmp_path)
+    first = run(spec, tmp_path / "runs", progress=False)
+    monkeypatch.setattr(ex, "fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    more = run(tiny(tmp_path, localization=("gradients",)), tmp_path / "runs", progress=False)
+    assert more.run_dir == first.run_dir and set(more.metrics["pixel"]) == {"gradients"}
+
+
+def test_a_waiting_evaluate_reuses_the_maps_the_first_one_stored(tmp_path, monkeypatch):
+    spec = tiny(tmp_path, localization=("gradients",))
+    done = run(spec, tmp_path / "runs", progress=False)
+    stale = ex.RunResult(done.spec, done.run_dir, {**done.metrics, "pixel": {}})
+    views = iter([stale])  # the first look predates the other process's write; later looks see it
+    real_load = ex.load_run
+    monkeypatch.setattr(ex, "load_run", lambda d: next(views, None) or real_load(d))
+    monkeypatch.setattr(ex, "pixel_metrics", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert ex.add_localization(done.run_dir, ["gradients"]).metrics["pixel"] == done.metrics["pixel"]
+
+
+# --- everything is checked before a file is written (issue 11, points 8 and 12) ----------------------
+
+@pytest.mark.parametrize("config, words", [
+    ({"epochs": True}, "epochs must be an integer"), ({"epochs": 2.5}, "epochs must be an integer"),
+    ({"batch_size": "abc"}, "batch_size must be an integer"), ({"sample_last": -5}, "sample_last"),
+    ({"image_size": 16}, "image_size must be an integer >= 32"), ({"lr": float("nan")}, "lr"),
+    ({"lr": 0}, "lr must be a finite number > 0"), ({"amp": "yes"}, "amp must be true or false"),
+])
+def test_bad_configuration_is_refused_before_any_file(tmp_path, config, words):
+    with pytest.raises(ValueError, match=words):
+        run(tiny(tmp_path, config={**TINY_CONFIG, **config}), tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unavailable_device_unknown_option_bad_weights_leave_no_run_directory(tmp_path):
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available here"):
+            run(tiny(tmp_path), tmp_path / "runs", device="cuda", progress=False)
+    with pytest.raises(ValueError, match="bogus"):
+        run(tiny(tmp_path, dataset_options={**TINY_DATA, "bogus": 1}), tmp_path / "runs", progress=False)
+    (tmp_path / "not-weights.pth").write_text("hello")
+    with pytest.raises(ValueError, match="not-weights.pth"):
+        run(tiny(tmp_path, weights=str(tmp_path / "not-weights.pth")), tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_spec_json_is_strict_json(tmp_path):
+    with pytest.raises(ValueError, match="NaN|finite"):
+        RunSpec("synthetic", dataset_options={"noise": float("nan")})
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    json.loads((result.run_dir / "spec.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_localization_without_masks_says_so(tmp_path):
+    from PIL import Image
+    for sub, n in (("normal", 6), ("abnormal", 2)):
+        (tmp_path / "folder" / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(tmp_path / "folder" / sub / f"{i}.png")
+    spec = RunSpec("folder", config=TINY_CONFIG, data_root=str(tmp_path / "folder"), weights=None,
+                   localization=("gradients",))
+    with pytest.raises(ValueError, match="needs ground-truth masks"):
+        run(spec, tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
