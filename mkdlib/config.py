@@ -6,6 +6,7 @@ code (rohban-lab/Knowledge_Distillation_AD), which produced the published number
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -88,6 +89,15 @@ class MKDConfig:
         if unknown:
             raise ValueError(f"unknown MKDConfig field(s) {unknown}; valid: {sorted(known)}")
         return cls(**d)
+
+    def matches(self, recorded: dict[str, Any]) -> bool:
+        """Whether a configuration recorded by a run (spec.json, last.pt) is this one. A field the record
+        lacks was added by a later mkdlib: it matches at its default, the value that keeps the old
+        behaviour, so that runs in progress resume across such versions."""
+        mine = json.loads(json.dumps(self.to_dict()))
+        defaults = json.loads(json.dumps(MKDConfig(dataset=self.dataset).to_dict()))
+        return (set(recorded) <= set(mine) and all(recorded[k] == mine[k] for k in recorded)
+                and all(mine[k] == defaults[k] for k in set(mine) - set(recorded)))
 
     def eval_epochs(self) -> list[int]:
         """Epochs (1-based counts of passes) whose cloners are scored: every eval_every passes

@@ -153,7 +153,7 @@ def _check_resume(ckpt_dir: Path, cloner: Cloner, cfg: MKDConfig) -> int:
         raise RunError(str(err)) from None
     if not isinstance(state, dict) or not {"cloner", "optimizer", "epoch", "history"} <= set(state):
         raise RunError(f"checkpoint {path} lacks fields this mkdlib needs (incompatible version); delete it")
-    if state.get("config") is not None and canonical_json(state["config"]) != canonical_json(cfg.to_dict()):
+    if state.get("config") is not None and not cfg.matches(canonical_json(state["config"])):
         raise RunError(f"checkpoint {path} was trained with another configuration; delete it or use another "
                        "results folder")
     try:

@@ -302,7 +302,7 @@ def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig) -> None:
         old, d = read_spec(run_dir)
         if old.trained() != spec:
             raise RunError(f"{run_dir} holds a different run ({old.label()}); use another results folder")
-        if d.get("config") != canonical_json(cfg.to_dict()):
+        if not isinstance(d.get("config"), dict) or not cfg.matches(d["config"]):
             raise RunError(f"{run_dir} was started with another resolved configuration (an earlier mkdlib "
                            "version's defaults); delete it or use another results folder")
         return

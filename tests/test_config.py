@@ -1,3 +1,6 @@
+import json
+from dataclasses import replace
+
 import pytest
 
 from mkdlib.config import PAPER_SETTINGS, MKDConfig, paper_config
@@ -30,3 +33,14 @@ def test_round_trip_and_errors():
     with pytest.raises(ValueError, match="unknown MKDConfig"):
         MKDConfig.from_dict({"epoch": 3})
     assert set(PAPER_SETTINGS) >= {"mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri"}
+
+
+def test_a_recorded_configuration_matches_across_added_fields():
+    cfg = paper_config("mvtec")
+    recorded = json.loads(json.dumps(cfg.to_dict()))
+    assert cfg.matches(recorded)
+    older = {k: v for k, v in recorded.items() if k != "channels_last"}  # written before a field existed
+    assert cfg.matches(older)
+    assert not replace(cfg, channels_last=True).matches(older)  # a new field away from its default
+    assert not cfg.matches({**recorded, "epochs": 600})
+    assert not cfg.matches({**recorded, "schedule": "cosine"})  # a field this version does not know

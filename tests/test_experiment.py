@@ -311,3 +311,14 @@ def test_localization_without_masks_says_so(tmp_path):
     with pytest.raises(ValueError, match="needs ground-truth masks"):
         run(spec, tmp_path / "runs", progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_recorded_before_a_config_field_existed_resumes(tmp_path):
+    spec = tiny(tmp_path, config={**TINY_CONFIG, "epochs": 2, "sample_last": 0})
+    first = run(spec, tmp_path / "runs", progress=False)
+    path = first.run_dir / "spec.json"
+    d = json.loads(path.read_text())
+    del d["config"]["channels_last"]  # as an older mkdlib wrote it
+    path.write_text(json.dumps(d))
+    (first.run_dir / "metrics.json").unlink()
+    assert run(spec, tmp_path / "runs", progress=False).metrics["image_auroc"] == first.metrics["image_auroc"]
