@@ -25,6 +25,8 @@ def test_items_match_the_paper_tables():
 def test_paper_profile_run_keys_are_pinned():
     # Finished runs in results/runs are found by these keys: a change here orphans them.
     assert items.specs_for("table2_mnist", "paper")[0].key() == "525a9b82cb562ca5"
+    assert items.specs_for("table3", "paper", classes=["bottle"])[0].key() == "666cdf9151e78d19"
+    assert items.specs_for("table6", "paper", classes=["brainmri"])[0].key() == "9a122701a72f1c65"
 
 
 def test_paper_profile_specs_cover_every_class_and_share_runs():
