@@ -118,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="default: cuda when available")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    s = sub.add_parser("runs", help="list the runs in a results folder; remove runs (--rm)",
+                       description="A table of the runs in RESULTS: key, dataset, class, profile, epochs, "
+                       "status, image AUROC in percent (final (mean +- std over the sampled cloners)), pixel "
+                       "AUROC in percent (of the first localisation method the run has), created (when it "
+                       "started); oldest first. status: finished, training e/N, failed (error.txt) or corrupt "
+                       "(the reason is printed below the table), with (locked) while another process holds the "
+                       "run. profile: paper (no overrides, whole data), smoke (max-train/max-test or the smoke "
+                       "profile's epochs) or custom.")
+    s.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
+    s.add_argument("--dataset", metavar="NAME", help="only runs of this dataset")
+    s.add_argument("--class", dest="normal_class", metavar="C", help="only runs of this normal class (index or name)")
+    s.add_argument("--status", metavar="S", help="only runs with this status: finished, training, failed, corrupt "
+                   "or locked")
+    s.add_argument("--profile", metavar="P", help="only runs of this profile: paper, smoke or custom")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON (numbers, run_dir, reason)")
+    s.add_argument("--rm", nargs="+", metavar="KEY", help="remove these runs (refused for an unknown key or a "
+                   "run another process holds; nothing is removed then)")
+
     sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
     sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
     sub.add_parser("regenerate", add_help=False,
@@ -135,11 +153,15 @@ def _train(a) -> int:
     spec = RunSpec(a.dataset, cls, config=dict(a.config), seed=a.seed, data_root=a.data_root, weights=weights,
                    localization=tuple(a.localization), max_train=a.max_train, max_test=a.max_test,
                    dataset_options=dict(a.option))
-    root = a.results or os.environ.get(RESULTS_ENV) or "runs"
-    result = run(spec, root, device=a.device or _default_device(), progress=not a.quiet)
+    result = run(spec, _results_root(a), device=a.device or _default_device(), progress=not a.quiet)
     print(_summary(result.metrics), file=sys.stderr)
     print(result.run_dir)
     return 0
+
+
+def _results_root(a) -> str:
+    """--results, else $MKDLIB_RESULTS, else ./runs (train and runs share it)."""
+    return a.results or os.environ.get(RESULTS_ENV) or "runs"
 
 
 def _summary(m: dict) -> str:
@@ -173,6 +195,27 @@ def _predict(a) -> int:
     return 0
 
 
+def _runs(a) -> int:
+    from mkdlib.runs_table import format_table, list_runs, remove_runs
+
+    root = _results_root(a)
+    filters = {"dataset": a.dataset, "normal_class": a.normal_class, "status": a.status, "profile": a.profile}
+    if a.rm:
+        if a.json or any(v is not None for v in filters.values()):
+            raise ValueError("mkd runs --rm takes run keys only; list them first, then remove them by key")
+        for run_dir in remove_runs(root, a.rm):
+            print(f"removed {run_dir}")
+        return 0
+    rows = list_runs(root, **filters)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"no runs in {root}" + (" match the filters" if any(filters.values()) else ""), file=sys.stderr)
+    return 0
+
+
 def _delegate(command: str, argv: list[str]) -> int:
     import importlib
 
@@ -193,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(argv[first], argv[first + 1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict, "runs": _runs}[args.command](args)
     except KeyboardInterrupt:
         print("mkd: interrupted (a run resumes from its last checkpoint)", file=sys.stderr)
         return 130

@@ -1,0 +1,243 @@
+"""The runs of a results folder as a table (`mkd runs`), and their removal (`mkd runs --rm KEY`).
+
+Each `<results>/<key>/` is read with the run directory's own helpers (`mkdlib.rundir`); an unreadable
+one is listed as `corrupt` with the reason, never a crash, so that one bad folder does not hide the rest.
+Listing writes nothing: a lock is only tested, and only where a `.lock` file already exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from mkdlib.datasets import DATASET_NAMES
+from mkdlib.datasets.factory import ALIASES
+from mkdlib.datasets.onecls import CLASS_NAMES
+from mkdlib.items import PROFILES
+from mkdlib.rundir import (ENV, ERROR, LOCK, METRICS, REEVALUATE, SPEC, RunError, RunSpec, fcntl,
+                           localization_variants, read_json, read_metrics, read_spec)
+from mkdlib.train import CheckpointError, trained_epochs
+
+COLUMNS = ("key", "dataset", "class", "profile", "epochs", "status", "image AUROC", "pixel AUROC", "created")
+STATUSES = ("finished", "training", "failed", "corrupt", "locked")
+PROFILE_NAMES = ("paper", "smoke", "custom")
+_KEY_LIKE = re.compile(r"[0-9a-f]{16}")  # a folder so named without spec.json is a broken run, not a stranger
+
+
+def profile_name(spec: RunSpec) -> str:
+    """Which profile a run looks like; spec.json records none, so this is derived from the spec alone:
+    "paper" when it has no config overrides, no dataset options and no max_train/max_test (the paper's
+    settings for its dataset, whole data); "smoke" when max_train or max_test is set or its epochs are
+    the smoke profile's; "custom" otherwise (any other override, e.g. amp or a shorter schedule)."""
+    if not spec.config and not spec.dataset_options and spec.max_train is None and spec.max_test is None:
+        return "paper"
+    smoke = PROFILES["smoke"]
+    if spec.max_train is not None or spec.max_test is not None or spec.config.get("epochs") == smoke.config["epochs"]:
+        return "smoke"
+    return "custom"
+
+
+@contextmanager
+def lock_if_free(run_dir: Path, *, create: bool):
+    """Yields whether run_dir's lock is free, holding it (exclusively, without waiting) until the block
+    ends. `rundir.RunLock` waits for the holder instead, which is right for training, wrong for a listing
+    or a removal. create=False tests only an existing .lock file (so a listing writes nothing); without
+    fcntl (Windows) every lock reads as free."""
+    path = run_dir / LOCK
+    if fcntl is None or not (create or path.is_file()):
+        yield True
+        return
+    fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # frees the lock
+
+
+def _locked(run_dir: Path) -> bool:
+    """Whether another process holds run_dir's lock (training or evaluating it now)."""
+    try:
+        with lock_if_free(run_dir, create=False) as free:
+            return not free
+    except OSError:  # an unreadable .lock: the listing reports the run, not the lock
+        return False
+
+
+def _created(run_dir: Path) -> datetime:
+    """When the run was started: env.json's "written" (kept by a copy or a git checkout), else the
+    modification time of spec.json (else of the folder), as a local time with its UTC offset."""
+    try:
+        return datetime.strptime(read_json(run_dir / ENV)["written"], "%Y-%m-%dT%H:%M:%S%z")
+    except (RunError, KeyError, TypeError, ValueError):
+        pass
+    path = run_dir / SPEC if (run_dir / SPEC).is_file() else run_dir
+    return datetime.fromtimestamp(path.stat().st_mtime).astimezone()
+
+
+def _image_auroc(metrics: dict) -> dict:
+    img = metrics["image_auroc"]
+    return {k: round(100 * img[k], 2) for k in ("final", "mean", "std")}
+
+
+def _pixel_auroc(metrics: dict) -> dict | None:
+    """The pixel AUROC (%) of the first localisation method the run has, in localization_variants() order."""
+    pixel = metrics.get("pixel") or {}
+    method = next((m for m in localization_variants() if m in pixel), None)
+    return None if method is None else {"method": method, "auroc": round(100 * pixel[method]["pixel_auroc"], 2)}
+
+
+def _state(run_dir: Path, epochs: int) -> tuple[str, dict | None]:
+    """(status, metrics): finished with readable metrics.json, else failed (error.txt), else training
+    e/N from checkpoints/last.pt. Raises RunError for corrupt metrics or an unreadable last.pt."""
+    if (run_dir / METRICS).is_file():
+        return "finished", read_metrics(run_dir)
+    if (run_dir / ERROR).is_file():
+        return "failed", None
+    try:
+        return f"training {trained_epochs(run_dir / 'checkpoints')}/{epochs}", None
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+
+
+def describe(run_dir: Path) -> dict:
+    """One row of the table for run_dir (numbers in %); a corrupt run gets status "corrupt" and `reason`;
+    `locked` says whether another process holds the run now (its status then ends in "(locked)")."""
+    row = {"key": run_dir.name, "dataset": None, "class": None, "profile": None, "epochs": None,
+           "status": "corrupt", "image_auroc": None, "pixel_auroc": None, "created": None,
+           "locked": _locked(run_dir), "run_dir": str(run_dir), "reason": None}
+    try:
+        row["created"] = _created(run_dir).isoformat(timespec="seconds")
+        if not (run_dir / SPEC).is_file():
+            raise RunError(f"{run_dir} has no {SPEC} (the run stopped before it began); "
+                           f"`mkd runs --rm {run_dir.name}` removes it")
+        spec, _ = read_spec(run_dir)
+        if spec.key() != run_dir.name:
+            raise RunError(f"{run_dir} holds run {spec.key()}: move it back to <results>/{spec.key()}")
+        epochs = spec.mkd_config().epochs
+        row.update({"dataset": spec.dataset, "class": spec.normal_class, "profile": profile_name(spec),
+                    "epochs": epochs})
+        row["status"], metrics = _state(run_dir, epochs)
+        if metrics is not None:
+            row.update(image_auroc=_image_auroc(metrics), pixel_auroc=_pixel_auroc(metrics))
+    except (RunError, OSError, ValueError) as err:
+        row.update(status="corrupt", reason=" ".join(str(err).split()))
+    except (KeyError, TypeError, AttributeError):  # a pixel entry read_metrics does not check
+        row.update(status="corrupt", reason=f"{run_dir / METRICS} lacks fields this mkdlib needs; "
+                   f"{REEVALUATE.format(run=run_dir)}")
+    if row["locked"]:
+        row["status"] += " (locked)"
+    return row
+
+
+def results_root(path: str | Path) -> Path:
+    """The results folder, checked to exist; RunError saying how to name another one."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise RunError(f"results folder {root} does not exist; pass --results DIR (or set $MKDLIB_RESULTS)")
+    return root
+
+
+def _is_run_dir(path: Path) -> bool:
+    """A folder holding spec.json, or named like a run key (a run that stopped before writing it)."""
+    return path.is_dir() and not path.is_symlink() and ((path / SPEC).is_file() or bool(_KEY_LIKE.fullmatch(path.name)))
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """The folders of root that are runs (see `_is_run_dir`); anything else there is not listed."""
+    return sorted(d for d in root.iterdir() if _is_run_dir(d))
+
+
+def _dataset_name(name: str) -> str:
+    canonical = ALIASES.get(name.lower(), name.lower())
+    if canonical not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r} for --dataset; valid: {list(DATASET_NAMES)}")
+    return canonical
+
+
+def _has_class(row: dict, wanted: str) -> bool:
+    """Whether the row's normal class is `wanted`, by index or by name (mnist 3 is "3" and "three")."""
+    cls = row["class"]
+    if cls is None:
+        return False
+    names = {str(cls)}
+    if isinstance(cls, int) and row["dataset"] in CLASS_NAMES:
+        names.add(CLASS_NAMES[row["dataset"]][cls])
+    return wanted.lower() in {n.lower() for n in names}
+
+
+def _check_choice(what: str, value: str | None, valid: tuple[str, ...]) -> None:
+    if value is not None and value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {list(valid)}")
+
+
+def list_runs(root: str | Path, *, dataset: str | None = None, normal_class: str | None = None,
+              status: str | None = None, profile: str | None = None) -> list[dict]:
+    """The rows (see `describe`) of the runs in root that pass every filter given, oldest first.
+    status is the status's first word (finished, training, failed, corrupt) or "locked"."""
+    _check_choice("status", status, STATUSES)
+    _check_choice("profile", profile, PROFILE_NAMES)
+    dataset = None if dataset is None else _dataset_name(dataset)
+    rows = [describe(d) for d in _run_dirs(results_root(root))]
+    keep = [r for r in rows
+            if (dataset is None or r["dataset"] == dataset)
+            and (normal_class is None or _has_class(r, normal_class))
+            and (status is None or status == r["status"].split()[0] or (status == "locked" and r["locked"]))
+            and (profile is None or r["profile"] == profile)]
+    return sorted(keep, key=lambda r: (r["created"] is None, r["created"] or "", r["key"]))
+
+
+def _cells(row: dict) -> list[str]:
+    img, px = row["image_auroc"], row["pixel_auroc"]
+    return [row["key"], row["dataset"] or "", "" if row["class"] is None else str(row["class"]),
+            row["profile"] or "", "" if row["epochs"] is None else str(row["epochs"]), row["status"],
+            f"{img['final']:.2f} ({img['mean']:.2f} +- {img['std']:.2f})" if img else "",
+            f"{px['method']} {px['auroc']:.2f}" if px else "", row["created"] or ""]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table (image AUROC: final (mean +- std over the sampled cloners), in %), then one
+    line per corrupt run naming its folder and what is wrong."""
+    import pandas as pd
+
+    table = pd.DataFrame([_cells(r) for r in rows], columns=list(COLUMNS)).to_string(index=False)
+    notes = [f"corrupt {r['run_dir']}: {r['reason']}" for r in rows if r["reason"]]
+    return "\n".join([table, *notes])
+
+
+def _checked_run_dir(root: Path, key: str) -> Path:
+    """root/key, checked to be a run directory of root that may be removed; RunError otherwise."""
+    run_dir = root / key
+    if key != Path(key).name or key in ("", ".", "..") or not _is_run_dir(run_dir):
+        raise RunError(f"no run {key!r} in results folder {root}; `mkd runs --results {root}` lists its keys")
+    try:
+        spec, _ = read_spec(run_dir)
+    except RunError:
+        return run_dir  # a corrupt run (listed as such) may be removed: it is a run folder all the same
+    if spec.key() != key:
+        raise RunError(f"{run_dir} holds run {spec.key()}, not {key}; move it back to <results>/{spec.key()} "
+                       "before removing it")
+    return run_dir
+
+
+def remove_runs(root: str | Path, keys: list[str]) -> list[Path]:
+    """Remove the run directories root/<key>; every key is checked, and every lock taken, before
+    anything is removed, so an unknown key or a run another process holds removes nothing."""
+    root = results_root(root)
+    run_dirs = list(dict.fromkeys(_checked_run_dir(root, k) for k in keys))
+    with ExitStack() as locks:
+        for run_dir in run_dirs:
+            if not locks.enter_context(lock_if_free(run_dir, create=True)):
+                raise RunError(f"run {run_dir} is in use by another process (its {LOCK} is held); "
+                               "wait for it to finish or stop it, then remove it")
+        for run_dir in run_dirs:
+            shutil.rmtree(run_dir)
+    return run_dirs

@@ -1,0 +1,191 @@
+"""runs_table / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mkdlib.cli import RESULTS_ENV, main
+from mkdlib.experiment import run
+from mkdlib.rundir import ERROR, SPEC, RunLock, RunSpec, write_spec
+from mkdlib.runs_table import COLUMNS, list_runs
+from tests.test_experiment import TINY_CONFIG, tiny
+
+SMOKE_CONFIG = {**TINY_CONFIG, "epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1}
+CORRUPT = "deadbeefdeadbeef"
+
+
+def _started(root: Path, spec: RunSpec, year: int) -> Path:
+    """A run directory as run() leaves it before training (spec.json), dated `year`."""
+    run_dir = root / spec.key()
+    run_dir.mkdir(parents=True)
+    write_spec(run_dir, spec, spec.mkd_config())
+    stamp = 1e9 + (year - 2001) * 3.2e7
+    os.utime(run_dir / SPEC, (stamp, stamp))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Two real tiny runs (custom with maps, smoke) and, by hand: a paper run (CIFAR-10 cat) stopped at
+    epoch 5, a failed run, a run with an unreadable last.pt, a corrupt spec.json and a folder that is no run."""
+    tmp = tmp_path_factory.mktemp("runs_table")
+    root = tmp / "runs"
+    keys = {"custom": run(tiny(tmp, localization=("gradients",)), root, progress=False).run_dir.name,
+            "smoke": run(tiny(tmp, config=SMOKE_CONFIG, max_train=6), root, progress=False).run_dir.name}
+    paper = _started(root, RunSpec("cifar10", "cat", data_root=str(tmp / "data")), 2020)
+    (paper / "checkpoints").mkdir()
+    torch.save({"epoch": 5}, paper / "checkpoints" / "last.pt")  # all trained_epochs reads of last.pt
+    failed = _started(root, RunSpec("synthetic", config={"epochs": 2}, data_root=str(tmp / "data")), 2021)
+    (failed / ERROR).write_text("Traceback ...\nValueError: boom\n")
+    bad_ckpt = _started(root, RunSpec("synthetic", seed=1, data_root=str(tmp / "data")), 2022)
+    (bad_ckpt / "checkpoints").mkdir()
+    (bad_ckpt / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    (root / CORRUPT).mkdir()
+    (root / CORRUPT / SPEC).write_text("{not json")
+    (root / "notes").mkdir()
+    keys.update(paper=paper.name, failed=failed.name, bad_ckpt=bad_ckpt.name, corrupt=CORRUPT)
+    return root, keys
+
+
+def _runs(capsys, *args):
+    """(exit code, stdout, stderr) of `mkd runs ARGS`."""
+    code = main(["runs", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_listing_has_each_runs_columns_and_values(results):
+    root, keys = results
+    rows = {r["key"]: r for r in list_runs(root)}
+    assert set(rows) == set(keys.values())  # "notes" is not a run
+    custom, smoke = rows[keys["custom"]], rows[keys["smoke"]]
+    metrics = json.loads((root / keys["custom"] / "metrics.json").read_text())
+    assert (custom["dataset"], custom["class"], custom["profile"], custom["epochs"], custom["status"]) == \
+        ("synthetic", None, "custom", 4, "finished")
+    img = metrics["image_auroc"]
+    assert custom["image_auroc"] == {k: round(100 * img[k], 2) for k in ("final", "mean", "std")}
+    assert custom["pixel_auroc"] == {"method": "gradients",
+                                     "auroc": round(100 * metrics["pixel"]["gradients"]["pixel_auroc"], 2)}
+    assert (smoke["profile"], smoke["epochs"], smoke["status"], smoke["pixel_auroc"]) == ("smoke", 2, "finished", None)
+    paper = rows[keys["paper"]]
+    assert (paper["dataset"], paper["class"], paper["profile"], paper["status"], paper["image_auroc"]) == \
+        ("cifar10", 3, "paper", "training 5/201", None)
+    assert paper["created"].startswith("2020-") and not paper["locked"]
+    assert (rows[keys["failed"]]["status"], rows[keys["failed"]]["profile"]) == ("failed", "smoke")
+    bad_ckpt = rows[keys["bad_ckpt"]]
+    assert bad_ckpt["status"] == "corrupt" and "last.pt is unreadable" in bad_ckpt["reason"]
+    corrupt = rows[CORRUPT]
+    assert corrupt["status"] == "corrupt" and str(root / CORRUPT / SPEC) in corrupt["reason"]
+    order = [r["key"] for r in list_runs(root)]
+    assert order[:3] == [keys["paper"], keys["failed"], keys["bad_ckpt"]]  # oldest first
+    created = [r["created"] for r in list_runs(root) if r["key"] in (keys["custom"], keys["smoke"])]
+    assert all(c[:4] >= "2024" for c in created)  # env.json's "written"
+
+
+def test_the_text_table_names_columns_and_corrupt_folders(results, capsys, monkeypatch):
+    root, keys = results
+    monkeypatch.setenv(RESULTS_ENV, str(root))  # the default results folder, as for `mkd train`
+    code, out, _ = _runs(capsys)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == " ".join(COLUMNS).split()
+    custom = next(line for line in lines if line.startswith(keys["custom"]))
+    assert "finished" in custom and "gradients " in custom and " +- " in custom
+    assert f"corrupt {root / CORRUPT}: {root / CORRUPT / SPEC} is unreadable" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--dataset", "cifar10"], {"paper"}),
+    (["--dataset", "CIFAR-10", "--class", "cat"], {"paper"}),  # a dataset by alias, a class by name or index
+    (["--class", "3"], {"paper"}),
+    (["--status", "finished"], {"custom", "smoke"}),
+    (["--status", "training"], {"paper"}),
+    (["--status", "failed"], {"failed"}),
+    (["--status", "corrupt"], {"bad_ckpt", "corrupt"}),
+    (["--profile", "paper"], {"paper", "bad_ckpt"}),  # a corrupt last.pt still has a readable spec
+    (["--profile", "smoke"], {"smoke", "failed"}),
+    (["--profile", "custom", "--status", "finished"], {"custom"}),
+    (["--dataset", "mnist"], set()),
+    (["--class", "dog"], set()),
+])
+def test_each_filter_keeps_only_matching_runs(results, capsys, args, expected):
+    root, keys = results
+    code, out, _ = _runs(capsys, "--results", str(root), "--json", *args)
+    assert code == 0
+    assert {r["key"] for r in json.loads(out)} == {keys[name] for name in expected}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--status", "done"], "unknown status 'done'"),
+    (["--profile", "fast"], "unknown profile 'fast'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--rm", CORRUPT, "--status", "failed"], "--rm takes run keys only"),
+])
+def test_bad_filters_are_one_line_errors(results, capsys, args, message):
+    code, _, err = _runs(capsys, "--results", str(results[0]), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_results_folder_is_named(tmp_path, capsys):
+    code, _, err = _runs(capsys, "--results", str(tmp_path / "nope"))
+    assert code == 2 and f"results folder {tmp_path / 'nope'} does not exist" in err
+
+
+@pytest.fixture
+def copy(results, tmp_path):
+    """A copy of the results folder that a test may remove runs from."""
+    return shutil.copytree(results[0], tmp_path / "runs"), results[1]
+
+
+def test_rm_removes_the_runs_named_and_says_so(copy, capsys):
+    root, keys = copy
+    code, out, _ = _runs(capsys, "--results", str(root), "--rm", keys["custom"], CORRUPT)
+    assert code == 0
+    assert out.splitlines() == [f"removed {root / keys['custom']}", f"removed {root / CORRUPT}"]
+    assert not (root / keys["custom"]).exists() and not (root / CORRUPT).exists()
+    assert {r["key"] for r in list_runs(root)} == {keys[k] for k in ("smoke", "paper", "failed", "bad_ckpt")}
+
+
+def test_a_metrics_json_with_a_broken_pixel_entry_is_listed_as_corrupt(copy):
+    root, keys = copy
+    path = root / keys["custom"] / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pixel": {"gradients": {"au_pro": 0.5}}}))
+    row = next(r for r in list_runs(root) if r["key"] == keys["custom"])
+    assert row["status"] == "corrupt" and f"{path} lacks fields" in row["reason"] and "mkd evaluate" in row["reason"]
+
+
+def test_an_empty_results_folder_says_so(tmp_path, capsys):
+    assert _runs(capsys, "--results", str(tmp_path)) == (0, "", f"no runs in {tmp_path}\n")
+    assert _runs(capsys, "--results", str(tmp_path), "--json") == (0, "[]\n", "")
+
+
+@pytest.mark.parametrize("key", ["0000000000000000", "notes", "..", "../runs"])
+def test_rm_refuses_an_unknown_key_and_removes_nothing(copy, capsys, key):
+    root, keys = copy
+    code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["smoke"], key)
+    assert code == 2 and f"no run {key!r} in results folder {root}" in err
+    assert (root / keys["smoke"]).is_dir() and (root / "notes").is_dir()
+
+
+def test_rm_refuses_a_run_another_holder_has_locked(copy, capsys):
+    root, keys = copy
+    with RunLock(root / keys["smoke"], quiet=True):
+        code, out, _ = _runs(capsys, "--results", str(root), "--json", "--status", "locked")
+        assert [(r["key"], r["status"]) for r in json.loads(out)] == [(keys["smoke"], "finished (locked)")]
+        code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["custom"], keys["smoke"])
+        assert code == 2 and f"run {root / keys['smoke']} is in use by another process" in err
+    assert (root / keys["smoke"]).is_dir() and (root / keys["custom"]).is_dir()  # nothing removed
+
+
+def test_help_lists_the_columns_and_filters(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["runs", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 0
+    for word in (*COLUMNS, "--dataset", "--class", "--status", "--profile", "--json", "--rm", "--results",
+                 "finished", "training e/N", "failed", "corrupt", "locked", "paper", "smoke", "custom"):
+        assert word in text, word
