@@ -7,6 +7,7 @@ so that its peak memory is its own.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -16,11 +17,13 @@ import time
 
 import torch
 
+from mkdlib import hardware
 from mkdlib.features import autocast, to_input
 from mkdlib.losses import MKDLoss
 from mkdlib.models import SCORE_LAYERS, TRAIN_LAYERS, Cloner, Source
 
-CASES = ("train", "train_uncached", "naive_train", "detect", "naive_detect", "localize", "naive_localize", "smoothgrad")
+CASES = ("train", "train_uncached", "naive_train", "detect", "naive_detect", "localize", "naive_localize", "smoothgrad",
+         "source")  # source: the VGG-16 forward alone (no_grad), this CPU's practical convolution rate
 
 
 LOCALIZE_BATCH = 16  # images per localisation step (the naive loop takes one at a time)
@@ -38,6 +41,37 @@ def _localization_step(case: str, source: Source, cloner: Cloner, loss: MKDLoss,
         return (lambda: loc.localize(few, source, cloner, loss, method=loc.SMOOTHGRAD, n_samples=50)), len(few)
     source.requires_grad_(True)  # naive: the released code's per-image loop, gradients into VGG too
     return (lambda: loc.finish_maps(loc._grey(loc._naive_grads(x, source, cloner, loss)), loc.GRADIENTS)), len(x)
+
+
+def conv_gflop(module: torch.nn.Module, size: int) -> float:
+    """GFLOP of one image's forward pass through the module's convolutions (2 x multiply-adds), from the
+    shapes alone: the module is copied to the meta device, nothing is computed."""
+    total = 0
+
+    def count(conv, _, out):
+        nonlocal total
+        total += 2 * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] * out.numel()
+
+    meta = copy.deepcopy(module).to("meta")
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        meta(torch.empty(1, 3, size, size, device="meta"))
+    for h in hooks:
+        h.remove()
+    return total / 1e9
+
+
+def roofline(size: int, row: dict) -> dict:
+    """GFLOP/s of the cloner's training step (forward + backward ~ 3 forwards) and of the source's forward,
+    from the measured img/s, and their ratio: how close the cloner step runs to this CPU's convolution rate."""
+    out = {}
+    if "train_img_s" in row:
+        out["cloner_step_gflop_s"] = round(3 * conv_gflop(Cloner("small"), size) * row["train_img_s"], 1)
+    if "source_img_s" in row:
+        out["source_gflop_s"] = round(conv_gflop(Source(TRAIN_LAYERS, weights=None), size) * row["source_img_s"], 1)
+    if len(out) == 2:
+        out["cloner_vs_source"] = round(out["cloner_step_gflop_s"] / out["source_gflop_s"], 2)
+    return out
 
 
 def _timed(step, steps: int, device: torch.device) -> float:
@@ -86,6 +120,10 @@ def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: boo
     elif case == "naive_train":
         source.requires_grad_(True)  # the released code leaves S trainable and records its graph
         step = lambda: cloner_step(source(x))  # noqa: E731
+    elif case == "source":
+        def step():
+            with torch.no_grad(), autocast(dev, amp):
+                source(x)
     elif case in ("detect", "naive_detect"):
         cloner.eval()
         if case == "naive_detect":
@@ -107,7 +145,9 @@ def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: boo
 
 def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool, channels_last: bool, cases=CASES) -> dict:
     results: dict = {"device": device, "batch": batch, "amp": amp, "channels_last": channels_last,
-                     "torch": torch.__version__, "threads": torch.get_num_threads(), "sizes": {}}
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": hardware.cpu_name(),
+                     "isa": hardware.cpu_isa(), "native_bf16": hardware.native_bf16(),
+                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "sizes": {}}
     for size in sizes:
         row = {}
         for case in cases:
@@ -123,6 +163,7 @@ def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool, ch
         for ours, naive in (("train", "naive_train"), ("detect", "naive_detect"), ("localize", "naive_localize")):
             if f"{ours}_img_s" in row and f"{naive}_img_s" in row:
                 row[f"{ours}_speedup"] = round(row[f"{ours}_img_s"] / row[f"{naive}_img_s"], 2)
+        row.update(roofline(size, row))
         results["sizes"][str(size)] = row
     return results
 
@@ -132,6 +173,9 @@ def format_table(results: dict) -> str:
     keys = list(results["sizes"][sizes[0]])
     lines = [f"mkdlib bench: device={results['device']} batch={results['batch']} amp={results['amp']} "
              f"channels_last={results['channels_last']} torch={results['torch']} threads={results['threads']}",
+             f"cpu: {results.get('cpu')} (ISA: {', '.join(results.get('isa') or []) or 'no AVX2'}; "
+             f"native bf16: {'yes' if results.get('native_bf16') else 'no'}; torch kernels: "
+             f"{results.get('torch_cpu_capability')})",
              f"{'figure':<28}" + "".join(f"{s + ' px':>14}" for s in sizes)]
     for k in keys:
         lines.append(f"{k:<28}" + "".join(f"{results['sizes'][s].get(k, float('nan')):>14}" for s in sizes))
@@ -151,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # internal: one case, in this process
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    bad = [f"--{name} must be >= {low}, got {value}" for name, low, value in
+           [("sizes", 32, min(a.sizes)), ("batch", 1, a.batch), ("steps", 1, a.steps)] if value < low]
+    if bad:  # 32 px: VGG-16's five 2x2 pools
+        p.error("; ".join(bad))
+    if a.amp and torch.device(a.device).type == "cpu" and not hardware.native_bf16():
+        p.error(f"--amp: this CPU ({hardware.cpu_name()}) has no native bf16 (AVX-512 BF16 or AMX); torch would "
+                "emulate it, slower than fp32")
     if a.case:
         print(json.dumps(run_case(a.case, a.size, a.batch, a.steps, a.device, a.amp, a.channels_last)))
         return 0

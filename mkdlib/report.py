@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .hardware import cpu_name
 from .io_utils import atomic_write_text
 from .paper import PAPER
 
@@ -182,19 +183,9 @@ def detect_commit(cwd: str | Path) -> str | None:
     return sha + " (dirty)" * dirty
 
 
-def _cpu_name() -> str:
-    try:  # Linux; platform.processor() is often empty there
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def detect_hardware() -> dict[str, str]:
     """Platform, CPU and torch device of this process."""
-    hw = {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": str(os.cpu_count()),
+    hw = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": str(os.cpu_count()),
           "python": platform.python_version()}
     try:
         import torch

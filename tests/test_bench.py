@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from mkdlib.bench import CASES, format_table, run_case
+from mkdlib import bench
+from mkdlib.bench import CASES, conv_gflop, format_table, run_case
+from mkdlib.models import CLONER_CFGS, TRAIN_LAYERS, Cloner, Source
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -16,9 +18,46 @@ def test_every_case_runs_and_reports(case):
 
 def test_cli_prints_json_with_ratios():
     cmd = [sys.executable, "-m", "mkdlib.bench", "--json", "--sizes", "32", "--batch", "2", "--steps", "1",
-           "--cases", "train", "naive_train"]
+           "--cases", "train", "naive_train", "source"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # each case runs in its own process
     result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
     row = result["sizes"]["32"]
     assert row["train_speedup"] == pytest.approx(row["train_img_s"] / row["naive_train_img_s"], rel=0.01)
     assert "train_speedup" in format_table(result)
+    assert row["cloner_step_gflop_s"] == pytest.approx(3 * conv_gflop(Cloner("small"), 32) * row["train_img_s"], rel=0.01)
+    assert row["cloner_vs_source"] == pytest.approx(row["cloner_step_gflop_s"] / row["source_gflop_s"], rel=0.02)
+    assert result["cpu"] and isinstance(result["isa"], list) and "cpu: " in format_table(result)
+
+
+def _vgg_gflop(cfg, size):
+    """2 x multiply-adds of 3x3 'same' convolutions over a VGG config, pool by pool."""
+    total, cin = 0, 3
+    for item in cfg:
+        if item == "M":
+            size //= 2
+            continue
+        total += 2 * cin * 9 * item * size * size
+        cin = item
+    return total / 1e9
+
+
+def test_conv_gflop_restates_the_architectures():
+    vgg16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    assert conv_gflop(Source(TRAIN_LAYERS, weights=None), 128) == pytest.approx(_vgg_gflop(vgg16, 128))
+    assert conv_gflop(Cloner("small"), 128) == pytest.approx(_vgg_gflop(CLONER_CFGS["small"], 128))
+    assert 10.0 < conv_gflop(Source(TRAIN_LAYERS, weights=None), 128) < 10.1  # the issue's ~10 GFLOP
+
+
+@pytest.mark.parametrize("argv, words", [(["--sizes", "16"], "--sizes must be >= 32"),
+                                         (["--batch", "0"], "--batch must be >= 1")])
+def test_bad_arguments_are_refused(argv, words, capsys):
+    with pytest.raises(SystemExit) as err:
+        bench.main(argv)
+    assert err.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_amp_is_refused_where_bf16_is_emulated(monkeypatch, capsys):
+    monkeypatch.setattr(bench.hardware, "native_bf16", lambda: False)
+    with pytest.raises(SystemExit):
+        bench.main(["--amp", "--device", "cpu"])
+    assert "no native bf16" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+"""What CPU this is: its name and the instruction sets that decide which kernels torch can use.
+
+bf16 is fast only where the CPU computes it natively (AVX-512 BF16 or AMX); elsewhere torch emulates it
+in fp32 and it is slower, so mkdlib uses bf16 only where `native_bf16()` says so.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+# /proc/cpuinfo flag -> the name printed, in order of appearance.
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_name() -> str:
+    """e.g. 'AMD EPYC' or 'Intel(R) Xeon(R) Platinum 8481C'; platform's answer where /proc has none."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> list[str]:
+    """The vector instruction sets of ISA_FLAGS this CPU has, e.g. ['AVX2', 'AVX-512', 'AMX']."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return [name for flag, name in ISA_FLAGS.items() if flag in flags]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
+    return bool({"AVX-512 BF16", "AMX"} & set(cpu_isa()))
+
+
+def describe_cpu() -> str:
+    """One line for reports, e.g. 'AMD EPYC (AVX2; bf16 emulated, not native)'."""
+    isa = ", ".join(cpu_isa()) or "no AVX2"
+    return f"{cpu_name()} ({isa}; bf16 {'native' if native_bf16() else 'emulated, not native'})"
