@@ -92,29 +92,43 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the metrics of a finished run. With --localization, compute the "
                        "pixel metrics of methods the run lacks (final cloner, test set) and store them. "
                        "A corrupt metrics.json is re-evaluated and a lost sampled cloner recomputed "
-                       "from the run's checkpoints; nothing else is redone.")
+                       "from the run's checkpoints; nothing else is redone. A run lacking them gets the "
+                       "metrics at its threshold (precision, recall, F1, tp/fp/tn/fn; image level, and "
+                       "pixel level where the test set has masks) in metrics.json \"at_threshold\".")
     e.add_argument("run", metavar="RUN", help="run directory")
     e.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     e.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
                    help=f"one or more of: {', '.join(VARIANTS)}")
+    e.add_argument("--figures", action="store_true", help="also write one figure per test image: image | "
+                   "ground truth | map on the run's fixed scale | predicted mask")
+    e.add_argument("--out", metavar="DIR", help="folder for --figures (default: RUN/figures), replaced whole")
     e.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     e.add_argument("--device", help="default: cuda when available")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    r = sub.add_parser("predict", help="score new images with a run: CSV + heatmap PNGs",
-                       description="Score images with a finished run's final cloner. Writes "
-                       "OUT/predictions.csv (path, score, threshold, anomalous, heatmap) and "
-                       "OUT/heatmaps/*.png (image | localisation map overlay). An image is anomalous "
-                       "when its score exceeds the threshold: by default the run's own, the 99th "
-                       "percentile of its training images' scores.")
+    r = sub.add_parser("predict", help="score new images with a run: CSV + a figure per image",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="""\
+Score images with a finished run's final cloner:
+  1. raw_score = the MKD loss; score = raw_score normalised so that the run's threshold (99th
+     percentile of its training images' scores, or --threshold) is 0.5 and its lowest training
+     score 0 (clipped to [0, 1]); anomalous = score > 0.5.
+  2. maps on the run's fixed scale (calibrated on its training images, RUN/calibration.json,
+     computed once if the run lacks it): pixels above 0.5 form the predicted mask.
+  3. OUT/predictions.csv (path, score, raw_score, threshold, anomalous, heatmap, error) and
+     OUT/heatmaps/*.png (image | map with colour bar | predicted mask; title: name, score,
+     decision); with --save-maps the maps as OUT/maps/*.npy. OUT is replaced whole.""")
     r.add_argument("run", metavar="RUN", help="run directory")
     r.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
-    r.add_argument("--threshold", type=float, help="decision threshold on the score (default: the run's)")
+    r.add_argument("--threshold", type=float, help="decision threshold on the raw score (default: the run's); "
+                   "it becomes 0.5 on the normalised score")
     r.add_argument("--method", default="gradients", choices=METHODS, metavar="METHOD",
                    help=f"heatmap method (default gradients): {', '.join(METHODS)}")
-    r.add_argument("--no-heatmaps", action="store_true", help="scores and decisions only")
+    r.add_argument("--no-heatmaps", action="store_true", help="scores and decisions only, no figures")
+    r.add_argument("--save-maps", action="store_true", help="also write each map as float32 .npy (fixed "
+                   "scale, not clipped; > 0.5 = predicted anomalous pixel)")
     r.add_argument("--device", help="default: cuda when available")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -176,22 +190,39 @@ def _summary(m: dict) -> str:
 
 
 def _evaluate(a) -> int:
+    from mkdlib.decisions import add_threshold_metrics
     from mkdlib.experiment import evaluate
 
-    result = evaluate(a.run, a.localization, device=a.device or _default_device(), progress=not a.quiet,
-                      weights=a.weights)
-    print(json.dumps(result.metrics, indent=1) if a.json else _summary(result.metrics))
+    device = a.device or _default_device()
+    if a.out and not a.figures:
+        raise ValueError("mkd evaluate --out is the folder for --figures; add --figures or drop --out")
+    evaluate(a.run, a.localization, device=device, progress=not a.quiet, weights=a.weights)
+    result = add_threshold_metrics(a.run, device=device, weights=a.weights)
+    print(json.dumps(result.metrics, indent=1) if a.json else
+          _summary(result.metrics) + "\n" + _at_threshold_summary(result.metrics["at_threshold"]))
+    if a.figures:
+        from mkdlib.predict import evaluation_figures
+
+        folder = evaluation_figures(a.run, a.out, device=device, progress=not a.quiet, weights=a.weights)
+        print(f"wrote the test figures to {folder}", file=sys.stderr)
     return 0
+
+
+def _at_threshold_summary(decisions: dict) -> str:
+    """One line per level of metrics.json "at_threshold"."""
+    return "\n".join(f"at the threshold, {level}: precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
+                     f"F1 {d['f1']:.3f} (tp {d['tp']}, fp {d['fp']}, tn {d['tn']}, fn {d['fn']})"
+                     for level, d in decisions.items() if level in ("image", "pixel"))
 
 
 def _predict(a) -> int:
     from mkdlib.predict import predict
 
     table = predict(a.run, a.paths, a.out, threshold=a.threshold, method=a.method, weights=a.weights,
-                    device=a.device or _default_device(), heatmaps=not a.no_heatmaps, progress=not a.quiet)
-    print(f"{int(table['anomalous'].sum())} of {len(table)} images anomalous "
-          f"(threshold {table['threshold'].iloc[0]:.6g}); wrote {Path(a.out) / 'predictions.csv'}",
-          file=sys.stderr)
+                    device=a.device or _default_device(), heatmaps=not a.no_heatmaps, save_maps=a.save_maps,
+                    progress=not a.quiet)
+    print(f"{int(table['anomalous'].sum())} of {len(table)} images anomalous (normalised score > "
+          f"{table['threshold'].iloc[0]:g}); wrote {Path(a.out) / 'predictions.csv'}", file=sys.stderr)
     return 0
 
 

@@ -32,11 +32,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from mkdlib.calibration import (CALIBRATION, DECISION, at_threshold, image_calibration, map_calibration, raw_maps,
+                                shared_scale)
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import get_dataset
 from mkdlib.features import image_loader
 from mkdlib.io_utils import atomic_write_text
-from mkdlib.localization import SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_maps, finish_maps
+from mkdlib.localization import GRADIENTS, SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_maps, finish_maps
 from mkdlib.metrics import au_pro, paper_pixel_auroc, pixel_auroc
 from mkdlib.models import Cloner, Source, weights_sha256
 from mkdlib.rundir import (  # noqa: F401  (re-exported: mkdlib.experiment is the public entry point)
@@ -397,6 +399,14 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
                          device=device, amp=cfg.amp, channels_last=cfg.channels_last)
     threshold = float(np.percentile(train_scores, THRESHOLD_PERCENTILE))
     _write_scores(run_dir / SCORES, test, test_scores)
+    calibration = {"image": image_calibration(train_scores.min(), threshold),
+                   "maps": {GRADIENTS: map_calibration(fit_data, source, cloner, score_loss(cfg), GRADIENTS,
+                                                       device=device, seed=spec.seed)}}
+    write_json(run_dir / CALIBRATION, calibration)
+    decisions = threshold_metrics(np.asarray(test.labels), test_scores, threshold)
+    if test.has_masks:
+        decisions["pixel"] = pixel_at_threshold(test, source, cloner, cfg, calibration["maps"][GRADIENTS],
+                                                device=device, seed=spec.seed)
     t_eval = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -410,6 +420,7 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
         "image_auroc": image,
         "pixel": pixel,
         "threshold": threshold,
+        "at_threshold": decisions,
         "threshold_rule": f"percentile {THRESHOLD_PERCENTILE:g} of the final cloner's scores on the training "
                           "images",
         "train_scores": {"min": float(train_scores.min()), "median": float(np.median(train_scores)),
@@ -423,6 +434,22 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
         "weights_sha256": weights_sha256(source.weights),
         "device": str(device),
     }
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Image-level decisions at the run's threshold on a labelled test set (metrics.json "at_threshold"):
+    what a user of `mkd predict` gets, where AUROC only ranks."""
+    return {"threshold": float(threshold), "image": at_threshold(np.asarray(scores) > threshold,
+                                                                 np.asarray(labels) != 0)}
+
+
+def pixel_at_threshold(test: Dataset, source: Source, cloner: Cloner, cfg: MKDConfig, map_cal: dict, *,
+                       device: str | torch.device = "cpu", seed: int = 0) -> dict:
+    """Pixel-level decisions of the gradients maps on the run's fixed scale (pixel > 0.5) against the
+    test masks (> 0.5); the paper's pixel metrics, per-image normalised, are left as they are."""
+    maps = shared_scale(raw_maps(test, source, cloner, score_loss(cfg), GRADIENTS, device=device, seed=seed),
+                        map_cal)
+    return {"method": GRADIENTS, "threshold": DECISION, **at_threshold(maps > DECISION, test.masks > 0.5)}
 
 
 # ------------------------------------------------------------------------------------ many runs

@@ -1,5 +1,6 @@
 """Drawing the paper's figures: rows of image / ground truth / heatmap (Figures 1 and 6) and bars of
-mean AUROC per setting (Figures 3-5). `mkdlib.paper_figures` feeds them runs and tables.
+mean AUROC per setting (Figures 3-5), fed by `mkdlib.paper_figures`; and one image's decision
+(`decision_figure`, for `mkd predict` and `mkd evaluate --figures`).
 
 Low scores are left transparent on the heatmap (paper: "pixels with low score are omitted"). Built
 on matplotlib's object API (no pyplot, no display), saved with an atomic write.
@@ -68,6 +69,38 @@ def heatmap_rows(images, masks: np.ndarray, maps: np.ndarray, *, titles: Sequenc
                 ax.set_title(COLUMNS[col])
         if titles is not None:
             axes[row, 0].set_ylabel(titles[row])
+    fig.tight_layout()
+    return fig
+
+
+def decision_figure(image, heat: np.ndarray, *, title: str = "", threshold: float = 0.5,
+                    mask: np.ndarray | None = None, cell_inches: float = 2.4) -> Figure:
+    """One image's decision: the image, its ground truth (when `mask` is given), the map over it with a
+    colour bar, and the predicted mask (map > threshold) outlined in red. `heat` is (H, W) on a fixed
+    scale (calibration.py), clipped to [0, 1] for display, so maps of different images compare."""
+    image = _as_hwc(np.asarray(image)[None])[0]
+    heat = np.asarray(heat, dtype=np.float64)
+    if heat.shape != image.shape[:2] or (mask is not None and np.shape(mask) != heat.shape):
+        raise ValueError(f"image {image.shape[:2]}, map {heat.shape} and mask "
+                         f"{None if mask is None else np.shape(mask)} must have the same height and width")
+    if not np.isfinite(heat).all():
+        raise ValueError("the map contains NaN or inf")
+    columns = ["image"] + ([] if mask is None else ["ground truth"]) + ["map", f"predicted (> {threshold:g})"]
+    fig = Figure(figsize=(cell_inches * len(columns) + 0.8, cell_inches + 0.7))
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    axes[0].imshow(image)
+    if mask is not None:
+        axes[1].imshow(mask, cmap="gray", vmin=0, vmax=1)
+    axes[-2].imshow(image)
+    drawn = axes[-2].imshow(np.clip(heat, 0, 1), cmap="jet", vmin=0, vmax=1, alpha=0.6)
+    fig.colorbar(drawn, ax=axes[-2], fraction=0.046, pad=0.04)
+    axes[-1].imshow(image)
+    predicted = heat > threshold
+    if predicted.any():  # contour() warns on a constant field
+        axes[-1].contour(predicted.astype(float), levels=[0.5], colors="red", linewidths=1.2)
+    for ax, name in zip(axes, columns):
+        ax.set(xticks=[], yticks=[], title=name)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -1,8 +1,11 @@
-"""Scoring new images with a finished run: per-image anomaly scores, decisions and heatmaps.
+"""Scoring new images with a finished run: per-image anomaly scores, decisions and figures.
 
-An image is anomalous when its score (the MKD loss over the score layers, paper sec. 3.3) exceeds
-the run's threshold: a high percentile of the training images' scores (see experiment.py), or a
-user's value. Heatmaps are the run's localisation maps (gradients by default) over the image.
+The raw score is the MKD loss over the score layers (paper sec. 3.3); the score is its normalisation
+with the run's threshold at 0.5 (calibration.py): an image is anomalous when its score exceeds 0.5,
+i.e. when its raw score exceeds the threshold (the 99th percentile of the training images' scores, or
+a user's value). Maps are the run's localisation maps on the run's fixed scale (calibrated on its
+training images), so a good image's map looks cooler than a broken one's; pixels above 0.5 are the
+predicted mask. `evaluation_figures` draws the same figures for a run's own labelled test set.
 """
 
 from __future__ import annotations
@@ -19,19 +22,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from mkdlib.calibration import DECISION, normalize_scores, shared_scale
 from mkdlib.datasets import IMAGE_EXTENSIONS, list_images, load_images
-from mkdlib.experiment import load_model
-from mkdlib.figures import heat_overlay
+from mkdlib.decisions import run_calibration
+from mkdlib.experiment import load_data, load_model
+from mkdlib.features import image_loader
+from mkdlib.figures import decision_figure, save_figure
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
-from mkdlib.localization import GRADIENTS, METHODS, localize
+from mkdlib.localization import GRADIENTS, METHODS, attribution_maps
 from mkdlib.scoring import score, score_loss
 
-CSV_NAME, HEATMAP_DIR = "predictions.csv", "heatmaps"
+CSV_NAME, HEATMAP_DIR, MAP_DIR, FIGURE_DIR = "predictions.csv", "heatmaps", "maps", "figures"
 CHUNK = 32  # images read, scored and localised at a time
-MIN_PNG_SIDE = 256  # small inputs (e.g. 32 px) are enlarged, nearest neighbour, to at least this
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -48,22 +52,6 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     if not files:
         raise ValueError(f"no images given (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return files
-
-
-def overlay_png(image: np.ndarray, heat: np.ndarray) -> bytes:
-    """PNG of [image | heatmap over the image] for an (3, H, W) image and an (H, W) map in [0, 1]."""
-    rgb = image.transpose(1, 2, 0)  # (H, W, 3)
-    rgba = heat_overlay(heat)  # (H, W, 4), alpha grows with the map
-    alpha = rgba[..., 3:]
-    blended = rgb * (1 - alpha) + rgba[..., :3] * alpha
-    side = np.concatenate([rgb, np.ones((rgb.shape[0], 2, 3)), blended], axis=1)
-    im = Image.fromarray(np.rint(np.clip(side, 0, 1) * 255).astype(np.uint8))
-    scale = -(-MIN_PNG_SIDE // rgb.shape[0])
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagenet_norm: bool | None):
@@ -103,51 +91,132 @@ def fresh_folder(out: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
+class _Scorer:
+    """A finished run's final cloner with its calibration: normalised scores and fixed-scale maps of
+    image batches (predict and evaluation_figures share it)."""
+
+    def __init__(self, run_dir, method: str | None, device: str, weights, threshold: float | None = None):
+        self.result, self.cfg, self.source, self.cloner = load_model(run_dir, device=device, weights=weights)
+        self.calibration = run_calibration(self.result, self.source, self.cloner, self.cfg, method, device=device)
+        self.threshold = float(self.result.metrics["threshold"] if threshold is None else threshold)
+        self.method, self.device, self.loss = method, device, score_loss(self.cfg)
+        self.generator = torch.Generator(torch.device(device)).manual_seed(self.result.spec.seed)
+
+    def scores(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised scores, raw scores) of (B, 3, H, W) inputs."""
+        raw = score(self.cloner, self.loss, inputs, source=self.source, batch_size=self.cfg.batch_size,
+                    device=self.device)
+        return normalize_scores(raw, self.calibration["image"], self.threshold), raw
+
+    def maps(self, inputs: torch.Tensor) -> np.ndarray:
+        """(B, H, W) maps on the run's fixed scale, not clipped (> 0.5: predicted anomalous pixel)."""
+        raw = attribution_maps(inputs.to(self.device), self.source, self.cloner, self.loss, method=self.method,
+                               generator=self.generator).numpy()
+        return shared_scale(raw, self.calibration["maps"][self.method])
+
+
+def _title(path: str | Path, normalised: float, label: int | None = None) -> str:
+    """'folder/name.png: score 0.731, anomalous', with the truth where it is known."""
+    name = "/".join(Path(str(path)).parts[-2:])  # the defect folder says what the image is
+    decision = "anomalous" if normalised > DECISION else "normal"
+    truth = "" if label is None else f" (truth: {'anomalous' if label else 'normal'})"
+    return f"{name}: score {normalised:.3f}, {decision}{truth}"
+
+
+def _figure(path: Path, image: np.ndarray, heat: np.ndarray, title: str, mask: np.ndarray | None = None) -> None:
+    save_figure(decision_figure(image, heat, title=title, threshold=DECISION, mask=mask), path)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array.astype(np.float32))
+    return buf.getvalue()
+
+
 def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path, *,
             threshold: float | None = None, method: str = GRADIENTS, device: str = "cpu",
-            heatmaps: bool = True, progress: bool = True, weights: str | Path | None = None) -> pd.DataFrame:
-    """Score new images with a finished run and write out_dir/predictions.csv and heatmap PNGs.
+            heatmaps: bool = True, save_maps: bool = False, progress: bool = True,
+            weights: str | Path | None = None) -> pd.DataFrame:
+    """Score new images with a finished run and write out_dir/predictions.csv, a figure per image
+    (heatmaps/: image | map with colour bar | predicted mask outline, titled with the file name, score
+    and decision) and with save_maps the maps as float32 .npy (maps/, the fixed scale, not clipped).
 
-    Columns: path, score, threshold, anomalous (score > threshold), heatmap (PNG path, relative to
-    out_dir), error (why an image could not be read; its score is empty). threshold None = the run's
-    own (metrics.json "threshold"). weights: the source weights file here (checked against the run's
-    SHA-256). The folder is replaced whole, atomically. ValueError when no image could be read."""
+    Columns: path, score (normalised, in [0, 1]), raw_score (the MKD loss), threshold (0.5),
+    anomalous (score > 0.5, i.e. raw_score > the raw threshold), heatmap (PNG path relative to
+    out_dir), map (.npy path, with save_maps), error (why an image could not be read; its scores are
+    empty). threshold: a raw threshold instead of the run's own (metrics.json "threshold"). weights:
+    the source weights file here (checked against the run's SHA-256). A run without a calibration
+    gets one first (calibration.json). The folder is replaced whole, atomically. ValueError when no
+    image could be read."""
     if method not in METHODS:
         raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
     files = image_files(paths)
-    result, cfg, source, cloner = load_model(run_dir, device=device, weights=weights)
-    threshold = float(result.metrics["threshold"] if threshold is None else threshold)
-    imagenet_norm = result.spec.dataset_options.get("imagenet_norm")  # None: the dataset's own choice
-    loss = score_loss(cfg)
-    gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
-    rows = [{"path": str(f), "score": np.nan, "heatmap": "", "error": ""} for f in files]
+    with_maps = heatmaps or save_maps
+    run = _Scorer(run_dir, method if with_maps else None, device, weights, threshold)
+    spec, cfg = run.result.spec, run.cfg
+    imagenet_norm = spec.dataset_options.get("imagenet_norm")  # None: the dataset's own choice
+    rows = [{"path": str(f), "score": np.nan, "raw_score": np.nan, "heatmap": "", "map": "", "error": ""}
+            for f in files]
     with fresh_folder(Path(out_dir).expanduser()) as out:
         for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
-            chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], result.spec.dataset,
+            chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], spec.dataset,
                                                           cfg.image_size, imagenet_norm)
             for i, error in bad.items():
                 rows[start + i]["error"] = error
                 print(f"mkd predict: skipped unreadable image {files[start + i]}: {error}", file=sys.stderr)
             if not chunk:
                 continue
-            scores = score(cloner, loss, inputs, source=source, batch_size=cfg.batch_size, device=device)
-            maps = localize(inputs.to(device), source, cloner, loss, method=method, generator=gen) \
-                if heatmaps else [None] * len(chunk)  # (B, H, W)
-            for i, s, image, heat in zip(chunk, scores, display.numpy(), maps):
-                rows[start + i]["score"] = float(s)
-                if heat is not None:
-                    name = f"{HEATMAP_DIR}/{start + i:04d}_{files[start + i].stem}.png"  # index: equal names apart
-                    atomic_write_bytes(out / name, overlay_png(image, heat))
-                    rows[start + i]["heatmap"] = name
+            normalised, raw = run.scores(inputs)
+            maps = run.maps(inputs) if with_maps else [None] * len(chunk)
+            for i, s, r, image, heat in zip(chunk, normalised, raw, display.numpy(), maps):
+                row, stem = rows[start + i], f"{start + i:04d}_{files[start + i].stem}"  # index: equal names apart
+                row["score"], row["raw_score"] = float(s), float(r)
+                if heatmaps:
+                    row["heatmap"] = f"{HEATMAP_DIR}/{stem}.png"
+                    _figure(out / row["heatmap"], image, heat, _title(files[start + i], s))
+                if save_maps:
+                    row["map"] = f"{MAP_DIR}/{stem}.npy"
+                    atomic_write_bytes(out / row["map"], _npy(heat))
         table = pd.DataFrame(rows)
         if table["score"].isna().all():
             raise ValueError(f"none of the {len(files)} images could be read (first: {files[0]}: "
                              f"{table['error'].iloc[0]})")
-        table.insert(2, "threshold", threshold)
-        table.insert(3, "anomalous", table["score"] > threshold)
-        if not heatmaps:
-            table = table.drop(columns="heatmap")
+        table.insert(3, "threshold", DECISION)
+        table.insert(4, "anomalous", table["score"] > DECISION)
+        table = table.drop(columns=[c for c, keep in (("heatmap", heatmaps), ("map", save_maps)) if not keep])
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         atomic_write_text(out / CSV_NAME, buf.getvalue())
     return table
+
+
+def _display(data, images: torch.Tensor) -> np.ndarray:
+    """A dataset's (B, 3, H, W) inputs back in [0, 1] for display (ImageNet normalisation undone)."""
+    base = getattr(data, "base", data)  # experiment.Subset keeps the dataset it draws from
+    mean, std = getattr(base, "mean", None), getattr(base, "std", None)
+    if mean is not None:
+        images = images * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return images.clamp(0, 1).numpy()
+
+
+def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *, method: str = GRADIENTS,
+                       device: str = "cpu", progress: bool = True, weights: str | Path | None = None) -> Path:
+    """One figure per test image of a finished run: image | ground truth (where the dataset has
+    masks) | map on the run's fixed scale | predicted mask, titled with the score, the decision and
+    the truth. Written to out_dir (default <run>/figures/), replaced whole; returns the folder."""
+    if method not in METHODS:
+        raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
+    run = _Scorer(run_dir, method, device, weights)
+    test = load_data(run.result.spec, run.cfg, split="test")
+    masks, labels = test.masks, np.asarray(test.labels)
+    out_dir = run.result.run_dir / FIGURE_DIR if out_dir is None else Path(out_dir).expanduser()
+    with fresh_folder(out_dir) as out:
+        done = 0
+        for x in tqdm(image_loader(test, CHUNK), desc="figures", unit="chunk", disable=not progress):
+            normalised, _ = run.scores(x)
+            for image, heat, s in zip(_display(test, x), run.maps(x), normalised):
+                path = Path(str(test.paths[done]))
+                _figure(out / f"{done:04d}_{path.stem}.png", image, heat, _title(path, s, labels[done]),
+                        None if masks is None else masks[done])
+                done += 1
+    return out_dir

@@ -1,8 +1,9 @@
 """A run's identity and its directory: `RunSpec` (what defines a run; its `key()` names the folder),
 the files in `root/<key>/`, their JSON, the lock, the environment record and `load_run`.
 
-Layout: spec.json, env.json, checkpoints/, history.csv, scores.csv, metrics.json (written last: its
-presence marks a finished run), error.txt after a failure, .lock while a process holds it.
+Layout: spec.json, env.json, checkpoints/, history.csv, scores.csv, calibration.json (predict's score
+normalisation and map scale), metrics.json (written last: its presence marks a finished run), error.txt
+after a failure, .lock while a process holds it, figures/ after `mkd evaluate --figures`.
 """
 
 from __future__ import annotations

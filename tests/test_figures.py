@@ -7,7 +7,7 @@ import torch
 
 from mkdlib import items, paper_figures, tabulation
 from mkdlib.experiment import RunResult
-from mkdlib.figures import heat_overlay, heatmap_rows, means_figure, save_figure
+from mkdlib.figures import decision_figure, heat_overlay, heatmap_rows, means_figure, save_figure
 from mkdlib.paper import MVTEC_CATEGORIES
 from mkdlib.report import comparison_table
 
@@ -50,6 +50,27 @@ def test_heatmap_rows_bad_input():
         heatmap_rows(images, masks, maps, titles=["one"])
     with pytest.raises(ValueError, match="NaN"):
         heatmap_rows(images, masks, maps * np.nan)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_decision_figure_panels_colour_bar_title_and_outline(tmp_path, with_mask):
+    images, masks, maps = _case(n=1)
+    fig = decision_figure(images[0], maps[0] * 1.5, title="good/000.png: score 0.800, anomalous",
+                          mask=masks[0] if with_mask else None)
+    assert len(fig.axes) == 3 + with_mask + 1  # the panels and the map's colour bar
+    assert fig._suptitle.get_text() == "good/000.png: score 0.800, anomalous"
+    assert fig.axes[-2].collections  # the predicted mask's outline
+    assert save_figure(fig, tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+    cool = decision_figure(images[0], maps[0] * 0.1)  # nothing above the threshold: no outline
+    assert not cool.axes[-2].collections
+
+
+def test_decision_figure_bad_input():
+    images, _, maps = _case(n=1)
+    with pytest.raises(ValueError, match="same height and width"):
+        decision_figure(images[0], maps[0][:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        decision_figure(images[0], maps[0] * np.nan)
 
 
 def test_means_figure_draws_a_panel_per_dataset(tmp_path):

@@ -1,11 +1,19 @@
-"""predict: scores, decisions and heatmaps for new images from a finished run."""
+"""predict: scores, decisions and figures for new images from a finished run; the run's calibration
+(fixed map scale, normalised scores) and the metrics at its threshold (mkd evaluate)."""
 
+import json
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from mkdlib.experiment import RunSpec, run
-from mkdlib.predict import image_files, predict
+from mkdlib.calibration import CALIBRATION, read_calibration
+from mkdlib.cli import main
+from mkdlib.decisions import add_threshold_metrics
+from mkdlib.experiment import RunSpec, load_run, run
+from mkdlib.predict import evaluation_figures, image_files, predict
 
 DATA = dict(size=48, n_train=12, n_test_good=6, n_test_defect=6)
 
@@ -27,9 +35,11 @@ def test_predict_flags_defects_above_the_threshold(trained, tmp_path):
     table = predict(result.run_dir, [category / "test"/ d for d in ("good", "scratch", "spot", "crack")],
                     tmp_path / "out", progress=False)
     written = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert list(written.columns) == ["path", "score", "threshold", "anomalous", "heatmap", "error"]
-    assert len(written) == 12 and (written["threshold"] == result.metrics["threshold"]).all()
-    assert written["anomalous"].tolist() == table["anomalous"].tolist()
+    assert list(written.columns) == ["path", "score", "raw_score", "threshold", "anomalous", "heatmap", "error"]
+    assert len(written) == 12 and (written["threshold"] == 0.5).all()
+    assert written["anomalous"].tolist() == table["anomalous"].tolist() == (written["score"] > 0.5).tolist()
+    assert written["anomalous"].tolist() == (written["raw_score"] > result.metrics["threshold"]).tolist()
+    assert written["score"].between(0, 1).all()
     for name in written["heatmap"]:
         with Image.open(tmp_path / "out" / name) as im:
             assert im.format == "PNG" and im.width > im.height >= 48  # image | overlay, side by side
@@ -97,3 +107,105 @@ def test_weights_of_another_digest_are_refused_and_weights_finds_them(tmp_path):
         predict(result.run_dir, [images], tmp_path / "out", progress=False)
     table = predict(result.run_dir, [images], tmp_path / "out", progress=False, weights=tmp_path / "moved.pth")
     assert table["score"].notna().all()
+
+
+def _good(table):
+    return table["path"].str.contains("/good/")
+
+
+def test_shared_scale_and_normalised_scores_separate_good_from_defective(trained, tmp_path):
+    """The issue's acceptance test: one map scale per run, scores around 0.5, every output file."""
+    result, category = trained
+    table = predict(result.run_dir, [category / "test" / d for d in ("good", "scratch", "spot", "crack")],
+                    tmp_path / "out", save_maps=True, progress=False)
+    assert list(table.columns) == ["path", "score", "raw_score", "threshold", "anomalous", "heatmap", "map",
+                                   "error"]
+    assert (result.run_dir / CALIBRATION).is_file() and (tmp_path / "out" / "predictions.csv").is_file()
+    maps = [np.load(tmp_path / "out" / name) for name in table["map"]]
+    assert all(m.shape == (48, 48) and m.dtype == np.float32 for m in maps)
+    for name in table["heatmap"]:
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.format == "PNG" and im.width > im.height
+    shown = np.array([np.clip(m, 0, 1).mean() for m in maps])  # as the figures draw them
+    good = _good(table).to_numpy()
+    assert shown[good].mean() < 0.8 * shown[~good].mean()
+    assert table.loc[good, "score"].max() < 0.5 < table.loc[~good, "score"].median()
+
+
+def test_a_user_threshold_on_the_raw_score_is_0_5_on_the_normalised_one(trained, tmp_path):
+    result, category = trained
+    paths = [category / "test" / "good", category / "test" / "scratch"]
+    table = predict(result.run_dir, paths, tmp_path / "a", heatmaps=False, progress=False)
+    cut = float(table["raw_score"].median())
+    moved = predict(result.run_dir, paths, tmp_path / "b", threshold=cut, heatmaps=False, progress=False)
+    assert moved["anomalous"].tolist() == (table["raw_score"] > cut).tolist()
+    assert moved["raw_score"].tolist() == table["raw_score"].tolist() and (moved["threshold"] == 0.5).all()
+
+
+def _old_copy(result, tmp_path, checkpoints=True):
+    """The run as an older mkdlib left it: no calibration.json, no metrics at the threshold."""
+    copy = tmp_path / "runs" / result.run_dir.name
+    shutil.copytree(result.run_dir, copy, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints"))
+    (copy / CALIBRATION).unlink()
+    metrics = json.loads((copy / "metrics.json").read_text())
+    del metrics["at_threshold"]
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    return copy
+
+
+def test_a_run_without_calibration_gets_it_stored_once(trained, tmp_path):
+    result, category = trained
+    old = _old_copy(result, tmp_path)
+    predict(old, [category / "test" / "good"], tmp_path / "out", progress=False)
+    stored, original = read_calibration(old), read_calibration(result.run_dir)
+    assert stored["image"] == original["image"]
+    assert stored["maps"]["gradients"] == pytest.approx(original["maps"]["gradients"])
+    assert not [p for p in old.iterdir() if p.name.startswith(".calibration")]  # written atomically
+
+
+def test_a_calibration_without_the_training_images_says_where_to_run(trained, tmp_path, monkeypatch):
+    from mkdlib import decisions
+    from mkdlib.datasets import DatasetNotFoundError
+    from mkdlib.experiment import RunError
+
+    def missing(*args, **kwargs):
+        raise DatasetNotFoundError("synthetic data not found: expected /elsewhere")
+
+    result, category = trained
+    old = _old_copy(result, tmp_path)
+    monkeypatch.setattr(decisions, "load_data", missing)
+    with pytest.raises(RunError, match="calibration.json lacks.*/elsewhere.*copy calibration.json"):
+        predict(old, [category / "test" / "good"], tmp_path / "out", progress=False)
+
+
+def test_metrics_at_the_threshold_new_runs_and_mkd_evaluate(trained, tmp_path, capsys):
+    result, _ = trained
+    decisions = result.metrics["at_threshold"]
+    image = decisions["image"]
+    assert image["tp"] + image["fn"] == result.metrics["n_test_anomalous"]
+    assert image["tp"] + image["fp"] + image["tn"] + image["fn"] == result.metrics["n_test"]
+    assert 0 <= image["precision"] <= 1 and image["f1"] > 0.5
+    pixel = decisions["pixel"]
+    assert pixel["method"] == "gradients" and pixel["tp"] + pixel["fp"] + pixel["tn"] + pixel["fn"] == 12 * 48 * 48
+
+    old = _old_copy(result, tmp_path)
+    assert main(["evaluate", str(old), "--quiet", "--device", "cpu"]) == 0
+    assert "at the threshold, image: precision" in capsys.readouterr().out
+    added = load_run(old).metrics["at_threshold"]
+    assert added["image"] == image and added["pixel"] == pytest.approx(pixel)
+    assert load_run(old).metrics["pixel"] == result.metrics["pixel"]  # the paper's metrics untouched
+
+    record = _old_copy(result, tmp_path / "record", checkpoints=False)  # a committed record: image level only
+    assert set(add_threshold_metrics(record).metrics["at_threshold"]) == {"threshold", "image"}
+
+
+def test_evaluate_figures_one_png_per_test_image(trained, tmp_path, capsys):
+    result, _ = trained
+    old = _old_copy(result, tmp_path)
+    folder = evaluation_figures(old, progress=False)
+    assert folder == old / "figures" and len(list(folder.glob("*.png"))) == result.metrics["n_test"]
+    assert main(["evaluate", str(old), "--figures", "--out", str(tmp_path / "figs"), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "figs").glob("*.png"))) == result.metrics["n_test"]
+    assert main(["evaluate", str(old), "--out", str(tmp_path / "x")]) == 2
+    assert "--figures" in capsys.readouterr().err

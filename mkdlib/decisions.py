@@ -1,0 +1,105 @@
+"""Decisions at a finished run's threshold: its calibration (computed and stored for a run written
+before calibrations existed) and the metrics at the threshold that `mkd evaluate` adds to a run
+lacking them. The rules are in calibration.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration, read_calibration
+from mkdlib.config import MKDConfig
+from mkdlib.datasets import DatasetNotFoundError
+from mkdlib.experiment import (METRICS, SCORES, RunError, RunLock, RunResult, load_data, load_model, load_run,
+                               pixel_at_threshold, threshold_metrics, write_json)
+from mkdlib.localization import GRADIENTS
+from mkdlib.models import Cloner, Source
+from mkdlib.scoring import score, score_loss
+from mkdlib.train import cloner_path
+
+
+def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig,
+                    method: str | None = GRADIENTS, *, device: str | torch.device = "cpu") -> dict:
+    """The run's calibration with `method`'s map scale (None: the image scores' only). What is missing
+    (an older run, or another method) is computed from the run's training images and stored
+    atomically under the run's lock."""
+    cal = read_calibration(result.run_dir)
+    if "image" in cal and (method is None or method in cal.get("maps", {})):
+        return cal
+    with RunLock(result.run_dir, quiet=True):
+        cal = read_calibration(result.run_dir)  # another process may have stored it meanwhile
+        train = None
+        if "image" not in cal:
+            train = _training_images(result, cfg)
+            cal["image"] = image_calibration(_train_min(result, train, source, cloner, cfg, device),
+                                             result.metrics["threshold"])
+        if method is not None and method not in cal.setdefault("maps", {}):
+            if train is None:
+                train = _training_images(result, cfg)
+            cal["maps"][method] = map_calibration(train, source, cloner, score_loss(cfg), method, device=device,
+                                                  seed=result.spec.seed)
+        write_json(result.run_dir / CALIBRATION, cal)
+    return cal
+
+
+def _training_images(result: RunResult, cfg: MKDConfig):
+    """The run's training images (not augmented), or a RunError saying why a calibration needs them."""
+    try:
+        return load_data(result.spec, cfg, split="train", augment=False)
+    except DatasetNotFoundError as err:
+        raise RunError(f"{result.run_dir / CALIBRATION} lacks the calibration this needs, which is computed "
+                       f"from the run's training images, and they are not here ({' '.join(str(err).split())}); "
+                       f"run the command once where the data is, or copy {CALIBRATION} from there") from None
+
+
+def _train_min(result: RunResult, train, source: Source, cloner: Cloner, cfg: MKDConfig, device) -> float:
+    """The smallest training score: from metrics.json where the run recorded it, else recomputed."""
+    recorded = result.metrics.get("train_scores", {}).get("min")
+    if recorded is not None:
+        return float(recorded)
+    return float(score(cloner, score_loss(cfg), train, source=source, batch_size=cfg.batch_size,
+                       device=device).min())
+
+
+def add_threshold_metrics(run_dir: str | Path, *, device: str | torch.device = "cpu",
+                          weights: str | Path | None = None) -> RunResult:
+    """Add metrics.json "at_threshold" to a finished run lacking it: image level from scores.csv, and
+    pixel level where the test set has masks and the run still has its final cloner."""
+    result = load_run(run_dir)
+    if result.metrics is None:
+        raise RunError(result.error)
+    if "at_threshold" in result.metrics:
+        return result
+    cfg = result.spec.mkd_config()
+    pixel = None
+    if cloner_path(result.run_dir / "checkpoints", cfg.epochs).is_file():
+        test = load_data(result.spec, cfg, split="test")
+        if test.has_masks:
+            result, cfg, source, cloner = load_model(run_dir, device=device, weights=weights)
+            cal = run_calibration(result, source, cloner, cfg, GRADIENTS, device=device)
+            pixel = pixel_at_threshold(test, source, cloner, cfg, cal["maps"][GRADIENTS], device=device,
+                                       seed=result.spec.seed)
+    with RunLock(result.run_dir, quiet=True):
+        result = load_run(run_dir)
+        if "at_threshold" not in result.metrics:
+            scores = _read_scores(result.run_dir / SCORES)
+            decisions = threshold_metrics(scores["label"], scores["score"], result.metrics["threshold"])
+            if pixel is not None:
+                decisions["pixel"] = pixel
+            result.metrics["at_threshold"] = decisions
+            write_json(result.run_dir / METRICS, result.metrics)
+    return load_run(run_dir)
+
+
+def _read_scores(path: Path) -> pd.DataFrame:
+    """scores.csv (the final cloner's test scores, with labels); RunError saying how to rebuild it."""
+    try:
+        table = pd.read_csv(path)
+        if not {"label", "score"} <= set(table.columns) or table["score"].isna().any():
+            raise ValueError("missing label or score values")
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise RunError(f"{path} is unreadable or incomplete ({type(err).__name__}); delete the run's "
+                       f"{METRICS} and run `mkd evaluate {path.parent}` to re-evaluate it") from None
+    return table
