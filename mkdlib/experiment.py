@@ -399,12 +399,15 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
                          device=device, amp=cfg.amp, channels_last=cfg.channels_last)
     threshold = float(np.percentile(train_scores, THRESHOLD_PERCENTILE))
     _write_scores(run_dir / SCORES, test, test_scores)
-    calibration = {"image": image_calibration(train_scores.min(), threshold),
-                   "maps": {GRADIENTS: map_calibration(fit_data, source, cloner, score_loss(cfg), GRADIENTS,
-                                                       device=device, seed=spec.seed)}}
+    calibration = {"image": image_calibration(train_scores.min(), threshold), "maps": {}}
+    try:
+        calibration["maps"][GRADIENTS] = map_calibration(fit_data, source, cloner, score_loss(cfg), GRADIENTS,
+                                                         device=device, seed=spec.seed)
+    except RunError as err:  # constant maps: no scale, but the trained run and its metrics still count
+        print(f"mkdlib: {spec.label()}: no map calibration ({err})", file=sys.stderr)
     write_json(run_dir / CALIBRATION, calibration)
     decisions = threshold_metrics(np.asarray(test.labels), test_scores, threshold)
-    if test.has_masks:
+    if test.has_masks and GRADIENTS in calibration["maps"]:
         decisions["pixel"] = pixel_at_threshold(test, source, cloner, cfg, calibration["maps"][GRADIENTS],
                                                 device=device, seed=spec.seed)
     t_eval = time.perf_counter() - t0

@@ -322,3 +322,13 @@ def test_a_run_recorded_before_a_config_field_existed_resumes(tmp_path):
     path.write_text(json.dumps(d))
     (first.run_dir / "metrics.json").unlink()
     assert run(spec, tmp_path / "runs", progress=False).metrics["image_auroc"] == first.metrics["image_auroc"]
+
+
+def test_constant_maps_do_not_lose_the_trained_run(tmp_path, monkeypatch):
+    def constant(*args, **kwargs):
+        raise RunError("the gradients maps of the training images are constant")
+
+    monkeypatch.setattr(ex, "map_calibration", constant)
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    assert result.ok and "pixel" not in result.metrics["at_threshold"]
+    assert json.loads((result.run_dir / "calibration.json").read_text())["maps"] == {}
