@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="MKDConfig override on top of the paper's settings, e.g. epochs=51 (repeatable)")
     t.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option passed to get_dataset, e.g. image_size=256 (repeatable)")
+                   help="dataset option passed to get_dataset (repeatable; VALUE as JSON). folder: "
+                        "normal_dir=normal, abnormal_dir=abnormal (or a list, '[\"crack\", \"scratch\"]'), "
+                        "mask_dir (none), normal_test_dir (none: a seeded test_split_ratio=0.2 of normal_dir), "
+                        "extensions (.png .jpg .jpeg .bmp .tif .tiff .webp); every dataset: image_size, "
+                        "imagenet_norm; the others: mkdlib.datasets.describe_options(NAME). Unknown keys "
+                        "are refused by name")
     t.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
                    help=f"pixel metrics for these methods when masks exist: {', '.join(VARIANTS)}")
     t.add_argument("--max-train", type=int, metavar="N", help="use N training images (smoke runs)")

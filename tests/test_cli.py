@@ -146,3 +146,13 @@ def test_bench_and_regenerate_are_delegated(monkeypatch):
     fake.main = lambda argv: seen.setdefault("regenerate", argv) and 0
     monkeypatch.setitem(sys.modules, "mkdlib.regenerate", fake)
     assert main(["regenerate", "--items", "table1"]) == 0 and seen["regenerate"] == ["--items", "table1"]
+
+
+def test_train_help_names_every_folder_option(capsys):
+    from mkdlib.datasets import dataset_options, describe_options
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in dataset_options("folder"))  # the static help cannot drift from the code
+    assert "abnormal_dir='abnormal'" in describe_options("folder")

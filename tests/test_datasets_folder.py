@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from mkdlib.datasets import DatasetNotFoundError, MaskSizeError, MissingMaskError, get_dataset
+from mkdlib.datasets.errors import EmptyFolderError
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -66,3 +67,20 @@ def test_folder_mask_of_another_size_is_refused(user_data):
     _png(user_data / "masks" / "a2.png", np.zeros((40, 40), np.uint8))  # its image is 20x20
     with pytest.raises(MaskSizeError, match=r"masks/a2\.png is 40x40 px but its image .*abnormal/a2\.jpg is 20x20"):
         get_dataset("folder", user_data, split="test", mask_dir="masks")
+
+
+def test_several_abnormal_folders_each_a_group_and_extensions(user_data):
+    for i in range(2):
+        _png(user_data / "scratch" / f"s{i}.png", np.full((20, 20, 3), 50, np.uint8))
+    (user_data / "scratch" / "notes.txt").write_text("not an image")
+    test = get_dataset("folder", user_data, split="test", abnormal_dir=["abnormal", "scratch"], image_size=20)
+    assert list(test.labels) == [0, 0, 1, 1, 1, 1, 1]
+    assert list(test.groups)[2:] == ["abnormal"] * 3 + ["scratch"] * 2
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(user_data / "scratch" / "s9.bmp")
+    only_png = get_dataset("folder", user_data, split="test", abnormal_dir=["scratch"], extensions=[".PNG"],
+                           image_size=20)  # case-insensitive; the .bmp is left out
+    assert list(only_png.labels) == [0, 0, 1, 1]
+    with pytest.raises(EmptyFolderError, match="abnormal"):  # its .jpg images are not of these extensions
+        get_dataset("folder", user_data, split="test", abnormal_dir=["abnormal"], extensions=["png"], image_size=20)
+    with pytest.raises(ValueError, match="abnormal_dir must be a folder or a list"):
+        get_dataset("folder", user_data, split="test", abnormal_dir=3, image_size=20)

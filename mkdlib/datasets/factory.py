@@ -56,6 +56,12 @@ def dataset_options(key: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _SET_BY_GET_DATASET)
 
 
+def describe_options(key: str) -> str:
+    """`key`'s dataset options with their defaults, for --help, e.g. "normal_dir='normal', ..."."""
+    params = inspect.signature(BUILDERS[key]).parameters
+    return ", ".join(f"{name}={params[name].default!r}" for name in dataset_options(key)) or "none"
+
+
 def _check_options(key: str, options: dict) -> None:
     """Refuse options `key` does not take by name (e.g. `mkd train --option bogus=1`), not by a TypeError."""
     valid = dataset_options(key)

@@ -14,20 +14,22 @@ from .errors import EmptyFolderError, ImageReadError, MissingMaskError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
     )
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files of `folder` sorted by name; hidden files skipped; error if none."""
+def list_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files of `folder` with one of `extensions` (case-insensitive), sorted by name; hidden files
+    skipped; error if none."""
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
-    files = _image_files(folder)
+    files = _image_files(folder, extensions)
     if not files:
-        raise EmptyFolderError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
+        raise EmptyFolderError(f"no images ({', '.join(extensions)}) in folder {folder}")
     return files
 
 
