@@ -46,9 +46,10 @@ from mkdlib.rundir import (  # noqa: F401  (re-exported: mkdlib.experiment is th
     RunLock, RunResult, RunSpec, canonical_json, check_methods, environment, load_run, localization_variants,
     parse_method, read_metrics, read_spec, write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, score, score_loss
-from mkdlib.train import (LAST, CheckpointError, build, cloner_path, fit, load_checkpoint, missing_cloners,
-                          restore_cloners, trained_epochs, write_history)
+from mkdlib.train import (LAST, CheckpointError, build, cloner_path, fit, load_checkpoint, measure_speed,
+                          missing_cloners, plan_text, restore_cloners, trained_epochs, write_history)
 
+LONG_RUN_PASSES = 20_000  # runs with more image passes than this print their estimated time first
 THRESHOLD_PERCENTILE = 99.0  # decision threshold: this percentile of the training images' scores
 _BUILD_LOCK = threading.Lock()  # seeding + init use torch's global RNG: one run at a time per process
 
@@ -381,6 +382,11 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
     ckpt = run_dir / "checkpoints"
     source, cloner, loss = models
     resumed_from = _check_resume(ckpt, cloner, cfg)
+    left = cfg.epochs - resumed_from
+    if progress and left * len(train) >= LONG_RUN_PASSES:  # say how long before hours are spent
+        cached = cfg.cache_features and getattr(train, "deterministic", True)
+        img_s = measure_speed(cloner, source, cfg, loss, cached=cached, device=device)
+        print(f"mkdlib: {spec.label()}: {plan_text(left, len(train), img_s)}", file=sys.stderr)
     t0 = time.perf_counter()
     history = fit(cloner, source, train, cfg, loss, device=device, checkpoint_dir=ckpt, progress=progress)
     t_train = time.perf_counter() - t0

@@ -332,3 +332,9 @@ def test_constant_maps_do_not_lose_the_trained_run(tmp_path, monkeypatch):
     result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
     assert result.ok and "pixel" not in result.metrics["at_threshold"]
     assert json.loads((result.run_dir / "calibration.json").read_text())["maps"] == {}
+
+
+def test_a_long_run_prints_its_estimated_time_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ex, "LONG_RUN_PASSES", 1)
+    run(tiny(tmp_path), tmp_path / "runs", progress=True)
+    assert "4 epochs x 8 images = 32 image passes: about" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mkdlib.config import paper_config
+from mkdlib.config import MKDConfig, paper_config
 from mkdlib.train import LAST, build, cloner_path, fit
 
 
@@ -111,3 +111,15 @@ def test_real_weights_two_epochs_on_mnist_zero_beat_chance():
     scores = score(cloner, score_loss(cfg), Subset(test, idx), source=source)
     auroc = image_auroc(test.labels[idx], scores)
     assert auroc > 0.7, auroc
+
+
+def test_plan_text_and_speed_measurement():
+    from mkdlib.train import measure_speed, plan_text
+    assert plan_text(601, 209, 21.0) == ("601 epochs x 209 images = 125,609 image passes: about 1 h 40 min at "
+                                         "21 img/s measured here")
+    assert plan_text(2, 8, 1000.0).endswith("about 1 min at 1e+03 img/s measured here")
+    cfg = MKDConfig(image_size=32, batch_size=4)
+    source, cloner, loss = build(cfg, weights=None)
+    before = {k: v.clone() for k, v in cloner.state_dict().items()}
+    assert measure_speed(cloner, source, cfg, loss, cached=True, steps=1) > 0
+    assert all(torch.equal(before[k], v) for k, v in cloner.state_dict().items())  # the run's cloner untouched
