@@ -33,5 +33,8 @@ regenerate: $(VENV)/.installed  ## every notebook, smoke profile, into results/s
 regenerate-paper: $(VENV)/.installed  ## every notebook with the paper's protocol (days on CPU)
 	$(PY) -m mkdlib.regenerate --profile paper
 
+regenerate-gpu:  ## train the notebooks' runs on a GPU machine, no papermill needed: runs.tar.gz + log in $OUT or results/gpu (ARGS="--only table6")
+	bash scripts/regenerate_gpu.sh $(ARGS)
+
 clean:
 	rm -rf $(VENV) demo .pytest_cache

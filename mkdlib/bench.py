@@ -1,7 +1,11 @@
-"""Throughput benchmark: images/second of training, detection and localisation against a naive
-baseline that does what the released code does (source parameters trainable, no no_grad, source
-recomputed every batch, per-image localisation loop). Random data; each case in its own process
-so that its peak memory is its own.
+"""Throughput benchmark: images/second of training, detection, evaluation and localisation against a
+naive baseline that does what the released code does (fp32, default memory format, source parameters
+trainable, no no_grad, source recomputed every batch and for every checkpoint, per-image localisation
+loop). Random data; each case in its own process so that its peak memory is its own.
+
+Ours runs with mkdlib's execution defaults (`hardware.fast_defaults`: fp32, channels_last) unless
+--amp / --bf16-inference / --channels-last say otherwise; bf16 only where the device computes it natively. `--profile` prints where a case's time goes
+(torch.profiler); `--throughput` compares two one-thread processes side by side with one two-thread one.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ from mkdlib.features import autocast, to_input
 from mkdlib.losses import MKDLoss
 from mkdlib.models import SCORE_LAYERS, TRAIN_LAYERS, Cloner, Source
 
-CASES = ("train", "train_uncached", "naive_train", "detect", "naive_detect", "localize", "naive_localize", "smoothgrad",
+CASES = ("train", "train_uncached", "train_compiled", "naive_train", "detect", "naive_detect", "evaluate",
+         "naive_evaluate", "localize", "naive_localize", "smoothgrad",
          "source")  # source: the VGG-16 forward alone (no_grad), this CPU's practical convolution rate
+PAIRS = (("train", "naive_train"), ("detect", "naive_detect"), ("evaluate", "naive_evaluate"),
+         ("localize", "naive_localize"))  # (ours, the released code's way): their ratio is printed
+SWITCH = {"auto": None, "on": True, "off": False}  # --channels-last values
 
 
 LOCALIZE_BATCH = 16  # images per localisation step (the naive loop takes one at a time)
 SMOOTHGRAD_IMAGES = 2  # SmoothGrad: 50 noisy copies of each
+EVAL_CLONERS = 11  # the protocol scores the cloners sampled every 10 epochs in the last 100 (MVTec: 11)
 
 
 def _localization_step(case: str, source: Source, cloner: Cloner, loss: MKDLoss, x: torch.Tensor):
@@ -86,10 +95,41 @@ def _timed(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: bool, channels_last: bool) -> dict:
+def _evaluation_step(case: str, source: Source, cloner: Cloner, loss: MKDLoss, x: torch.Tensor, dev, bf16, cl):
+    """Score EVAL_CLONERS sampled cloners on one test set: ours computes the source's features once
+    (FeatureStore) and runs only the cloners; the released code recomputes the source per checkpoint."""
+    from mkdlib.features import FeatureStore
+    from mkdlib.scoring import score
+
+    states = [copy.deepcopy(cloner.state_dict()) for _ in range(EVAL_CLONERS)]
+    if case == "evaluate":
+        def step():
+            features = FeatureStore.compute(source, x, loss.layers, batch_size=len(x), device=dev, amp=bf16,
+                                            channels_last=cl)
+            for state in states:
+                cloner.load_state_dict(state)
+                score(cloner, loss, x, features=features, batch_size=len(x), device=dev, amp=bf16, channels_last=cl)
+        return step
+    source.requires_grad_(True)
+    cloner.eval()
+
+    def naive():
+        for state in states:
+            cloner.load_state_dict(state)
+            loss(cloner(x), source(x), reduction="none").sum().item()
+    return naive
+
+
+def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: bool = False,
+             channels_last: bool | None = None, bf16_inference: bool = False) -> dict:
+    """img/s and peak memory of one case. amp: bf16 in the cloner's training step and everywhere else;
+    bf16_inference: in the passes without gradients; channels_last None: mkdlib's default."""
     dev = torch.device(device)
     if case.startswith("naive"):  # the released code's way: fp32, default memory format
-        amp = channels_last = False
+        amp = channels_last = bf16_inference = False
+    chosen = hardware.fast_defaults(dev)
+    bf16 = amp or bf16_inference
+    channels_last = chosen["channels_last"] if channels_last is None else channels_last
     torch.manual_seed(0)
     source = Source(TRAIN_LAYERS, weights=None).to(dev)
     cloner = Cloner("small").to(dev)
@@ -101,20 +141,25 @@ def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: boo
     opt = torch.optim.Adam(cloner.parameters(), lr=1e-3)
     n_images = batch
 
-    def cloner_step(target):
+    def forward(target):
         with autocast(dev, amp):
-            value = train_loss(cloner(x), target)
+            return train_loss(cloner(x), target)
+
+    compiled = torch.compile(forward) if case == "train_compiled" else forward
+
+    def cloner_step(target):
+        value = compiled(target)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
 
-    if case == "train":
-        with torch.inference_mode(), autocast(dev, amp):
+    if case in ("train", "train_compiled"):
+        with torch.no_grad(), autocast(dev, bf16):  # not inference_mode: compiled autograd refuses its tensors
             cached = {k: v.float().clone() for k, v in source(x).items()}
         step = lambda: cloner_step(cached)  # noqa: E731
     elif case == "train_uncached":
         def step():
-            with torch.no_grad(), autocast(dev, amp):
+            with torch.no_grad(), autocast(dev, bf16):
                 target = source(x)
             cloner_step(target)
     elif case == "naive_train":
@@ -122,7 +167,7 @@ def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: boo
         step = lambda: cloner_step(source(x))  # noqa: E731
     elif case == "source":
         def step():
-            with torch.no_grad(), autocast(dev, amp):
+            with torch.no_grad(), autocast(dev, bf16):
                 source(x)
     elif case in ("detect", "naive_detect"):
         cloner.eval()
@@ -131,36 +176,68 @@ def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: boo
 
         def step():
             ctx = torch.inference_mode() if case == "detect" else torch.enable_grad()
-            with ctx, autocast(dev, amp):
+            with ctx, autocast(dev, bf16):
                 score_loss(cloner(x), source(x), reduction="none").sum().item()
+    elif case in ("evaluate", "naive_evaluate"):
+        step = _evaluation_step(case, source, cloner, score_loss, x, dev, bf16, channels_last)
+        n_images = batch * EVAL_CLONERS  # image scorings: every test image by every sampled cloner
     else:
         step, n_images = _localization_step(case, source, cloner, score_loss, x[:LOCALIZE_BATCH])
+    if PROFILE_ENV in os.environ:
+        return {"profile": _profiled(step, int(os.environ[PROFILE_ENV]))}
     seconds = _timed(step, steps, dev)
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"img_s": n_images / seconds, "peak_mb": peak_mb}
+    return {"img_s": n_images / seconds, "peak_mb": peak_mb, "amp": amp, "bf16_inference": bf16,
+            "channels_last": channels_last}
 
 
-def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool, channels_last: bool, cases=CASES) -> dict:
-    results: dict = {"device": device, "batch": batch, "amp": amp, "channels_last": channels_last,
+PROFILE_ENV = "MKDLIB_BENCH_PROFILE"  # set by --profile: the case prints its top operators instead
+
+
+def _profiled(step, top: int) -> str:
+    """torch.profiler's table of the operators taking most of one step's time (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
+
+
+def _case_command(case: str, size: int, batch: int, steps: int, device: str, amp: bool, channels_last,
+                  bf16_inference) -> list[str]:
+    flag = {None: "auto", True: "on", False: "off"}
+    return [sys.executable, "-m", "mkdlib.bench", "--case", case, "--size", str(size), "--batch", str(batch),
+            "--steps", str(steps), "--device", device, "--amp", flag[amp], "--channels-last", flag[channels_last],
+            "--bf16-inference", flag[bf16_inference]]
+
+
+def _run_case_process(cmd: list[str], env: dict | None = None) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or os.environ.copy())
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark case {cmd[cmd.index('--case') + 1]} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool = False,
+            channels_last: bool | None = None, bf16_inference: bool = False, cases=CASES) -> dict:
+    chosen = hardware.fast_defaults(device)
+    results: dict = {"device": device, "batch": batch, "amp": amp, "bf16_inference": amp or bf16_inference,
+                     "channels_last": chosen["channels_last"] if channels_last is None else channels_last,
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": hardware.cpu_name(),
                      "isa": hardware.cpu_isa(), "native_bf16": hardware.native_bf16(),
                      "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "sizes": {}}
     for size in sizes:
         row = {}
         for case in cases:
-            cmd = [sys.executable, "-m", "mkdlib.bench", "--case", case, "--size", str(size), "--batch", str(batch),
-                   "--steps", str(steps), "--device", device] + (["--amp"] if amp else []) + (
-                   ["--channels-last"] if channels_last else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            if proc.returncode != 0:
-                raise RuntimeError(f"benchmark case {case} at {size}px failed:\n{proc.stderr[-2000:]}")
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            out = _run_case_process(_case_command(case, size, batch, steps, device, amp, channels_last,
+                                                  bf16_inference))
             row[f"{case}_img_s"] = round(out["img_s"], 2)
             row[f"{case}_peak_mb"] = round(out["peak_mb"], 1)
-        for ours, naive in (("train", "naive_train"), ("detect", "naive_detect"), ("localize", "naive_localize")):
+        for ours, naive in PAIRS:
             if f"{ours}_img_s" in row and f"{naive}_img_s" in row:
                 row[f"{ours}_speedup"] = round(row[f"{ours}_img_s"] / row[f"{naive}_img_s"], 2)
         row.update(roofline(size, row))
@@ -168,11 +245,43 @@ def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool, ch
     return results
 
 
+def profile_cases(cases, size: int, batch: int, device: str, amp, channels_last, bf16_inference,
+                  top: int = 12) -> str:
+    """Each case's top operators by self CPU time (torch.profiler, one step after a warm-up)."""
+    parts = []
+    for case in cases:
+        env = {**os.environ, PROFILE_ENV: str(top)}
+        out = _run_case_process(_case_command(case, size, batch, 1, device, amp, channels_last, bf16_inference),
+                                env)
+        parts.append(f"== {case} at {size} px, batch {batch} ==\n{out['profile']}")
+    return "\n".join(parts)
+
+
+def throughput(size: int, batch: int, steps: int, device: str, amp, channels_last, bf16_inference,
+               case: str = "train") -> dict:
+    """Machine throughput of `case` (img/s over every process): two one-thread processes side by side
+    against one process with two threads, the choice between run_many(workers=2) and one run at a time."""
+    cmd = _case_command(case, size, batch, steps, device, amp, channels_last, bf16_inference)
+    one = lambda threads: {**os.environ, "OMP_NUM_THREADS": str(threads)}  # noqa: E731
+    t0 = time.perf_counter()
+    single = _run_case_process(cmd, one(2))["img_s"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one(1))
+             for _ in range(2)]
+    outs = [p.communicate() for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"benchmark case {case} failed:\n{outs[0][1][-2000:]}{outs[1][1][-2000:]}")
+    side_by_side = sum(json.loads(o.strip().splitlines()[-1])["img_s"] for o, _ in outs)
+    return {"case": case, "size": size, "batch": batch, "one_process_2_threads_img_s": round(single, 2),
+            "two_processes_1_thread_img_s": round(side_by_side, 2), "two_vs_one": round(side_by_side / single, 2),
+            "cpu": hardware.cpu_name(), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def format_table(results: dict) -> str:
     sizes = list(results["sizes"])
     keys = list(results["sizes"][sizes[0]])
-    lines = [f"mkdlib bench: device={results['device']} batch={results['batch']} amp={results['amp']} "
-             f"channels_last={results['channels_last']} torch={results['torch']} threads={results['threads']}",
+    lines = [f"mkdlib bench: device={results['device']} batch={results['batch']} amp (training step)="
+             f"{results['amp']} bf16_inference={results.get('bf16_inference')} channels_last="
+             f"{results['channels_last']} torch={results['torch']} threads={results['threads']}",
              f"cpu: {results.get('cpu')} (ISA: {', '.join(results.get('isa') or []) or 'no AVX2'}; "
              f"native bf16: {'yes' if results.get('native_bf16') else 'no'}; torch kernels: "
              f"{results.get('torch_cpu_capability')})",
@@ -188,10 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per case after one warm-up (default 3)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for ours (the naive baseline stays fp32)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for ours")
+    p.add_argument("--amp", choices=("on", "off"), default="off",
+                   help="bf16 autocast in ours' cloner training step too (config amp; default off); the naive "
+                        "baseline stays fp32")
+    p.add_argument("--bf16-inference", choices=("on", "off"), default="off",
+                   help="bf16 for ours' passes without gradients (source features, scoring; config "
+                        "bf16_inference; default off)")
+    p.add_argument("--channels-last", choices=SWITCH, default="auto",
+                   help="channels_last memory format for ours: auto (mkdlib's default: on), on, off")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--profile", action="store_true",
+                   help="print each case's top operators (torch.profiler) at the first size instead of timing")
+    p.add_argument("--throughput", action="store_true",
+                   help="training img/s of two one-thread processes side by side against one two-thread process")
     p.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # internal: one case, in this process
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -199,13 +318,22 @@ def main(argv: list[str] | None = None) -> int:
            [("sizes", 32, min(a.sizes)), ("batch", 1, a.batch), ("steps", 1, a.steps)] if value < low]
     if bad:  # 32 px: VGG-16's five 2x2 pools
         p.error("; ".join(bad))
-    if a.amp and torch.device(a.device).type == "cpu" and not hardware.native_bf16():
-        p.error(f"--amp: this CPU ({hardware.cpu_name()}) has no native bf16 (AVX-512 BF16 or AMX); torch would "
-                "emulate it, slower than fp32")
+    amp, channels_last, bf16_inference = a.amp == "on", SWITCH[a.channels_last], a.bf16_inference == "on"
+    if (amp or bf16_inference) and torch.device(a.device).type == "cpu" and not hardware.native_bf16():
+        p.error(f"--amp / --bf16-inference on: this CPU ({hardware.cpu_name()}) has no native bf16 (AVX-512 BF16 "
+                "or AMX); torch would emulate it, slower than fp32")
+    switches = (amp, channels_last, bf16_inference)
     if a.case:
-        print(json.dumps(run_case(a.case, a.size, a.batch, a.steps, a.device, a.amp, a.channels_last)))
+        print(json.dumps(run_case(a.case, a.size, a.batch, a.steps, a.device, *switches)))
         return 0
-    results = run_all(a.sizes, a.batch, a.steps, a.device, a.amp, a.channels_last, a.cases)
+    if a.profile:
+        print(profile_cases(a.cases, a.sizes[0], a.batch, a.device, *switches))
+        return 0
+    if a.throughput:
+        out = throughput(a.sizes[0], a.batch, a.steps, a.device, *switches)
+        print(json.dumps(out) if a.json else "\n".join(f"{k:<32}{v}" for k, v in out.items()))
+        return 0
+    results = run_all(a.sizes, a.batch, a.steps, a.device, *switches, cases=a.cases)
     print(json.dumps(results) if a.json else format_table(results))
     return 0
 

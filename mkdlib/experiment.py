@@ -11,6 +11,7 @@ final cloner's scores on its own training images.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -44,7 +45,7 @@ from mkdlib.models import Cloner, Source, weights_sha256
 from mkdlib.rundir import (  # noqa: F401  (re-exported: mkdlib.experiment is the public entry point)
     ENV, ERROR, FORMAT_VERSION, HISTORY, LOCK, METRICS, NOBLUR_SUFFIX, SCORES, SPEC, CorruptMetrics, RunError,
     RunLock, RunResult, RunSpec, canonical_json, check_methods, environment, load_run, localization_variants,
-    parse_method, read_metrics, read_spec, write_json, write_spec)
+    parse_method, read_metrics, read_spec, upgrade_root, write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, score, score_loss
 from mkdlib.train import (LAST, CheckpointError, build, cloner_path, fit, load_checkpoint, measure_speed,
                           missing_cloners, plan_text, restore_cloners, trained_epochs, write_history)
@@ -291,8 +292,9 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
     as it is. Raises the datasets' errors (e.g. DatasetNotFoundError) and RunError."""
     if isinstance(spec, dict):
         spec = RunSpec.from_dict(spec)
+    _upgrade_once(Path(results_root).expanduser().resolve())
     run_dir = Path(results_root).expanduser() / spec.key()
-    cfg = spec.mkd_config()
+    cfg = spec.mkd_config().resolve(device)  # spec.json records the precision and layout a run started with
     if _complete(run_dir, cfg):
         return _cached(run_dir, spec, device, progress, weights)
     check_device(device)
@@ -321,12 +323,27 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
     return _cached(run_dir, spec, device, progress, weights)
 
 
+@functools.lru_cache(maxsize=None)
+def _upgrade_once(root: Path) -> None:
+    """Rename a results folder's format-1 run directories to their keys (rundir.upgrade_root), once per
+    folder and process."""
+    upgrade_root(root)
+
+
 @contextmanager
 def _checkpoint_errors_as_run_errors():
     try:
         yield
     except CheckpointError as err:
         raise RunError(str(err)) from None
+
+
+def _finished(spec: RunSpec, root: str) -> bool:
+    """Whether spec's run is finished in root (its record usable as it is); False if it cannot tell."""
+    try:
+        return _complete(Path(root) / spec.key(), spec.mkd_config())
+    except ValueError:
+        return False
 
 
 def _complete(run_dir: Path, cfg: MKDConfig) -> bool:
@@ -355,11 +372,27 @@ def _set_aside_corrupt_metrics(run_dir: Path) -> None:
 def _cached(run_dir: Path, spec: RunSpec, device: str, progress: bool, weights=None) -> RunResult:
     """The finished run, with the localisation maps spec asks for added if it lacks them."""
     result = load_run(run_dir)
-    if result.spec.trained() != spec.trained():
+    if result.spec.key() != spec.key():  # execution settings may differ: the same experiment
         raise RunError(f"{run_dir} holds a different run ({result.spec.label()}); use another results folder")
     if spec.localization and _missing_maps(result, spec.localization):
         result = add_localization(run_dir, spec.localization, device=device, progress=progress, weights=weights)
     return result
+
+
+def finished_runs(specs: Iterable[RunSpec], results_root: str | Path) -> list[RunResult]:
+    """The specs' finished runs in results_root, read as they are and never trained; the others as
+    results with error_type "NotRun" (a table says "not run: ..."). For reading another profile's runs
+    without starting hours of training."""
+    root = Path(results_root).expanduser()
+    _upgrade_once(root.resolve())
+    out = []
+    for spec in specs:
+        run_dir = root / spec.key()
+        if _complete(run_dir, spec.mkd_config()):
+            out.append(load_run(run_dir))
+        else:
+            out.append(RunResult(spec, None, None, f"no finished run {spec.key()} in {root}", "NotRun"))
+    return out
 
 
 def evaluate(run_dir: str | Path, methods: Iterable[str] = (), *, device: str = "cpu", progress: bool = True,
@@ -402,7 +435,7 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
     fit_data = train if getattr(train, "deterministic", True) else \
         load_data(spec, cfg, split="train", augment=False)  # threshold on the images, not augmented copies
     train_scores = score(cloner, score_loss(cfg), fit_data, source=source, batch_size=cfg.batch_size,
-                         device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+                         device=device, amp=cfg.inference_bf16, channels_last=cfg.channels_last)
     threshold = float(np.percentile(train_scores, THRESHOLD_PERCENTILE))
     _write_scores(run_dir / SCORES, test, test_scores)
     calibration = {"image": image_calibration(train_scores.min(), threshold), "maps": {}}
@@ -506,17 +539,26 @@ def run_many(specs: Iterable[RunSpec], results_root: str | Path, *, executor: Ex
         bar.update(1)
         bar.set_postfix(failed=sum(not r.ok for r in done.values()))
 
-    own_pool = None
-    if executor is None and (workers or 1) > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        executor = own_pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                                  initializer=_init_worker, initargs=(threads,))
-    try:
-        if executor is None:
-            for spec in unique:
-                record(spec, _run_one(spec, root, device, progress))
+    own_pool, local, remote = None, unique, []  # runs in this process / on the executor
+    if executor is not None:
+        local, remote = [], unique
+    elif (workers or 1) > 1:
+        # A pool only for the runs left to train (finished ones are read here), no larger than their number:
+        # one run left trains in this process on every thread (README, "Speed": machine throughput).
+        remote = [s for s in unique if not _finished(s, root)]
+        if len(remote) > 1:
+            local = [s for s in unique if s not in remote]
+            workers = min(workers, len(remote))
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            executor = own_pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                                      initializer=_init_worker, initargs=(threads,))
         else:
-            futures = {executor.submit(_run_one, spec, root, device, False): spec for spec in unique}
+            remote = []
+    try:
+        for spec in local:
+            record(spec, _run_one(spec, root, device, progress))
+        if remote:
+            futures = {executor.submit(_run_one, spec, root, device, False): spec for spec in remote}
             for future in as_completed(futures):
                 spec = futures[future]
                 try:

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mkdlib.hardware import fast_defaults
 from mkdlib.models import Source
 
 _NP_DTYPE = {"float32": np.float32, "float16": np.float16}
@@ -48,7 +49,10 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def to_input(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+def to_input(x: Tensor, device: torch.device, channels_last: bool | None) -> Tensor:
+    """x on `device`, channels_last if asked (None: mkdlib's choice for the device)."""
+    if channels_last is None:
+        channels_last = fast_defaults(device)["channels_last"]
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -59,10 +63,14 @@ class FeatureStore:
     Kept in memory when they fit in `memory_budget_mb`, else in memory-mapped files in `spill_dir`.
     """
 
-    def __init__(self, features: dict[str, np.ndarray | Tensor], spill_dir: Path | None = None):
+    def __init__(self, features: dict[str, np.ndarray | Tensor], spill_dir: Path | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         self.features = features
         self.spill_dir = spill_dir
         self.n = len(next(iter(features.values())))
+        # get() returns this layout, the cloner's: element-wise ops and reductions over (C, H, W) then pair
+        # elements in the same order as with the source's own output (cached == uncached), with no copy.
+        self.memory_format = memory_format
 
     @classmethod
     def compute(
@@ -75,7 +83,7 @@ class FeatureStore:
         device: str | torch.device = "cpu",
         dtype: str = "float32",
         amp: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         memory_budget_mb: float = 4096,
         spill_dir: str | Path | None = None,
         progress: bool = False,
@@ -91,6 +99,9 @@ class FeatureStore:
         spill: Path | None = None
         offset = 0
         loader = image_loader(data, batch_size)
+        if channels_last is None:
+            channels_last = fast_defaults(device)["channels_last"]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         with torch.inference_mode(), autocast(device, amp):
             for x in tqdm(loader, desc="source features", disable=not progress, leave=False):
                 feats = source(to_input(x, device, channels_last))
@@ -102,7 +113,7 @@ class FeatureStore:
                     for k in layers:
                         shape = (n, *feats[k].shape[1:])
                         if spill is None:
-                            store[k] = torch.empty(shape, dtype=getattr(torch, dtype))
+                            store[k] = torch.empty(shape, dtype=getattr(torch, dtype)).contiguous(memory_format=layout)
                         else:
                             store[k] = np.lib.format.open_memmap(spill / f"{k}.npy", "w+", _NP_DTYPE[dtype], shape)
                 for k in layers:
@@ -112,24 +123,20 @@ class FeatureStore:
                     else:
                         store[k][offset : offset + len(x)] = f.numpy()
                 offset += len(x)
-        out = cls(store, spill)
+        out = cls(store, spill, layout)
         if spill is not None and not spill_dir:  # a temporary spill goes with the store
             weakref.finalize(out, shutil.rmtree, spill, ignore_errors=True)
         return out
 
-    @property
-    def nbytes(self) -> int:
-        return sum(int(v.nbytes) if isinstance(v, np.ndarray) else v.numel() * v.element_size() for v in self.features.values())
-
     def get(self, index: Tensor | Sequence[int], device: str | torch.device = "cpu") -> dict[str, Tensor]:
-        """Float32 features of the given images, on `device`."""
+        """Float32 features of the given images, on `device`, in the layout they were computed in."""
         out = {}
         for k, v in self.features.items():
             if isinstance(v, np.ndarray):
                 rows = torch.from_numpy(np.ascontiguousarray(v[np.asarray(index)]))
             else:
                 rows = v[torch.as_tensor(index)]
-            out[k] = rows.to(device, torch.float32, non_blocking=True)
+            out[k] = rows.to(device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
         return out
 
     def __len__(self) -> int:

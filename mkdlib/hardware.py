@@ -10,6 +10,8 @@ import platform
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 # /proc/cpuinfo flag -> the name printed, in order of appearance.
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
 
@@ -49,3 +51,26 @@ def describe_cpu() -> str:
     """One line for reports, e.g. 'AMD EPYC (AVX2; bf16 emulated, not native)'."""
     isa = ", ".join(cpu_isa()) or "no AVX2"
     return f"{cpu_name()} ({isa}; bf16 {'native' if native_bf16() else 'emulated, not native'})"
+
+
+def bf16_native(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU per `native_bf16`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and native_bf16()
+
+
+def fast_defaults(device: str | torch.device = "cpu") -> dict[str, bool]:
+    """The execution settings mkdlib picks when a configuration leaves them to it (None): channels_last
+    on every device (measured faster on AVX2 and AVX-512 CPUs, README "Speed"). bf16 is never a default:
+    `amp` / `bf16_inference` opt in, and only where `bf16_native`."""
+    return {"channels_last": True}
+
+
+def describe_device(device: str | torch.device) -> str:
+    """'this CPU (AMD EPYC (AVX2; bf16 emulated, not native))' or 'cuda:0 (NVIDIA H200)' for messages."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"this CPU ({describe_cpu()})" if device.type == "cpu" else str(device)

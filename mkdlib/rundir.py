@@ -14,6 +14,8 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from hashlib import sha256
 from importlib import metadata
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from mkdlib import __version__
-from mkdlib.config import MKDConfig, paper_config
+from mkdlib.config import EXECUTION_FIELDS, MKDConfig, paper_config
 from mkdlib.datasets import DATASET_NAMES, MVTEC_CATEGORIES
 from mkdlib.datasets.factory import ALIASES, WITH_CLASS
 from mkdlib.datasets.onecls import CLASS_NAMES, class_index
@@ -172,10 +174,15 @@ class RunSpec:
         """The spec of the training run alone (no localisation): what `key()` names and spec.json holds."""
         return replace(self, localization=())
 
-    def key(self) -> str:
+    def key(self, *, legacy: bool = False) -> str:
         """16 hex digits of sha256 over the canonical JSON of the trained spec and the run format
-        version (localization hashed as empty, as format-1 keys always had it)."""
+        version (localization hashed as empty, as keys always had it). The execution settings among
+        the config overrides (precision, layout, caching: EXECUTION_FIELDS) are left out, so that an
+        experiment has one key on every device; a spec without such overrides keeps the key it always
+        had. legacy=True: the key mkdlib gave before 2026-12, with them hashed (see `upgrade_root`)."""
         d = {"format": FORMAT_VERSION, **self.trained().to_dict()}
+        if not legacy:
+            d["config"] = {k: v for k, v in d["config"].items() if k not in EXECUTION_FIELDS}
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return sha256(text.encode()).hexdigest()[:16]
 
@@ -237,6 +244,28 @@ class RunLock:
         os.close(self.fd)
 
 
+@contextmanager
+def lock_if_free(run_dir: Path, *, create: bool):
+    """Yields whether run_dir's lock is free, holding it (exclusively, without waiting) until the block
+    ends. `rundir.RunLock` waits for the holder instead, which is right for training, wrong for a listing
+    or a removal. create=False tests only an existing .lock file (so a listing writes nothing); without
+    fcntl (Windows) every lock reads as free."""
+    path = run_dir / LOCK
+    if fcntl is None or not (create or path.is_file()):
+        yield True
+        return
+    fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # frees the lock
+
+
 class CorruptMetrics(RunError):
     """metrics.json is unreadable: the run is re-evaluated from its checkpoints, nothing is deleted."""
 
@@ -290,10 +319,36 @@ def read_spec(run_dir: Path) -> tuple[RunSpec, dict]:
     except (KeyError, TypeError, ValueError) as err:
         raise RunError(f"{run_dir / SPEC} holds a spec this mkdlib cannot read ({err}); re-run it into a "
                        "new results folder") from None
-    if d.get("key") != spec.key():
+    if d.get("key") not in (spec.key(), spec.key(legacy=True)):
         raise RunError(f"{run_dir / SPEC}: key {d.get('key')!r} does not match its spec ({spec.key()}); "
                        "it comes from an incompatible mkdlib version")
     return spec, d
+
+
+def upgrade_root(root: str | Path) -> list[tuple[str, str]]:
+    """Rename the run directories in `root` named by a legacy key (an execution setting such as amp
+    among their config overrides, hashed by mkdlib before 2026-12) to their key, rewriting spec.json's key;
+    nothing else changes. Skipped with a warning: a run another process holds, or one whose new name
+    is taken. Returns the (old, new) names moved; reads only spec.json files, so it is cheap."""
+    root, moved = Path(root).expanduser(), []
+    for spec_file in sorted(root.glob(f"*/{SPEC}")) if root.is_dir() else []:
+        run_dir = spec_file.parent
+        try:
+            spec, d = read_spec(run_dir)
+        except RunError:
+            continue  # unusable: left for the listing or the run to report
+        new = root / spec.key()
+        if d["key"] == spec.key() or run_dir.name != d["key"]:
+            continue
+        with lock_if_free(run_dir, create=False) as free:
+            if not free or new.exists():
+                why = "another process holds it" if not free else f"{new} exists"
+                warnings.warn(f"mkdlib: run {run_dir} keeps its legacy key ({why})", stacklevel=2)
+                continue
+            write_json(spec_file, {**d, "key": spec.key()})
+            run_dir.rename(new)
+        moved.append((run_dir.name, new.name))
+    return moved
 
 
 def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig) -> None:
@@ -301,7 +356,7 @@ def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig) -> None:
     spec = spec.trained()
     if (run_dir / SPEC).is_file():
         old, d = read_spec(run_dir)
-        if old.trained() != spec:
+        if old.key() != spec.key():
             raise RunError(f"{run_dir} holds a different run ({old.label()}); use another results folder")
         if not isinstance(d.get("config"), dict) or not cfg.matches(d["config"]):
             raise RunError(f"{run_dir} was started with another resolved configuration (an earlier mkdlib "

@@ -7,24 +7,24 @@ Listing writes nothing: a lock is only tested, and only where a `.lock` file alr
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
+from mkdlib.config import EXECUTION_FIELDS
 from mkdlib.datasets import DATASET_NAMES
 from mkdlib.datasets.factory import ALIASES
 from mkdlib.datasets.onecls import CLASS_NAMES
 from mkdlib.items import PROFILES
-from mkdlib.rundir import (ENV, ERROR, LOCK, METRICS, REEVALUATE, SPEC, RunError, RunSpec, fcntl,
-                           localization_variants, read_json, read_metrics, read_spec)
+from mkdlib.rundir import (ENV, ERROR, LOCK, METRICS, REEVALUATE, SPEC, RunError, RunSpec, localization_variants,
+                           lock_if_free, read_json, read_metrics, read_spec, upgrade_root)
 from mkdlib.train import CheckpointError, trained_epochs
 
 COLUMNS = ("key", "dataset", "class", "profile", "epochs", "status", "image AUROC", "pixel AUROC", "created")
 STATUSES = ("finished", "training", "failed", "corrupt", "locked")
-PROFILE_NAMES = ("paper", "smoke", "custom")
+PROFILE_NAMES = ("paper", "smoke", "fast", "custom")
 _KEY_LIKE = re.compile(r"[0-9a-f]{16}")  # a folder so named without spec.json is a broken run, not a stranger
 
 
@@ -32,35 +32,18 @@ def profile_name(spec: RunSpec) -> str:
     """Which profile a run looks like; spec.json records none, so this is derived from the spec alone:
     "paper" when it has no config overrides, no dataset options and no max_train/max_test (the paper's
     settings for its dataset, whole data); "smoke" when max_train or max_test is set or its epochs are
-    the smoke profile's; "custom" otherwise (any other override, e.g. amp or a shorter schedule)."""
-    if not spec.config and not spec.dataset_options and spec.max_train is None and spec.max_test is None:
+    the smoke profile's; "fast" when its overrides are the fast profile's for its dataset; "custom" otherwise (any other override, e.g. a shorter schedule). Execution
+    settings (precision, layout: config.EXECUTION_FIELDS) do not change what a run trains."""
+    trains = {k for k in spec.config if k not in EXECUTION_FIELDS}
+    if not trains and not spec.dataset_options and spec.max_train is None and spec.max_test is None:
         return "paper"
     smoke = PROFILES["smoke"]
     if spec.max_train is not None or spec.max_test is not None or spec.config.get("epochs") == smoke.config["epochs"]:
         return "smoke"
+    fast = PROFILES["fast"].overrides(spec.dataset)
+    if not spec.dataset_options and {k: spec.config[k] for k in trains} == fast:
+        return "fast"
     return "custom"
-
-
-@contextmanager
-def lock_if_free(run_dir: Path, *, create: bool):
-    """Yields whether run_dir's lock is free, holding it (exclusively, without waiting) until the block
-    ends. `rundir.RunLock` waits for the holder instead, which is right for training, wrong for a listing
-    or a removal. create=False tests only an existing .lock file (so a listing writes nothing); without
-    fcntl (Windows) every lock reads as free."""
-    path = run_dir / LOCK
-    if fcntl is None or not (create or path.is_file()):
-        yield True
-        return
-    fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # frees the lock
 
 
 def _locked(run_dir: Path) -> bool:
@@ -143,6 +126,7 @@ def results_root(path: str | Path) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise RunError(f"results folder {root} does not exist; pass --results DIR (or set $MKDLIB_RESULTS)")
+    upgrade_root(root)
     return root
 
 

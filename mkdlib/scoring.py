@@ -46,10 +46,11 @@ def score(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     amp: bool = False,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Per-image anomaly scores (N,), higher = more anomalous. Pass the source, or its features
-    of `data` computed once (FeatureStore) when several cloners score the same images."""
+    of `data` computed once (FeatureStore) when several cloners score the same images. amp: bf16 autocast;
+    channels_last None: mkdlib's default for the device (hardware.fast_defaults)."""
     if (source is None) == (features is None):
         raise ValueError("pass exactly one of source= or features=")
     device = torch.device(device)
@@ -102,7 +103,7 @@ def evaluate_checkpoints(
     loss = score_loss(cfg)
     features = FeatureStore.compute(
         source, test_data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=cfg.cache_dtype,
-        amp=cfg.amp, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb, progress=progress,
+        amp=cfg.inference_bf16, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb, progress=progress,
     )
     aurocs, scores = {}, {}
     for epoch in cfg.eval_epochs():
@@ -111,7 +112,7 @@ def evaluate_checkpoints(
             raise FileNotFoundError(f"missing cloner checkpoint {path}: train the run to epoch {cfg.epochs} first")
         cloner.load_state_dict(load_checkpoint(path)["cloner"])
         scores[epoch] = score(cloner, loss, test_data, features=features, batch_size=cfg.batch_size,
-                              device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+                              device=device, amp=cfg.inference_bf16, channels_last=cfg.channels_last)
         aurocs[epoch] = image_auroc(labels, scores[epoch])
     result = summarize(aurocs)
     result["scores"] = scores[max(scores)]

@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 
 from mkdlib import report
-from mkdlib.config import paper_config
-from mkdlib.experiment import RunResult, RunSpec, add_localization
-from mkdlib.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item, output_name,
-                          profile_of, title, varied_keys)
+from mkdlib.config import EXECUTION_FIELDS, paper_config
+from mkdlib.experiment import SPEC, RunResult, RunSpec, add_localization
+from mkdlib.rundir import read_json
+from mkdlib.io_utils import atomic_write_text
+from mkdlib.items import (AU_PRO, FAST_DEV, FAST_ROWS, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item,
+                          output_name, profile_of, title, varied_keys)
 from mkdlib.models import describe_weights, weights_sha256
 from mkdlib.paper import PAPER
 
@@ -73,6 +75,8 @@ def failure_note(result: RunResult) -> str:
     text = " ".join(str(result.error).split())
     if result.error_type == "DatasetNotFoundError":
         return report.not_run(text.split(" To obtain it")[0])
+    if result.error_type == "NotRun":  # experiment.finished_runs: read, never trained
+        return report.not_run(text)
     return f"failed: {result.error_type}: {text[:300]}"
 
 
@@ -126,9 +130,23 @@ def _weights(result: RunResult) -> str:
 
 
 def overrides_of(spec: RunSpec, exclude: Iterable[str] = ()) -> str:
-    """The run's MKDConfig overrides outside `exclude`, as "key=value, ..." ("" for none)."""
-    skip = set(exclude)
+    """The run's MKDConfig overrides of what it trains (execution settings aside) outside `exclude`, as
+    "key=value, ..." ("" for none)."""
+    skip = set(exclude) | set(EXECUTION_FIELDS)
     return ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items()) if k not in skip)
+
+
+def precision_of(result: RunResult) -> str:
+    """Where a finished run computed in bf16, from the configuration its spec.json recorded ("" for fp32)."""
+    path = result.run_dir / SPEC if result.run_dir is not None else None
+    recorded = read_json(path).get("config", {}) if path is not None and path.is_file() else {}
+    if recorded.get("amp"):
+        return "bf16 training and scoring"
+    return "bf16 scoring" if recorded.get("bf16_inference") else ""
+
+
+def _overrides(result: RunResult, exclude: Iterable[str]) -> str:
+    return ", ".join(t for t in (overrides_of(result.spec, exclude), precision_of(result)) if t)
 
 
 def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable[str] = ()) -> pd.DataFrame:
@@ -171,7 +189,7 @@ def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable
         out.append({"setting": name, "class": row, "final": 100 * final, "mean": 100 * mean,
                     "std": 100 * std, "n": len(ok), "note": note.lstrip("; "),
                     "weights": "; ".join(sorted({_weights(r) for r in (ok or runs)})),
-                    "overrides": "; ".join(sorted({overrides_of(r.spec, exclude) for r in runs}))})
+                    "overrides": "; ".join(sorted({_overrides(r, exclude) for r in runs}))})
     return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights",
                                       "overrides"])
 
@@ -182,7 +200,8 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
     plus the item's means-only summary (Table 1 from Table 11). Tables carry `profile`, `weights` (the
     source weights of each row's runs) and `overrides` (their config beyond the paper's and the profile's)."""
     it, prof = get_item(item), profile_of(profile)
-    long = collect(it, results, exclude=[*prof.config, *(["image_size"] if prof.image_size else [])])
+    profile_keys = {k for d in it.datasets for k in prof.overrides(d)}  # the profile's own, named by `profile`
+    long = collect(it, results, exclude=profile_keys)
     out: dict[str, pd.DataFrame] = {}
     for name in settings if settings is not None else it.settings:
         s = it.settings[name]
@@ -194,8 +213,9 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         if not s.compare:
             df[["paper", "paper_pm", "diff"]] = math.nan
         used = sorted({o for o in sub["overrides"] if o})
-        notes_below = list(it.notes) + [f"Runs with config overrides beyond the paper's protocol: {'; '.join(used)}"
-                                         " (see the overrides column and the README)."] * bool(used)
+        notes_below = list(it.notes) + [f"Runs with config overrides beyond the paper's protocol or computed in "
+                                         f"bf16: {'; '.join(used)} (see the overrides column and the README)."
+                                         ] * bool(used)
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
                         setting=name, notes=notes_below)  # written under the table by report.to_markdown
         df["profile"] = prof.name
@@ -258,3 +278,84 @@ def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunR
     return report.write_index(results_dir, profile=profile_of(profile).label,
                               weights=weights_used(results_dir, results), commit=commit)
 
+
+
+# --- the fast profile beside the paper's (issue 14) ----------------------------------------------------
+
+_COSTS = ("passes", "train_s")
+FAST_COLUMNS = ["item", "metric", "class", "dev", "paper_final", "paper_mean", "paper_std", "paper_passes",
+                "paper_train_s", "fast_final", "fast_mean", "fast_std", "fast_passes", "fast_train_s", "diff",
+                "passes_ratio", "time_ratio"]
+
+
+def _costs(item: str, results: Iterable[RunResult]) -> dict[str, dict[str, float]]:
+    """Per row of `item`: image passes (epochs x training images) and training seconds, averaged over runs."""
+    by_row: dict[str, list[dict]] = {}
+    for res in (r for r in results if r.ok):
+        row = row_of(item, res.spec)
+        if row is not None:
+            m = res.metrics
+            by_row.setdefault(row, []).append({"passes": m["epochs"] * m["n_train"], "train_s": m["timing_s"]["train"]})
+    return {row: {k: float(np.mean([c[k] for c in costs])) for k in _COSTS} for row, costs in by_row.items()}
+
+
+def fast_vs_paper(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.DataFrame:
+    """One row per FAST_ROWS class with runs in either profile: AUROC in % (final; mean, std over sampled
+    cloners or seeds) of each, fast - paper, and each one's image passes and training seconds per run with
+    the fast/paper ratios; `dev` marks the rows used to choose the schedule. Ends with per-item means."""
+    out = []
+    for item, setting in FAST_ROWS:
+        frames = {}
+        for name, res in (("paper", paper), ("fast", fast)):
+            long = collect(item, res)
+            frames[name] = long[long["setting"] == setting].set_index("class")
+        costs = {"paper": _costs(item, paper), "fast": _costs(item, fast)}
+        for cls in get_item(item).rows:
+            if not any(cls in f.index and f.at[cls, "n"] for f in frames.values()):
+                continue
+            row = {"item": item, "metric": setting or "auroc", "class": cls, "dev": (item, cls) in FAST_DEV}
+            for name, f in frames.items():
+                for k in ("final", "mean", "std"):
+                    row[f"{name}_{k}"] = f.at[cls, k] if cls in f.index else math.nan
+                for k in _COSTS:
+                    row[f"{name}_{k}"] = costs[name].get(cls, {}).get(k, math.nan)
+            row["diff"] = row["fast_final"] - row["paper_final"]
+            row["passes_ratio"] = row["fast_passes"] / row["paper_passes"]
+            row["time_ratio"] = row["fast_train_s"] / row["paper_train_s"]
+            out.append(row)
+    df = pd.DataFrame(out, columns=FAST_COLUMNS)
+    if df.empty:
+        return df
+    means = [{"item": item, "metric": metric, "class": "mean", "dev": False,
+              **sub.drop(columns=["item", "metric", "class", "dev"]).mean(skipna=False).to_dict()}
+             for (item, metric), sub in df.groupby(["item", "metric"], sort=False) if len(sub) > 1]
+    return pd.concat([df, pd.DataFrame(means)], ignore_index=True)
+
+
+def fast_vs_paper_markdown(df: pd.DataFrame) -> str:
+    """The comparison as a Markdown table (2 decimals; ratios to 3)."""
+    cols = FAST_COLUMNS
+
+    def cell(col, v):
+        if isinstance(v, (bool, np.bool_)):
+            return "dev" if v else ""
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else f"{v:.3f}" if col.endswith("ratio") else \
+                f"{v:,.0f}" if col.endswith(("passes", "_s")) else f"{v:.2f}"
+        return str(v)
+
+    lines = ["# The fast profile beside the paper's", "",
+             "AUROC in %; `fast` is ours (a fifth of the paper's epochs, warm-up + cosine lr), `paper` the "
+             "faithful protocol. diff = fast final − paper final. Passes and seconds are per run, as each run "
+             "recorded them (training only; the machines and threads of the sessions that ran them differ: "
+             "see each run's env.json). `dev`: rows whose test sets chose the schedule.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def save_fast_vs_paper(df: pd.DataFrame, results_dir: str | Path) -> tuple[Path, Path]:
+    """Write `<results_dir>/fast_vs_paper.csv` and `.md` atomically."""
+    results_dir = Path(results_dir)
+    csv = atomic_write_text(results_dir / "fast_vs_paper.csv", df.to_csv(index=False, float_format="%.10g"))
+    return csv, atomic_write_text(results_dir / "fast_vs_paper.md", fast_vs_paper_markdown(df))

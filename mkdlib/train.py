@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mkdlib.config import MKDConfig
+from mkdlib.config import MKDConfig, learning_rate
 from mkdlib.features import FeatureStore, autocast, image_loader, to_input
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 from mkdlib.losses import MKDLoss
@@ -149,28 +149,36 @@ def restore_cloners(new_cloner: Callable[[], Cloner], source: Source, data: Data
     return missing
 
 
+def source_target(source: Source, x: Tensor, cfg: MKDConfig, device: torch.device) -> dict[str, Tensor]:
+    """The frozen source's features of a batch, as the feature cache computes them (no gradients, in bf16
+    where cfg.inference_bf16 says): cached and uncached training see the same targets."""
+    with torch.no_grad(), autocast(device, cfg.inference_bf16):
+        return source(x)
+
+
 def measure_speed(cloner: Cloner, source: Source, cfg: MKDConfig, loss: MKDLoss, *, cached: bool,
                   device: str | torch.device = "cpu", steps: int = 2) -> float:
     """Training images/second on this machine for this configuration: `steps` timed cloner steps on one
     batch of random images (source features computed once when `cached`, as fit does), on a copy of the
     cloner, so that the run's own weights and RNG-driven data order are untouched."""
     device = torch.device(device)
+    cfg = cfg.resolve(device)
     probe = copy.deepcopy(cloner).to(device).train()
+    if cfg.channels_last:
+        probe.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
     images = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
     x = to_input(images, device, cfg.channels_last)
 
     def step():
+        target = fixed if cached else source_target(source, x, cfg, device)
         with autocast(device, cfg.amp):
-            with torch.no_grad():
-                target = fixed if cached else source(x)
             value = loss(probe(x), target)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
 
-    with torch.no_grad(), autocast(device, cfg.amp):
-        fixed = source(x) if cached else None
+    fixed = source_target(source, x, cfg, device) if cached else None
     step()  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -208,6 +216,7 @@ def fit(
     `history.csv`; a later call with the same directory resumes from `last.pt`.
     """
     device = torch.device(device)
+    cfg = cfg.resolve(device)
     loss = loss or MKDLoss(cfg.train_layers, value_weight=cfg.value_weight, direction_weight=cfg.direction_weight)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     cloner.to(device)
@@ -236,7 +245,7 @@ def fit(
     if cfg.cache_features and deterministic_data:
         store = FeatureStore.compute(
             source, data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=cfg.cache_dtype,
-            amp=cfg.amp, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb,
+            amp=cfg.inference_bf16, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb,
             spill_dir=ckpt_dir / "features" if ckpt_dir is not None else None, progress=progress,
         )
     sampler = EpochBatches(n, cfg.batch_size, cfg.seed)
@@ -247,14 +256,13 @@ def fit(
     for epoch in bar:  # 0-based index; after it, epoch + 1 passes are done
         sampler.set_epoch(epoch)
         t0, total, seen = time.perf_counter(), 0.0, 0
-        for index, x in zip(sampler, loader):
+        for batch, (index, x) in enumerate(zip(sampler, loader)):
             x = to_input(x, device, cfg.channels_last)
+            target = store.get(index, device) if store is not None else source_target(source, x, cfg, device)
+            if cfg.schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, epoch * len(sampler) + batch, len(sampler))
             with autocast(device, cfg.amp):
-                if store is not None:
-                    target = store.get(index, device)
-                else:
-                    with torch.no_grad():
-                        target = source(x)
                 value = loss(cloner(x), target)
             if not torch.isfinite(value):
                 if ckpt_dir is not None:  # keep what was computed

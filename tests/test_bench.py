@@ -16,6 +16,24 @@ def test_every_case_runs_and_reports(case):
     assert out["img_s"] > 0 and out["peak_mb"] > 0
 
 
+def test_ours_takes_the_device_defaults_and_naive_stays_fp32():
+    out = run_case("detect", size=32, batch=2, steps=1, device="cpu")
+    assert (out["amp"], out["bf16_inference"], out["channels_last"]) == (False, False, True)
+    naive = run_case("naive_detect", size=32, batch=2, steps=1, device="cpu", amp=True)
+    assert (naive["amp"], naive["bf16_inference"], naive["channels_last"]) == (False, False, False)
+
+
+def test_profile_and_throughput_modes_print_their_figures(capsys):
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    assert bench.main(["--profile", "--sizes", "32", "--batch", "2", "--cases", "detect"]) == 0
+    assert "== detect at 32 px" in (text := capsys.readouterr().out) and "Self CPU" in text
+    assert bench.main(["--throughput", "--json", "--sizes", "32", "--batch", "2", "--steps", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["two_vs_one"] == pytest.approx(out["two_processes_1_thread_img_s"] / out["one_process_2_threads_img_s"],
+                                              rel=0.01)
+    assert os.environ.get("OMP_NUM_THREADS") == env_threads  # the children's settings stay theirs
+
+
 def test_cli_prints_json_with_ratios():
     cmd = [sys.executable, "-m", "mkdlib.bench", "--json", "--sizes", "32", "--batch", "2", "--steps", "1",
            "--cases", "train", "naive_train", "source"]
@@ -59,5 +77,5 @@ def test_bad_arguments_are_refused(argv, words, capsys):
 def test_amp_is_refused_where_bf16_is_emulated(monkeypatch, capsys):
     monkeypatch.setattr(bench.hardware, "native_bf16", lambda: False)
     with pytest.raises(SystemExit):
-        bench.main(["--amp", "--device", "cpu"])
+        bench.main(["--amp", "on", "--device", "cpu"])
     assert "no native bf16" in capsys.readouterr().err

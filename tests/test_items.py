@@ -19,7 +19,7 @@ def test_items_match_the_paper_tables():
             paper_config(it.rows[it.smoke_rows[0]].dataset, **s.config)  # valid overrides
     assert items.ITEMS["table11"].summary == "table1"
     keys = {k for v in items.NOTEBOOKS.values() for k in v}
-    assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart"} == keys
+    assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart", "fast_vs_paper"} == keys
 
 
 def test_paper_profile_run_keys_are_pinned():
@@ -60,7 +60,7 @@ def test_smoke_profile_is_small_and_labelled(monkeypatch):
     assert items.specs_for("table11", "smoke")[0].max_test == items.SMOKE_MAX_TEST["table11"]
     assert "NOT paper numbers" in items.PROFILES["smoke"].label
     with pytest.raises(ValueError, match="unknown profile"):
-        items.specs_for("table3", "fast")
+        items.specs_for("table3", "quick")
 
 
 def test_classes_by_list_item_or_dataset():

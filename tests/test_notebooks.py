@@ -86,11 +86,11 @@ def _smoke_parameters(name: str, results: Path) -> dict:
     if LEATHER is not None:
         roots["mvtec"] = str(LEATHER)
     params = {"profile": "smoke", "results_dir": str(results), "data_roots": roots, "threads": 1,
-              "progress": False}
+              "progress": False, "executor": "sequential"}  # "auto" would spawn a pool per notebook
     if name == "table2_one_class_detection":  # a local process pool, as `-p executor=processes` would
         params.update(executor="processes", workers=2)
-    if name == "table6_medical":  # config overrides, as `-p 'config={"channels_last": true}'` would
-        params.update(config={"channels_last": True})
+    if name == "table6_medical":  # config overrides, as `-p 'config={"lr": 0.002}'` would
+        params.update(config={"lr": 0.002})
     return {k: v for k, v in params.items() if k in _parameters(_read(name))}
 
 
@@ -151,9 +151,15 @@ def test_smoke_run(name, smoke):
         assert ("figure1_mnist_0.png" in figures) == PRESENT["mnist"]
     if name == "table6_medical":  # every row that has runs names the override, and the Markdown says it
         overrides = pd.read_csv(smoke / "table6.csv", index_col=0)["overrides"].dropna()
-        assert len(overrides) and (overrides == "channels_last=True").all(), overrides
-        assert "config overrides: `channels_last=True`" in (smoke / "table6.md").read_text()
-    if name != "00_quickstart":
+        assert len(overrides) and overrides.str.startswith("lr=0.002").all(), overrides  # + ", bf16 scoring"
+        assert "config overrides: `lr=0.002" in (smoke / "table6.md").read_text()  # where bf16 is native
+    if name == "fast_vs_paper":  # smoke: the smoke profile beside itself, every row with runs
+        df = pd.read_csv(smoke / "fast_vs_paper.csv")
+        ran = df[df["class"] != "mean"].dropna(subset=["fast_final"])
+        assert (ran["fast_final"] == ran["paper_final"]).all() and (ran["passes_ratio"] == 1).all()
+        assert len(ran) or not any(PRESENT.values()), "rows ran where their data is present"
+        assert "| item | metric | class | dev |" in (smoke / "fast_vs_paper.md").read_text()
+    elif name != "00_quickstart":
         assert "smoke" in (smoke / "README.md").read_text()
     for metrics in (smoke / "runs").glob("*/metrics.json"):  # every finished run: fractions in [0, 1]
         m = json.loads(metrics.read_text())
@@ -172,7 +178,7 @@ def test_relative_results_land_beside_the_notebooks_from_any_working_directory(t
     elsewhere.mkdir()
     parameters = {"profile": "smoke", "results_dir": os.path.relpath(out, NOTEBOOK_DIR), "threads": 1,
                   "progress": False, "data_roots": json.dumps({"retina": str(tmp_path / "no_oct")}),
-                  "config": '{"channels_last": true}'}
+                  "config": '{"lr": 0.002}'}
     pm.execute_notebook(NOTEBOOK_DIR / "table5_retinal_oct.ipynb", tmp_path / "executed.ipynb",
                         parameters=parameters, kernel_name=regenerate.kernel_name(), cwd=str(elsewhere),
                         progress_bar=False)
@@ -180,4 +186,4 @@ def test_relative_results_land_beside_the_notebooks_from_any_working_directory(t
     assert {"table5.csv", "table5.md", "README.md"} <= {p.name for p in out.iterdir()}
     df = pd.read_csv(out / "table5.csv", index_col=0)
     assert str(tmp_path / "no_oct") in df.at["retinal_oct", "note"], df.at["retinal_oct", "note"]
-    assert df.at["retinal_oct", "overrides"] == "channels_last=True"
+    assert df.at["retinal_oct", "overrides"] == "lr=0.002"

@@ -129,7 +129,10 @@ def test_shared_scale_and_normalised_scores_separate_good_from_defective(trained
     shown = np.array([np.clip(m, 0, 1).mean() for m in maps])  # as the figures draw them
     good = _good(table).to_numpy()
     assert shown[good].mean() < 0.8 * shown[~good].mean()
-    assert table.loc[good, "score"].max() < 0.5 < table.loc[~good, "score"].median()
+    # The threshold is the 95th percentile of the training scores, so a good image may lie above it (1 in 20):
+    # the medians are what a 15-epoch toy detector can be held to on every CPU's kernels.
+    assert table.loc[good, "score"].median() < 0.5 < table.loc[~good, "score"].median()
+    assert ((table["score"] > 0.5) == table["anomalous"]).all()  # the decision is the normalised score at 0.5
 
 
 def test_a_user_threshold_on_the_raw_score_is_0_5_on_the_normalised_one(trained, tmp_path):

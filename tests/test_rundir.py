@@ -7,8 +7,8 @@ import time
 import pytest
 
 from mkdlib.localization import METHODS
-from mkdlib.rundir import (NOBLUR_SUFFIX, RunError, RunLock, RunSpec, environment, load_run, localization_variants,
-                           parse_method, write_json, write_spec)
+from mkdlib.rundir import (NOBLUR_SUFFIX, SPEC, RunError, RunLock, RunSpec, environment, load_run,
+                           localization_variants, parse_method, read_spec, upgrade_root, write_json, write_spec)
 
 METRICS = {"image_auroc": {"final": 0.5, "per_epoch": {"2": 0.4, "4": 0.5}}, "threshold": 1.0, "pixel": {}}
 
@@ -123,3 +123,28 @@ def test_the_lock_makes_a_second_holder_wait(tmp_path):
 def test_environment_names_versions_and_device():
     env = environment("cpu")
     assert env["packages"]["torch"] and env["device"] == "cpu" and "git_commit" in env and env["format"] == 1
+
+
+def test_execution_settings_leave_the_key_alone():
+    """Precision and layout are how a run is computed, not what: one key on every device."""
+    base = RunSpec("mnist", 0)
+    fast = RunSpec("mnist", 0, config={"amp": True, "channels_last": True, "checkpoint_every": 5})
+    assert fast.key() == base.key() == "525a9b82cb562ca5"
+    assert fast.key(legacy=True) != base.key(legacy=True) == base.key()
+
+
+def test_upgrade_root_renames_legacy_keys_only(tmp_path):
+    legacy = RunSpec("mnist", 0, config={"amp": True})
+    old_dir = tmp_path / legacy.key(legacy=True)
+    old_dir.mkdir()
+    write_json(old_dir / SPEC, {"format": 1, "key": legacy.key(legacy=True), "mkdlib": "0.3",
+                                "spec": legacy.to_dict(), "config": legacy.mkd_config().to_dict()})
+    (old_dir / "metrics.json").write_text("{}")
+    current = tmp_path / RunSpec("mnist", 1).key()
+    current.mkdir()
+    write_spec(current, RunSpec("mnist", 1), RunSpec("mnist", 1).mkd_config())
+    assert upgrade_root(tmp_path) == [(old_dir.name, legacy.key())]
+    new_dir = tmp_path / legacy.key()
+    assert (new_dir / "metrics.json").read_text() == "{}" and not old_dir.exists()
+    assert read_spec(new_dir)[1]["key"] == legacy.key()
+    assert upgrade_root(tmp_path) == [] and current.is_dir()  # idempotent; current keys untouched

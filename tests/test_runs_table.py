@@ -121,7 +121,7 @@ def test_each_filter_keeps_only_matching_runs(results, capsys, args, expected):
 
 @pytest.mark.parametrize("args, message", [
     (["--status", "done"], "unknown status 'done'"),
-    (["--profile", "fast"], "unknown profile 'fast'"),
+    (["--profile", "quick"], "unknown profile 'quick'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--rm", CORRUPT, "--status", "failed"], "--rm takes run keys only"),
 ])

@@ -4,6 +4,7 @@ config overrides; the files and the index written."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -33,20 +34,34 @@ def _missing(spec: RunSpec, where: str = "/data/mvtec/bottle/train") -> RunResul
 
 
 def test_config_overrides_reach_every_run_and_the_tables():
-    specs = items.specs_for("table6", "paper", classes=["headct"], config={"amp": True, "channels_last": True})
-    assert len(specs) == 5 and all(s.config == {"amp": True, "channels_last": True} for s in specs)
+    specs = items.specs_for("table6", "paper", classes=["headct"], config={"lr": 0.002, "channels_last": True})
+    assert len(specs) == 5 and all(s.config == {"lr": 0.002, "channels_last": True} for s in specs)
     df = tabulation.tables("table6", [_ok(s) for s in specs], profile="paper")["table6"]
-    assert df.at["headct", "overrides"] == "amp=True, channels_last=True" and "5 seeds" in df.at["headct", "note"]
-    assert any("amp=True, channels_last=True" in n for n in df.attrs["notes"])
-    aug = items.specs_for("table6", "paper", classes=["headct_aug"], seeds=[0], config={"amp": True})
-    assert aug[0].config == {"amp": True, "augment": True}  # the row's own key is not an override
-    assert tabulation.tables("table6", [_ok(aug[0])], profile="paper")["table6"].at["headct_aug", "overrides"] == "amp=True"
+    # what a run trains is named; how it was computed (layout) is not an override
+    assert df.at["headct", "overrides"] == "lr=0.002" and "5 seeds" in df.at["headct", "note"]
+    assert any("lr=0.002" in n for n in df.attrs["notes"])
+    aug = items.specs_for("table6", "paper", classes=["headct_aug"], seeds=[0], config={"lr": 0.002})
+    assert aug[0].config == {"lr": 0.002, "augment": True}  # the row's own key is not an override
+    assert tabulation.tables("table6", [_ok(aug[0])], profile="paper")["table6"].at["headct_aug", "overrides"] == "lr=0.002"
     plain = tabulation.tables("table6", [_ok(items.specs_for("table6", "paper", classes=["headct"])[0])], profile="paper")
     assert plain["table6"].at["headct", "overrides"] == "" and not any("overrides" in n for n in plain["table6"].attrs["notes"])
     smoke = tabulation.tables("table6", [_ok(s) for s in items.specs_for("table6", "smoke")], profile="smoke")["table6"]
     assert (smoke["overrides"].dropna() == "").all()  # the profile's own settings are not overrides
     with pytest.raises(ValueError, match="augment"):
         items.specs_for("table6", "paper", config={"augment": True})  # what Table 6 compares
+
+
+@pytest.mark.parametrize("recorded, shown", [({"amp": True}, "bf16 training and scoring"),
+                                             ({"amp": False, "bf16_inference": True}, "bf16 scoring"),
+                                             ({"amp": False, "bf16_inference": False}, ""), ({}, "")])
+def test_the_tables_say_where_a_run_computed_in_bf16(tmp_path, recorded, shown):
+    """From the configuration the run recorded (spec.json), whatever the spec asked for."""
+    spec = items.specs_for("table6", "paper", classes=["headct"], seeds=[0])[0]
+    run_dir = tmp_path / spec.key()
+    run_dir.mkdir()
+    (run_dir / "spec.json").write_text(json.dumps({"config": {**spec.mkd_config().to_dict(), **recorded}}))
+    df = tabulation.tables("table6", [RunResult(spec, run_dir, _metrics(0.9))], profile="paper")["table6"]
+    assert df.at["headct", "overrides"] == shown
     with pytest.raises(ValueError, match="unknown MKDConfig field.*'ampp'"):
         items.specs_for("table6", "paper", config={"ampp": True})
 
@@ -174,3 +189,24 @@ def test_table1_rows_are_settings_in_markdown(tmp_path):
     tabulation.save_tables(tabulation.tables("table11", [_ok(spec, pixel=pixel)], profile="paper"), tmp_path)
     text = (tmp_path / "table1.md").read_text()
     assert "| setting | paper |" in text and "| Gradients + Gaussian | 90.51 |" in text
+
+
+def test_fast_beside_paper_rows_ratios_means_and_dev():
+    specs = items.fast_comparison_specs("paper", classes={"table2_mnist": ["0", "5"], "table2_fashionmnist": [],
+                                                          "table6": [], "table3": [], "table4": []})
+    assert {s.dataset for s in specs["fast"]} == {"mnist"} and all(s.config["schedule"] == "cosine" for s in specs["fast"])
+
+    def done(spec, final, epochs, seconds):
+        res = _ok(spec, final)
+        res.metrics.update(epochs=epochs, n_train=100, timing_s={"train": seconds})
+        return res
+
+    paper = [done(s, 0.99, 51, 500.0) for s in specs["paper"]]
+    fast = [done(s, 0.98, 10, 90.0) for s in specs["fast"][:1]]  # class 5's fast run is missing
+    df = tabulation.fast_vs_paper(paper, fast).set_index("class")
+    assert list(df.index) == ["0", "5", "mean"] and bool(df.at["0", "dev"]) and not df.at["5", "dev"]
+    assert df.at["0", "diff"] == pytest.approx(-1.0) and df.at["0", "passes_ratio"] == pytest.approx(10 / 51)
+    assert df.at["0", "time_ratio"] == pytest.approx(0.18) and math.isnan(df.at["5", "fast_final"])
+    assert math.isnan(df.at["mean", "fast_final"]) and df.at["mean", "paper_final"] == pytest.approx(99.0)
+    text = tabulation.fast_vs_paper_markdown(df.reset_index())
+    assert "| table2_mnist | auroc | 0 | dev | 99.00 |" in text and "0.196" in text and "—" in text

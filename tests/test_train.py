@@ -39,8 +39,9 @@ def test_tiny_fit_lowers_the_loss_and_writes_checkpoints(tmp_path):
     assert all(cloner_path(tmp_path, e).exists() for e in cfg.eval_epochs())
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    cfg = _cfg()
+@pytest.mark.parametrize("schedule", [{}, {"schedule": "cosine", "warmup_epochs": 1, "lr": 3e-3}])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, schedule):
+    cfg = _cfg(**schedule)  # the paper's constant lr, and the fast profile's schedule (a function of the step)
     source, cloner, _ = build(cfg, weights=None)
     fit(cloner, source, _data(), cfg, checkpoint_dir=tmp_path / "a", progress=False)
     expected = _weights(cloner)
@@ -123,3 +124,20 @@ def test_plan_text_and_speed_measurement():
     before = {k: v.clone() for k, v in cloner.state_dict().items()}
     assert measure_speed(cloner, source, cfg, loss, cached=True, steps=1) > 0
     assert all(torch.equal(before[k], v) for k, v in cloner.state_dict().items())  # the run's cloner untouched
+
+
+def test_the_schedule_reaches_the_optimizer(tmp_path, monkeypatch):
+    """Each step's lr is config.learning_rate of that step; the constant schedule never touches it."""
+    from mkdlib import config as config_module, train
+
+    seen = []
+    real = config_module.learning_rate
+    monkeypatch.setattr(train, "learning_rate", lambda cfg, step, n: seen.append((step, n)) or real(cfg, step, n))
+    cfg = _cfg(schedule="cosine", warmup_epochs=1, lr=3e-3)
+    source, cloner, _ = build(cfg, weights=None)
+    fit(cloner, source, _data(), cfg, progress=False)
+    assert seen == [(step, 3) for step in range(12)]  # 20 images, batch 8: 3 steps per epoch, 4 epochs
+    seen.clear()
+    source, cloner, _ = build(_cfg(), weights=None)
+    fit(cloner, source, _data(), _cfg(), progress=False)
+    assert seen == []

@@ -1,0 +1,135 @@
+"""`mkd regenerate --train-only` and scripts/regenerate_gpu.sh: the notebooks' own run keys, built and run
+without papermill; absent data skipped, not failed; one archive of run records; the script end to end on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mkdlib import regenerate
+from mkdlib.datasets import make_synthetic
+from mkdlib.experiment import RunResult, RunSpec
+from mkdlib.items import NOTEBOOKS
+from mkdlib.models import WEIGHTS_ENV
+
+SCRIPT = regenerate.REPO / "scripts" / "regenerate_gpu.sh"
+TINY = {"n_train": 8, "n_test_good": 3, "n_test_defect": 3, "size": 64}
+
+
+def _notebook_keys(name: str, **parameters) -> list[str]:
+    """The run keys the notebook itself builds: its cells executed up to the one that assigns `specs`."""
+    cells = [c for c in json.loads((regenerate.NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
+             if c["cell_type"] == "code"]
+    scope: dict = {}
+    for cell in cells:
+        exec("".join(cell["source"]), scope)
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            scope.update(parameters)
+        if "specs" in scope:  # fast_vs_paper: {"paper": read, "fast": trained}; it trains the fast side
+            specs = scope["specs"]["fast"] if isinstance(scope["specs"], dict) else scope["specs"]
+            return [s.key() for s in specs]
+    raise AssertionError(f"{name} assigns no specs")
+
+
+@pytest.mark.parametrize("name", [nb for nb in NOTEBOOKS if nb != "00_quickstart"])
+@pytest.mark.parametrize("parameters", [{"profile": "paper"}, {"profile": "smoke"},
+                                        {"profile": "smoke", "classes": {"mvtec": ["bottle"]}, "seeds": [3]}])
+def test_notebook_specs_are_the_notebooks_own(name, parameters, no_locations):
+    options = {k: v for k, v in parameters.items() if k != "profile"}
+    ours = regenerate.notebook_specs(name, parameters["profile"], **options)
+    assert [s.key() for specs in ours.values() for s in specs] == _notebook_keys(name, **parameters)
+    assert regenerate.notebook_specs("00_quickstart", "smoke") == {}  # the demo has no cached runs
+
+
+@pytest.fixture
+def no_locations(monkeypatch):
+    """$MKDLIB_DATA and $MKDLIB_VGG16_WEIGHTS unset, and restored after the test (main's --data-root and
+    --weights set them in this process)."""
+    for env in ("MKDLIB_DATA", WEIGHTS_ENV):
+        monkeypatch.setenv(env, "")  # records the value to restore, even "unset"
+        monkeypatch.delenv(env)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A data root ($MKDLIB_DATA layout) with one tiny MVTec AD category, leather (the smoke profile's row)."""
+    root = tmp_path / "data"
+    (root / "mvtec").mkdir(parents=True)
+    shutil.copytree(make_synthetic(tmp_path / "synthetic", **TINY), root / "mvtec" / "leather")
+    return root
+
+
+def test_train_only_runs_the_notebook_keys_without_papermill(data, tmp_path, monkeypatch, capsys, no_locations):
+    for module in ("papermill", "nbformat", "jupyter_client"):
+        monkeypatch.setitem(sys.modules, module, None)  # as on a GPU machine without Jupyter
+    runs, log, archive = tmp_path / "runs", tmp_path / "train.log", tmp_path / "runs.tar.gz"
+    argv = ["--train-only", "--profile", "smoke", "--device", "cpu", "--only", "table3", "table5",
+            "--data-root", str(data), "--runs-dir", str(runs), "--log", str(log), "--archive", str(archive)]
+    assert regenerate.main(argv) == 0  # Table 5's absent OCT data is skipped, not a failure
+    key, = _notebook_keys("table3_mvtec_detection", profile="smoke")  # the notebook's own key, same settings
+    assert (runs / key / "metrics.json").is_file() and [p.name for p in runs.iterdir()] == [key]
+    out = capsys.readouterr().out
+    assert "table3: 1 runs (1 new, 0 cached), 0 failed" in out
+    assert "table5: skipped: no data here: retina (not run: " in out and "OCT2017" in out
+    assert log.read_text().count("table3: 1 runs (1 new") == 1
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert f"{key}/metrics.json" in names and f"{key}/spec.json" in names
+    assert [n for n in names if "/checkpoints/" in n] == [f"{key}/checkpoints/cloner_e0002.pt"]  # final only
+    assert regenerate.main(argv) == 0
+    assert "table3: 1 runs (0 new, 1 cached), 0 failed" in capsys.readouterr().out  # never retrained
+
+
+def test_train_only_exits_non_zero_when_a_run_fails(monkeypatch, tmp_path, capsys, no_locations):
+    spec = RunSpec("mvtec", "leather")
+    broken = RunResult(spec, None, None, "cloner diverged", "RunError")
+    monkeypatch.setattr(regenerate, "run_many", lambda specs, root, **kw: [broken for _ in specs])
+    argv = ["--train-only", "--profile", "smoke", "--only", "table3", "--runs-dir", str(tmp_path)]
+    assert regenerate.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "table3: 1 runs (0 new, 0 cached), 1 failed" in captured.out
+    assert "FAILED mvtec leather seed 0" in captured.err and "cloner diverged" in captured.err
+
+
+def test_train_only_refuses_what_it_cannot_use(tmp_path, capsys, no_locations):
+    base = ["--train-only", "--profile", "smoke", "--only", "table3", "--runs-dir", str(tmp_path)]
+    assert regenerate.main([*base, "-p", "executor=processes"]) == 2
+    assert regenerate.main([*base, "--data-root", str(tmp_path / "absent")]) == 2
+    assert regenerate.main([*base, "--weights", str(tmp_path / "absent.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "['executor'] are not used by --train-only" in err and "absent is not a folder" in err
+    assert "absent.pth is not a file" in err
+    assert not any(tmp_path.iterdir()), "refused before any run"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_the_gpu_script_in_smoke_mode_on_cpu(data, tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (data / "mvtec").rename(shared / "data" / "mvtec_leather_sample")  # the shared folder's own naming
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop(WEIGHTS_ENV, None)
+    env.pop("OUT", None)
+    out = tmp_path / "out"
+    cmd = ["bash", str(SCRIPT), "--shared", str(shared), "--device", "cpu", "--profile", "smoke",
+           "--only", "table3", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["regenerate_gpu.log", "runs.tar.gz"]
+    log = (out / "regenerate_gpu.log").read_text()
+    assert "mvtec [leather ]" in log and "torch " in log and "table3: 1 runs (" in log and "0 failed" in log
+    assert "--render runs.tar.gz --profile smoke" in log
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        assert any(n.endswith("/metrics.json") for n in tar.getnames())
+    if not subprocess.run([sys.executable, "-c", "import torch; assert torch.cuda.is_available()"]).returncode == 0:
+        cuda = subprocess.run(cmd[:4] + ["--device", "cuda", *cmd[6:]], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert cuda.returncode == 2 and "torch sees no CUDA GPU here" in cuda.stdout + cuda.stderr
