@@ -25,6 +25,7 @@ from mkdlib import hardware
 from mkdlib.features import autocast, to_input
 from mkdlib.losses import MKDLoss
 from mkdlib.models import SCORE_LAYERS, TRAIN_LAYERS, Cloner, Source
+from mkdlib.postprocess import grey
 
 CASES = ("train", "train_uncached", "train_compiled", "naive_train", "detect", "naive_detect", "evaluate",
          "naive_evaluate", "localize", "naive_localize", "smoothgrad",
@@ -49,7 +50,18 @@ def _localization_step(case: str, source: Source, cloner: Cloner, loss: MKDLoss,
         few = x[:SMOOTHGRAD_IMAGES]
         return (lambda: loc.localize(few, source, cloner, loss, method=loc.SMOOTHGRAD, n_samples=50)), len(few)
     source.requires_grad_(True)  # naive: the released code's per-image loop, gradients into VGG too
-    return (lambda: loc.finish_maps(loc._grey(loc._naive_grads(x, source, cloner, loss)), loc.GRADIENTS)), len(x)
+    return (lambda: loc.finish_maps(grey(naive_input_grads(x, source, cloner, loss).numpy()), loc.GRADIENTS)), len(x)
+
+
+def naive_input_grads(images: torch.Tensor, source: Source, cloner: Cloner, loss: MKDLoss) -> torch.Tensor:
+    """The released code's localisation loop: one image at a time, `.backward()` into every parameter."""
+    grads = torch.zeros_like(images)
+    for i in range(len(images)):
+        x = images[i:i + 1].clone().requires_grad_(True)
+        cloner.zero_grad()
+        loss(cloner(x), source(x), reduction="mean").backward()
+        grads[i] = x.grad[0]
+    return grads
 
 
 def conv_gflop(module: torch.nn.Module, size: int) -> float:

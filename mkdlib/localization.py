@@ -6,8 +6,6 @@ images don't interact, so d(sum_b loss_b)/dx_b = d(loss_b)/dx_b, the released co
 """
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -193,60 +191,3 @@ def localize(images: Tensor, source: nn.Module, cloner: nn.Module, loss: nn.Modu
     raw = attribution_maps(images, source, cloner, loss, method=method, n_samples=n_samples,
                            sigma=sigma, generator=generator, max_batch=max_batch)
     return finish_maps(raw.numpy(), method, blur=blur, sigma=blur_sigma, open_maps=open_maps)
-
-
-def _naive_grads(images: Tensor, source: nn.Module, cloner: nn.Module, loss: nn.Module) -> Tensor:
-    """The released code's loop: one image at a time, `.backward()` into every parameter."""
-    grads = torch.zeros_like(images)
-    for i in range(len(images)):
-        x = images[i:i + 1].clone().requires_grad_(True)
-        cloner.zero_grad()
-        loss(cloner(x), source(x), reduction="mean").backward()
-        grads[i] = x.grad[0]
-    return grads
-
-
-def benchmark_localization(source: nn.Module, cloner: nn.Module, loss: nn.Module, *, image_size: int = 128,
-                           batch: int = 16, repeats: int = 2, smoothgrad_batch: int = 1,
-                           n_samples: int = 50, seed: int = 0) -> dict[str, float | int]:
-    """Images per second: batched vanilla gradients, the released code's per-image loop (source
-    parameters trainable, on copies of both networks), and batched SmoothGrad with `n_samples`.
-    Best of `repeats` alternating timings after one warm-up; random [0, 1] images on the source's device.
-    """
-    device = next(source.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand((batch, 3, image_size, image_size), generator=gen).to(device)
-
-    naive_source, naive_cloner = copy.deepcopy(source), copy.deepcopy(cloner).eval()
-    naive_source.requires_grad_(True)  # as the released code leaves VGG-16; on a copy only
-
-    def batched() -> np.ndarray:
-        return localize(images, source, cloner, loss)
-
-    def naive() -> np.ndarray:
-        return finish_maps(_grey(_naive_grads(images, naive_source, naive_cloner, loss)), GRADIENTS)
-
-    # Warm up, then alternate the two so that both see the same load on a shared machine.
-    runs: dict[str, list[float]] = {"batched": [], "naive": []}
-    for round_ in range(repeats + 1):
-        for name, fn in (("batched", batched), ("naive", naive)):
-            start = time.perf_counter()
-            fn()
-            if round_:
-                runs[name].append(time.perf_counter() - start)
-    few = images[:smoothgrad_batch]
-    start = time.perf_counter()  # n_samples passes per image: long enough to time once
-    localize(few, source, cloner, loss, method=SMOOTHGRAD, n_samples=n_samples,
-             generator=torch.Generator(device).manual_seed(seed))
-    smooth = len(few) / (time.perf_counter() - start)
-    fast, slow = batch / min(runs["batched"]), batch / min(runs["naive"])
-    return {
-        "image_size": image_size,
-        "batch": batch,
-        "localize_img_s": fast,
-        "naive_localize_img_s": slow,
-        "speedup": fast / slow,
-        "smoothgrad_img_s": smooth,
-        "smoothgrad_n_samples": n_samples,
-        "threads": torch.get_num_threads(),
-    }

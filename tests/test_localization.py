@@ -214,11 +214,3 @@ def test_bad_input(nets, images):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         loc.attribution_maps(bad, source, cloner, loss)
-
-
-def test_benchmark_smoke(nets):
-    source, cloner, loss = nets
-    out = loc.benchmark_localization(source, cloner, loss, image_size=SIZE, batch=2, repeats=1, n_samples=2)
-    for key in ("localize_img_s", "naive_localize_img_s", "smoothgrad_img_s", "speedup"):
-        assert out[key] > 0
-    assert all(not p.requires_grad for p in source.parameters())  # the naive loop used a copy
