@@ -41,15 +41,17 @@ WEIGHTS_HELP = ("the source weights file on this machine (default: as the run re
                 "SHA-256 differs from the one the run was trained with")
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    """KEY=VALUE, VALUE parsed as JSON when it is JSON (2, 0.5, true, [..]), else kept a string."""
+def key_value(text: str) -> tuple[str, object]:
+    """KEY=VALUE (`--config`, `--option`, `mkd regenerate -p`): KEY a name ('-' read as '_'), VALUE parsed as
+    JSON when it is JSON (2, 0.5, true, null, [..], {..}), else kept a string."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    key = key.replace("-", "_")
+    if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.replace("-", "_"), json.loads(value)
+        return key, json.loads(value)
     except json.JSONDecodeError:
-        return key.replace("-", "_"), value
+        return key, value
 
 
 def _default_device() -> str:
@@ -80,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--profile", choices=("paper", "fast"), default="paper",
                    help="paper: the paper's protocol (default, the faithful reproduction); fast: ours, a fifth "
                         "of the epochs with a warm-up + cosine learning rate (README, 'The fast profile')")
-    t.add_argument("--config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    t.add_argument("--config", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="MKDConfig override on top of the profile's settings, e.g. epochs=51 (repeatable)")
-    t.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    t.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option passed to get_dataset (repeatable; VALUE as JSON). folder: "
                         "normal_dir=normal, abnormal_dir=abnormal (or a list, '[\"crack\", \"scratch\"]'), "
                         "mask_dir (none), normal_test_dir (none: a seeded test_split_ratio=0.2 of normal_dir), "

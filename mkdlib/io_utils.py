@@ -1,8 +1,11 @@
-"""Atomic file writes: every file mkdlib writes goes through here (temporary file + rename)."""
+"""Files: atomic writes (every file mkdlib writes goes through here: temporary file + rename) and the
+SHA-256 of a file (weights and archives are checked by it)."""
 
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +36,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, computed once per (path, size, modification time) in a process."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

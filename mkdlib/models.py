@@ -7,8 +7,6 @@ a loss. Layer names are the only way layers are referred to in mkdlib.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import re
 import urllib.parse
@@ -20,6 +18,8 @@ from torch import Tensor, nn
 from torchvision.models import VGG16_Weights
 from torchvision.models.vgg import cfgs as VGG_CFGS
 from torchvision.models.vgg import make_layers
+
+from mkdlib.io_utils import file_sha256
 
 # Index of each max-pool in torchvision's `vgg16().features`; the reference taps the outputs of
 # features[9], [16], [23], [30] (pool2..pool5). Shapes at 128 px: pool2 (128,32,32), pool3 (256,16,16),
@@ -116,21 +116,6 @@ def _load_features(features: nn.Sequential, path: Path) -> None:
                          "of torchvision's vgg16().features (13 convolutions, keys '0.weight' ... '28.bias') "
                          "or of a whole vgg16(), not of another network such as VGG-11 or vgg16_bn")
     features.load_state_dict(state)
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, computed once per (path, size, modification time) in a process."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(recorded: str | None) -> str | None:

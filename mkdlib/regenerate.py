@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from mkdlib.cli import key_value
 from mkdlib.datasets import ENV_VAR as DATA_ENV
 from mkdlib.experiment import HISTORY, LOCK, RunResult, RunSpec, check_device, run_many
 from mkdlib.items import (FIGURE1_ROWS, FIGURES, ITEMS, NOTEBOOKS, PROFILES, fast_comparison_specs, notebooks_for,
@@ -361,17 +362,6 @@ def _train_main(args: argparse.Namespace, names: Sequence[str], runs_dir: Path) 
     return 1 if failed else 0
 
 
-def _parameter(text: str) -> tuple[str, Any]:
-    """KEY=VALUE with VALUE as JSON when it parses (numbers, lists, dicts, null), else a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mkd regenerate", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=list(PROFILES), default="paper",
@@ -381,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help=f"results folder (default: {RESULTS_DIR} for the paper profile, "
                                      f"{RESULTS_DIR}/<profile> for the others)")
     p.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
-    p.add_argument("-p", "--parameter", action="append", type=_parameter, default=[], metavar="KEY=VALUE",
+    p.add_argument("-p", "--parameter", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help='a notebook parameter, e.g. -p device=cuda -p executor=processes -p workers=4 '
                         '-p \'data_roots={"mvtec": "/data/mvtec"}\' (repeatable)')
     p.add_argument("--force", action="store_true",

@@ -17,6 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from mkdlib import regenerate, tabulation
+from mkdlib.cli import key_value
 from mkdlib.items import NOTEBOOKS
 
 
@@ -31,12 +32,12 @@ def test_select_by_item_figure_or_notebook():
 
 
 def test_parameters_parse_as_json_or_text():
-    assert regenerate._parameter("workers=4") == ("workers", 4)
-    assert regenerate._parameter("data_root=null") == ("data_root", None)
-    assert regenerate._parameter('data_roots={"mvtec": "/d"}') == ("data_roots", {"mvtec": "/d"})
-    assert regenerate._parameter("device=cuda:1") == ("device", "cuda:1")
+    assert key_value("workers=4") == ("workers", 4)
+    assert key_value("data_root=null") == ("data_root", None)
+    assert key_value('data_roots={"mvtec": "/d"}') == ("data_roots", {"mvtec": "/d"})
+    assert key_value("device=cuda:1") == ("device", "cuda:1")
     with pytest.raises(Exception):
-        regenerate._parameter("no-equals")
+        key_value("no-equals")
 
 
 def test_kernel_runs_this_python():

@@ -6,7 +6,6 @@ already on disk is kept only if it has every file of the archive's, else replace
 folders of a killed extraction are removed at the next call.
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm.auto import tqdm
 
+from mkdlib.io_utils import file_sha256
+
 from .errors import ArchiveError
 from .roots import not_found
 
@@ -29,14 +30,6 @@ STALE_AFTER_S = 24 * 3600  # a `.extract-*` folder untouched this long is abando
 
 # the stdlib's own checks (Python >= 3.11.4, 3.10.12), as a second guard
 _STDLIB_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, dest: Path) -> Path:
@@ -154,12 +147,12 @@ def download_mvtec(root: str | Path, archive: str | Path | None = None, url: str
         raise not_found("mvtec", default, f"no MVTec archive given and {default} is missing.")
     if archive is None:
         archive = default
-        if url is not None and not (default.is_file() and sha256_of(default) == sha256):
+        if url is not None and not (default.is_file() and file_sha256(default) == sha256):
             fetch(url, default)
     archive = Path(archive).expanduser()
     if not archive.is_file():
         raise not_found("mvtec", archive, f"MVTec archive not found: {archive}.")
-    actual = sha256_of(archive)
+    actual = file_sha256(archive)
     if actual != sha256:
         raise ArchiveError(f"{archive}: SHA-256 is {actual}, expected {sha256}: the file is incomplete or "
                            f"not the official {MVTEC_ARCHIVE}; download it again")
