@@ -126,15 +126,18 @@ def table_notes(df: pd.DataFrame) -> list[str]:
     return [notes] if isinstance(notes, str) else [str(n) for n in notes]
 
 
-def to_markdown(df: pd.DataFrame, title: str) -> str:
+def to_markdown(df: pd.DataFrame, title: str, *, level: int = 1) -> str:
     """A Markdown table: paper and ours as `mean ± std`, numbers to 2 decimals. The first column is
     headed by the index name (classes, or settings for Table 1); under the table, the profile, the
     source weights and the config overrides (the `profile` / `weights` / `overrides` columns, where
-    present) and `df.attrs["notes"]`."""
+    present) and `df.attrs["notes"]`. level: the title's heading level, 1 (`# title`) for the files in
+    results/, which stand alone; a notebook shows its tables as sections of its own page (level 3)."""
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 6:
+        raise ValueError(f"to_markdown: level must be a Markdown heading level 1-6, got {level!r}")
     head = [df.index.name or "class", "paper", "ours (final)", "ours (mean ± std)", "diff"]
     has_notes = "note" in df.columns and bool(df["note"].astype(bool).any())
     head += ["note"] * has_notes
-    lines = [f"# {title}", ""]
+    lines = [f"{'#' * level} {title}", ""]
     if df.attrs.get("metric"):
         pm = " Paper ± as printed (the paper calls it variance)." if df["paper_pm"].notna().any() else ""
         lines += [f"Metric: {df.attrs['metric']}. diff = ours (final) − paper.{pm}", ""]

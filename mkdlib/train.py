@@ -186,14 +186,19 @@ def measure_speed(cloner: Cloner, source: Source, cfg: MKDConfig, loss: MKDLoss,
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 
+def duration_text(seconds: float) -> str:
+    """'about 1 h 40 min', 'about 5 min', or 'under a minute' (seconds are not rounded up to a minute)."""
+    if seconds < 60:
+        return "under a minute"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"about {hours} h {minutes} min" if hours else f"about {minutes} min"
+
+
 def plan_text(epochs_left: int, n_images: int, img_s: float) -> str:
     """'601 epochs x 209 images = 125,609 image passes: about 1 h 40 min at 21 img/s measured here'."""
     passes = epochs_left * n_images
-    seconds = passes / img_s
-    hours, minutes = divmod(round(seconds / 60), 60)
-    took = f"{hours} h {minutes} min" if hours else f"{max(1, minutes)} min"
-    return (f"{epochs_left} epochs x {n_images} images = {passes:,} image passes: about {took} at "
-            f"{img_s:.3g} img/s measured here")
+    return (f"{epochs_left} epochs x {n_images} images = {passes:,} image passes: {duration_text(passes / img_s)} "
+            f"at {img_s:.3g} img/s measured here")
 
 
 def fit(

@@ -73,6 +73,66 @@ def test_committed_thin_and_without_outputs(name):
     assert params["profile"] == "paper" and params["device"] == "cpu"
 
 
+def _sections(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """(the first word of the nearest `## ` heading above, source) of every code cell ("" above any)."""
+    heading, out = "", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            heading = cell.source.split()[1].rstrip(":")
+        elif cell.cell_type == "code":
+            out.append((heading, cell.source))
+    return out
+
+
+# which section a cell doing this belongs in: (what the cell calls, the headings it may sit under)
+STEPS = (("run_many(", ("Runs",)), ("quick_demo(", ("Runs",)),
+         ("runs_table.plan(", ("Runs",)), ("tabulation.tables(", ("Tables",)), ("to_markdown(", ("Tables",)),
+         ("fast_vs_paper_markdown(", ("The",)), ("Image(", ("Figures",)))
+
+
+@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+def test_a_heading_before_each_step(name):
+    """Setup, Runs, Tables (or the comparison), Figures: a `## ` section for each step, in that order (issue 16)."""
+    sections = _sections(_read(name))
+    assert sections[0][0] == "Setup" and sections[0][1].startswith("import "), name  # the imports
+    for call, headings in STEPS:
+        for heading, source in sections:
+            if call in source:
+                assert heading in headings, (name, call, heading)
+    order = list(dict.fromkeys(h for h, _ in sections))
+    assert order[:2] == ["Setup", "Runs"] and order == sorted(order, key=["Setup", "Runs", "Tables", "The",
+                                                                         "Figures"].index), (name, order)
+
+
+@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+def test_no_cell_leaves_a_value_and_tables_are_sections(name):
+    """A cell's last statement is never a bare value (Jupyter would print it, e.g. `Out: [PosixPath(...)]`);
+    tables are shown under a section-sized heading (### title), not a second page title (issue 16)."""
+    for cell in _read(name).cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        last = tree.body[-1] if tree.body else None
+        quiet = cell.source.rstrip().endswith(";")  # a trailing ";" tells Jupyter not to show the value
+        if isinstance(last, ast.Expr) and not quiet:
+            assert isinstance(last.value, ast.Call) and ast.unparse(last.value.func) in ("display", "print"), \
+                (name, ast.unparse(last))
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            if ast.unparse(call.func).endswith("to_markdown"):
+                assert [ast.unparse(k) for k in call.keywords] == ["level=3"], (name, ast.unparse(call))
+
+
+@pytest.mark.parametrize("name", [n for n in items.NOTEBOOKS if n != "00_quickstart"])
+def test_the_plan_is_printed_before_the_runs_and_the_intro_says_paper_trains_for_hours(name):
+    """'Run All' on the default profile starts hours of training: the intro says so in bold and the plan
+    (runs_table.plan: cached, passes left, time) is printed in a cell before the one that trains."""
+    nb = _read(name)
+    assert '**The default `profile = "paper"` trains' in nb.cells[0].source and "hours" in nb.cells[0].source
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    runs = next(i for i, s in enumerate(code) if "run_many(" in s)
+    assert any("print(" in s and "runs_table.plan(" in s for s in code[:runs]), name
+
+
 # ------------------------------------------------------------------------------------------- smoke runs
 
 @pytest.fixture(scope="session")
@@ -121,6 +181,20 @@ def _check_table(results: Path, output: str, item: str, setting: str | None) -> 
             assert not PRESENT.get(it.rows[row].dataset) or "localisation method" in notes[row], (output, row)
 
 
+# display(Markdown(...)), display(Image(...)), tqdm's progress bar widget; text/plain: their text version
+SHOWN = {"text/markdown", "image/png", "application/vnd.jupyter.widget-view+json", "text/plain"}
+
+
+def _check_outputs(executed: nbformat.NotebookNode, name: str) -> None:
+    """What an executed notebook shows: printed text, progress bars and the Markdown tables and images it
+    displays, never a cell's stray value (an execute_result such as `PosixPath(...)`)."""
+    for cell in (c for c in executed.cells if c.cell_type == "code"):
+        for out in cell.outputs:
+            assert out.output_type == "stream" or (out.output_type == "display_data" and set(out.data) <= SHOWN
+                                                   and set(out.data) != {"text/plain"}), (name, cell.source, out)
+            assert "PosixPath(" not in json.dumps(out), (name, cell.source)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(items.NOTEBOOKS))
 def test_smoke_run(name, smoke):
@@ -131,6 +205,7 @@ def test_smoke_run(name, smoke):
     pm.execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", smoke / "executed" / f"{name}.ipynb",
                         parameters=_smoke_parameters(name, smoke), kernel_name=regenerate.kernel_name(),
                         cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    _check_outputs(nbformat.read(smoke / "executed" / f"{name}.ipynb", as_version=4), name)
     for output, (item, setting) in items.outputs(name).items():
         _check_table(smoke, output, item, setting)
     empty = regenerate.ran_nothing(smoke, name, since)  # --strict, where the data is present

@@ -154,6 +154,21 @@ def test_markdown_heads_the_index_name_and_prints_notes_profile_and_weights():
     assert "| setting | paper |" in to_markdown(t1, "T1")
 
 
+def test_markdown_title_level_is_a_section_for_notebooks_and_h1_for_the_files(tmp_path):
+    """A notebook shows each table under a section heading (### title), not a second page title;
+    the .md files in results/ keep their H1, which write_index reads back as the title."""
+    df = comparison_table("table6", {"brainmri": 94.0, "headct": 77.0})
+    assert to_markdown(df, "T6").startswith("# T6\n\n")
+    section = to_markdown(df, "T6", level=3)
+    assert section.startswith("### T6\n\n")
+    assert section.split("\n", 1)[1] == to_markdown(df, "T6").split("\n", 1)[1]  # only the title differs
+    _, md = write_table(df, tmp_path, "table6", title="T6")
+    assert md.read_text().startswith("# T6\n")
+    for bad in (0, 7, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="level must be a Markdown heading level 1-6"):
+            to_markdown(df, "T6", level=bad)
+
+
 def test_index_lists_each_tables_profile_and_weights(tmp_path):
     for name, profile, weights in (("table5", "paper", "imagenet"), ("table6", "smoke", None)):
         df = comparison_table(name, {})

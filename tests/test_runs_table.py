@@ -1,4 +1,4 @@
-"""runs_table / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm."""
+"""runs_table / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm; the plan."""
 
 import json
 import os
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mkdlib import runs_table
 from mkdlib.cli import RESULTS_ENV, main
 from mkdlib.experiment import run
 from mkdlib.rundir import ERROR, SPEC, RunLock, RunSpec, write_spec
-from mkdlib.runs_table import COLUMNS, list_runs
+from mkdlib.runs_table import COLUMNS, list_runs, plan
 from tests.test_experiment import TINY_CONFIG, tiny
 
 SMOKE_CONFIG = {**TINY_CONFIG, "epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1}
@@ -189,3 +190,40 @@ def test_help_lists_the_columns_and_filters(capsys):
     for word in (*COLUMNS, "--dataset", "--class", "--status", "--profile", "--json", "--rm", "--results",
                  "finished", "training e/N", "failed", "corrupt", "locked", "paper", "smoke", "custom"):
         assert word in text, word
+
+
+def _speeds(monkeypatch, img_s: float) -> list:
+    """measure_speed replaced by a fixed speed (the plan's text is then exact); returns its calls."""
+    calls = []
+    monkeypatch.setattr(runs_table, "measure_speed", lambda *a, **kw: calls.append(kw) or img_s)
+    return calls
+
+
+def test_plan_counts_distinct_runs_cached_passes_left_and_measures_once(results, copy, monkeypatch):
+    root, data = copy[0], results[0].parent  # the specs' data_root is the fixture's data/
+    finished = tiny(data, localization=("gradients",))
+    resumed = tiny(data, config={**TINY_CONFIG, "lr": 0.003})
+    (root / resumed.key() / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 3}, root / resumed.key() / "checkpoints" / "last.pt")  # 1 of its 4 epochs left
+    absent = RunSpec("mnist", 0, data_root=str(data / "absent"), weights=None)
+    specs = [finished, tiny(data), tiny(data, config={**TINY_CONFIG, "lr": 0.002}), resumed, absent]
+    calls = _speeds(monkeypatch, 16.0)
+    assert plan(specs, root) == (
+        "4 runs: 1 finished (cached), 3 to train: ~40 image passes, under a minute on this CPU "
+        "(measured 16 img/s; one run at a time); size unknown for 1 whose data was not found (mnist 0 seed 0)")
+    assert len(calls) == 1  # one configuration (lr and the seed do not change a step's time)
+    _speeds(monkeypatch, 0.01)  # 40 passes at 0.01 img/s: 4000 s
+    assert "~40 image passes, about 1 h 7 min on this CPU (measured 0.01 img/s;" in plan(specs, root)
+    calls = _speeds(monkeypatch, 16.0)
+    larger = tiny(data, config={**TINY_CONFIG, "image_size": 48})  # another speed: measured apart
+    assert "~72 image passes, under a minute on this CPU (measured 16 img/s at 32 px, small cloner / 16 img/s " \
+           "at 48 px, small cloner; one run at a time)" in plan([*specs, larger], root)
+    assert len(calls) == 2
+
+
+def test_plan_of_finished_runs_measures_nothing(results, monkeypatch):
+    root, data = results[0], results[0].parent
+    calls = _speeds(monkeypatch, 16.0)
+    specs = [tiny(data), tiny(data, localization=("gradients",)), tiny(data, config=SMOKE_CONFIG, max_train=6)]
+    assert plan(specs, root) == "2 runs, all finished (cached): nothing to train"
+    assert calls == []

@@ -118,7 +118,7 @@ def test_plan_text_and_speed_measurement():
     from mkdlib.train import measure_speed, plan_text
     assert plan_text(601, 209, 21.0) == ("601 epochs x 209 images = 125,609 image passes: about 1 h 40 min at "
                                          "21 img/s measured here")
-    assert plan_text(2, 8, 1000.0).endswith("about 1 min at 1e+03 img/s measured here")
+    assert plan_text(2, 8, 1000.0).endswith("under a minute at 1e+03 img/s measured here")
     cfg = MKDConfig(image_size=32, batch_size=4)
     source, cloner, loss = build(cfg, weights=None)
     before = {k: v.clone() for k, v in cloner.state_dict().items()}
