@@ -129,8 +129,9 @@ def test_shared_scale_and_normalised_scores_separate_good_from_defective(trained
     shown = np.array([np.clip(m, 0, 1).mean() for m in maps])  # as the figures draw them
     good = _good(table).to_numpy()
     assert shown[good].mean() < 0.8 * shown[~good].mean()
-    # The threshold is the 95th percentile of the training scores, so a good image may lie above it (1 in 20):
-    # the medians are what a 15-epoch toy detector can be held to on every CPU's kernels.
+    # The threshold is the 99th percentile of the training images' scores; unseen good images score higher
+    # than the ones the cloner was fit to, so one may lie above it (it did on the AVX2 kernels): the medians
+    # are what a 15-epoch toy detector can be held to on every CPU.
     assert table.loc[good, "score"].median() < 0.5 < table.loc[~good, "score"].median()
     assert ((table["score"] > 0.5) == table["anomalous"]).all()  # the decision is the normalised score at 0.5
 
