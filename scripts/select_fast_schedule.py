@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,12 +63,12 @@ def bottle_validation(overrides: dict, data_root: str | None, work: Path) -> dic
     labels = np.r_[np.zeros(len(normals)), np.ones(len(normals))].astype(int)
     cfg = replace(paper_config("mvtec"), **overrides)
     source, cloner, loss = build(cfg)
-    fit(cloner, source, fit_set, cfg, loss, checkpoint_dir=work, progress=False)
+    history = fit(cloner, source, fit_set, cfg, loss, checkpoint_dir=work, progress=False)
     aurocs = {}
     for epoch in cfg.eval_epochs():
         cloner.load_state_dict(load_checkpoint(cloner_path(work, epoch))["cloner"])
         aurocs[epoch] = image_auroc(labels, score(cloner, score_loss(cfg), val, source=source))
-    return summarize(aurocs)
+    return {**summarize(aurocs), "train_s": sum(h["seconds"] for h in history)}
 
 
 def main(argv=None) -> int:
@@ -80,13 +79,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=["mnist", "fashionmnist", "bottle"])
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     a = p.parse_args(argv)
-    rows = []
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.candidates:
         for dataset, cls in DEV_CLASSES + [("bottle", None)]:
             if a.only and dataset not in a.only:
                 continue
             overrides = {**fast_overrides("mvtec" if dataset == "bottle" else dataset), **CANDIDATES[name]}
-            t0 = time.time()
             if dataset == "bottle":
                 work = Path(a.runs) / "fast-selection" / f"bottle-{name.split()[0]}-{overrides['lr']:g}"
                 m = bottle_validation(overrides, a.data_root, work)
@@ -95,18 +94,16 @@ def main(argv=None) -> int:
                 if not res.ok:
                     print(f"{name} {dataset} {cls}: {res.error}", file=sys.stderr)
                     continue
-                m = res.metrics["image_auroc"]
-            rows.append({"candidate": name, "dataset": dataset, "class": "train split" if cls is None else cls,
-                         "final": round(100 * m["final"], 2), "mean": round(100 * m["mean"], 2),
-                         "std": round(100 * m["std"], 2), "epochs": overrides["epochs"],
-                         "seconds": round(time.time() - t0)})
-            print(rows[-1], flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "a" if Path(a.out).exists() else "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if f.tell() == 0:
-            writer.writeheader()
-        writer.writerows(rows)
+                m = {**res.metrics["image_auroc"], "train_s": res.metrics["timing_s"]["train"]}
+            row = {"candidate": name, "dataset": dataset, "class": "train split" if cls is None else cls,
+                   "final": round(100 * m["final"], 2), "mean": round(100 * m["mean"], 2),
+                   "std": round(100 * m["std"], 2), "epochs": overrides["epochs"], "train_s": round(m["train_s"])}
+            print(row, flush=True)
+            with open(out, "a", newline="") as f:  # row by row: an interrupted selection keeps what it measured
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if f.tell() == 0:
+                    writer.writeheader()
+                writer.writerow(row)
     return 0
 
 
