@@ -337,4 +337,4 @@ def test_constant_maps_do_not_lose_the_trained_run(tmp_path, monkeypatch):
 def test_a_long_run_prints_its_estimated_time_first(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ex, "LONG_RUN_PASSES", 1)
     run(tiny(tmp_path), tmp_path / "runs", progress=True)
-    assert "4 epochs x 8 images = 32 image passes: about" in capsys.readouterr().err
+    assert "4 epochs x 8 images = 32 image passes: under a minute at" in capsys.readouterr().err
