@@ -294,9 +294,10 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
         spec = RunSpec.from_dict(spec)
     _upgrade_once(Path(results_root).expanduser().resolve())
     run_dir = Path(results_root).expanduser() / spec.key()
-    cfg = spec.mkd_config().resolve(device)  # spec.json records the precision and layout a run started with
-    if _complete(run_dir, cfg):
+    cfg = spec.mkd_config()
+    if _complete(run_dir, cfg):  # read as it is, whatever precision computed it
         return _cached(run_dir, spec, device, progress, weights)
+    cfg = cfg.resolve(device)  # spec.json records the precision and layout a run started with
     check_device(device)
     t0 = time.perf_counter()
     train, test = load_data(spec, cfg, split="train"), load_data(spec, cfg, split="test")  # fail before any write

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -338,3 +339,16 @@ def test_a_long_run_prints_its_estimated_time_first(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(ex, "LONG_RUN_PASSES", 1)
     run(tiny(tmp_path), tmp_path / "runs", progress=True)
     assert "4 epochs x 8 images = 32 image passes: under a minute at" in capsys.readouterr().err
+
+
+def test_a_finished_bf16_run_is_read_on_a_cpu_without_bf16(tmp_path, monkeypatch):
+    """bf16 is refused only where something would be computed in it, not when a finished run is read."""
+    from mkdlib import hardware
+
+    spec = replace(tiny(tmp_path), config={**tiny(tmp_path).config, "bf16_inference": True})
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
+    first = run(spec, tmp_path / "runs", progress=False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
+    assert run(spec, tmp_path / "runs", progress=False).metrics == first.metrics
+    with pytest.raises(ValueError, match="bf16_inference: this CPU .* does not compute bf16 natively"):
+        run(spec, tmp_path / "other", progress=False)
