@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mkdlib.config import MKDConfig, fast_overrides
-from mkdlib.experiment import NOBLUR_SUFFIX, RunSpec
+from mkdlib.experiment import NOBLUR_SUFFIX, RunResult, RunSpec
 from mkdlib.models import WEIGHTS_ENV
 from mkdlib.paper import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
 
@@ -358,3 +358,16 @@ def fast_comparison_specs(profile: str = "paper", **options: Any) -> dict[str, l
     items = list(dict.fromkeys(item for item, _ in FAST_ROWS))
     return {side: [spec for item in items for spec in specs_for(item, name, **options)]
             for side, name in (("paper", profile), ("fast", fast))}
+
+
+def fast_partners(specs: Mapping[str, Sequence[RunSpec]], paper: Sequence[RunResult]) -> list[RunSpec]:
+    """The fast runs worth training: those whose paper run (`paper`, read in the order of specs["paper"])
+    has finished, so that every comparison row is like for like (same data, class and seed) and no compute
+    goes to a row with nothing beside it; all of them when a profile is compared with itself (smoke)."""
+    pairs = list(zip(specs["fast"], specs["paper"], paper, strict=True))
+    for fast, ref, _ in pairs:
+        if (fast.dataset, fast.normal_class, fast.seed) != (ref.dataset, ref.normal_class, ref.seed):
+            raise ValueError(f"fast_partners: {fast.dataset} {fast.normal_class} seed {fast.seed} is paired "
+                             f"with {ref.dataset} {ref.normal_class} seed {ref.seed}; specs are not aligned")
+    return [fast for fast, ref, result in pairs if result.ok or fast.key() == ref.key()]
+
