@@ -28,10 +28,10 @@ bench: $(VENV)/.installed  ## throughput against the released code's way of comp
 	$(PY) -m mkdlib.bench
 
 regenerate: $(VENV)/.installed  ## every notebook, smoke profile, into results/smoke/ (never the paper's results/)
-	$(PY) -m mkdlib.regenerate --profile smoke
+	$(PY) -m mkdlib.paper.regenerate --profile smoke
 
 regenerate-paper: $(VENV)/.installed  ## every notebook with the paper's protocol (days on CPU)
-	$(PY) -m mkdlib.regenerate --profile paper
+	$(PY) -m mkdlib.paper.regenerate --profile paper
 
 regenerate-gpu:  ## train the notebooks' runs on a GPU machine, no papermill needed: runs.tar.gz + log in $OUT or results/gpu (ARGS="--only table6")
 	bash scripts/regenerate_gpu.sh $(ARGS)

@@ -139,9 +139,8 @@ def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: boo
     dev = torch.device(device)
     if case.startswith("naive"):  # the released code's way: fp32, default memory format
         amp = channels_last = bf16_inference = False
-    chosen = hardware.fast_defaults(dev)
     bf16 = amp or bf16_inference
-    channels_last = chosen["channels_last"] if channels_last is None else channels_last
+    channels_last = hardware.chosen("channels_last", channels_last, dev)
     torch.manual_seed(0)
     source = Source(TRAIN_LAYERS, weights=None).to(dev)
     cloner = Cloner("small").to(dev)
@@ -236,9 +235,8 @@ def _run_case_process(cmd: list[str], env: dict | None = None) -> dict:
 
 def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool = False,
             channels_last: bool | None = None, bf16_inference: bool = False, cases=CASES) -> dict:
-    chosen = hardware.fast_defaults(device)
     results: dict = {"device": device, "batch": batch, "amp": amp, "bf16_inference": amp or bf16_inference,
-                     "channels_last": chosen["channels_last"] if channels_last is None else channels_last,
+                     "channels_last": hardware.chosen("channels_last", channels_last, device),
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": hardware.cpu_name(),
                      "isa": hardware.cpu_isa(), "native_bf16": hardware.native_bf16(),
                      "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "sizes": {}}

@@ -28,7 +28,7 @@ from torch.utils.data import Subset as TorchSubset
 from mkdlib import postprocess
 from mkdlib.features import image_loader
 from mkdlib.localization import attribution_maps
-from mkdlib.rundir import RunError, read_json
+from mkdlib.runs.store import RunError, read_json
 
 CALIBRATION = "calibration.json"
 DECISION = 0.5  # the threshold on normalised scores and on shared-scale maps

@@ -1,6 +1,6 @@
 """`mkd` / `python -m mkdlib`: train, evaluate and apply runs; benchmark; regenerate the paper.
 
-Every subcommand is a thin shell over mkdlib functions (experiment.run, experiment.add_localization,
+Every subcommand is a thin shell over mkdlib functions (runs.runner.run, runs.runner.add_localization,
 predict.predict, bench.main, regenerate.main). Errors users can fix are one line on stderr, exit 2.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 from mkdlib import __version__
 
 RESULTS_ENV = "MKDLIB_RESULTS"
-DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.regenerate"}
+DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.paper.regenerate"}
 METHODS = ("gradients", "smoothgrad", "smoothgrad-reference", "guided-backprop")  # = localization.METHODS
-VARIANTS = METHODS + tuple(m + "-noblur" for m in METHODS)  # = rundir.localization_variants()
+VARIANTS = METHODS + tuple(m + "-noblur" for m in METHODS)  # = localization.localization_variants()
 DATASETS = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder", "synthetic")
 
 EPILOG = """\
@@ -170,14 +170,15 @@ Score images with a finished run's final cloner:
 
 def _train(a) -> int:
     from mkdlib.config import PAPER_SETTINGS
-    from mkdlib.experiment import RunSpec, run
+    from mkdlib.runs.runner import run
+    from mkdlib.runs.spec import RunSpec
 
     cls = a.normal_class
     if isinstance(cls, str) and cls.isdigit():
         cls = int(cls)
     weights = None if str(a.weights).lower() == "none" else a.weights
     from mkdlib.datasets.factory import ALIASES
-    from mkdlib.items import profile_of
+    from mkdlib.config import profile_of
 
     dataset = ALIASES.get(a.dataset.lower(), a.dataset.lower())  # e.g. "MNIST" -> "mnist"
     overrides = profile_of(a.profile).overrides(dataset) if dataset in PAPER_SETTINGS else {}
@@ -209,7 +210,7 @@ def _summary(m: dict) -> str:
 
 def _evaluate(a) -> int:
     from mkdlib.decisions import add_threshold_metrics
-    from mkdlib.experiment import evaluate
+    from mkdlib.runs.runner import evaluate
 
     device = a.device or _default_device()
     if a.out and not a.figures:
@@ -245,7 +246,7 @@ def _predict(a) -> int:
 
 
 def _runs(a) -> int:
-    from mkdlib.runs_table import format_table, list_runs, remove_runs
+    from mkdlib.runs.catalog import format_table, list_runs, remove_runs
 
     root = _results_root(a)
     filters = {"dataset": a.dataset, "normal_class": a.normal_class, "status": a.status, "profile": a.profile}
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(err: Exception) -> str:
-    from mkdlib.experiment import RunError
+    from mkdlib.runs.store import RunError
     from mkdlib.train import CheckpointError
 
     text = " ".join(str(err).split()) or repr(err)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,14 +113,13 @@ class MKDConfig:
     def resolve(self, device: str | Any = "cpu") -> MKDConfig:
         """This configuration with the execution settings it leaves to mkdlib (None) chosen for `device`;
         ValueError if it asks for bf16 where `device` would emulate it (slower than fp32, never done)."""
-        from mkdlib.hardware import bf16_native, describe_device, fast_defaults
+        from mkdlib.hardware import bf16_native, chosen, describe_device
 
         if (self.amp or self.bf16_inference) and not bf16_native(device):
             asked = "amp" if self.amp else "bf16_inference"
             raise ValueError(f"MKDConfig.{asked}: {describe_device(device)} does not compute bf16 natively "
                              f"(torch would emulate it, slower than fp32); set {asked}=false")
-        chosen = fast_defaults(device)
-        return replace(self, **{k: chosen[k] for k in _AUTO_FIELDS if getattr(self, k) is None})
+        return replace(self, **{k: chosen(k, getattr(self, k), device) for k in _AUTO_FIELDS})
 
     def matches(self, recorded: dict[str, Any]) -> bool:
         """Whether a configuration recorded by a run (spec.json, last.pt) trains the same experiment as
@@ -214,3 +214,41 @@ def learning_rate(cfg: MKDConfig, step: int, steps_per_epoch: int) -> float:
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# --- profiles: the paper's protocol, a smoke check, ours (fast) --------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    label: str  # written into every table title (unless "paper") and the index
+    config: dict[str, Any]  # MKDConfig overrides for every run, on top of the paper's per dataset
+    image_size: dict[str, int]  # per dataset; absent = the paper's size
+    max_train: int | None = None
+    max_test: int | None = None
+    seeds: int | None = None  # for the items with several seeds; None = the item's number
+    per_dataset: Callable[[str], dict[str, Any]] | None = None  # more MKDConfig overrides by dataset
+
+    def overrides(self, dataset: str) -> dict[str, Any]:
+        """The MKDConfig overrides this profile puts on every run of `dataset`."""
+        out = {**self.config, **(self.per_dataset(dataset) if self.per_dataset else {})}
+        return {**out, "image_size": self.image_size[dataset]} if dataset in self.image_size else out
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", "paper: the full protocol", {}, {}),
+    # 2 epochs, both sampled (eval_every 1, sample_last 1) so that mean ± std exists; images smaller where
+    # the protocol allows (MNIST / F-MNIST keep their 32 px).
+    "smoke": Profile("smoke", "smoke: tiny subsets, 2 epochs, small images; a pipeline check, NOT paper numbers",
+                     {"epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1},
+                     {"cifar10": 64, "mvtec": 64, "retina": 64, "headct": 64, "brainmri": 64},
+                     max_train=64, max_test=100, seeds=2),
+    # Ours: the paper's method with a fifth of its epochs and a warm-up + cosine schedule (config.fast_overrides).
+    "fast": Profile("fast", "fast: ours, a fifth of the paper's epochs (warm-up + cosine lr); NOT the paper's "
+                    "protocol", {}, {}, per_dataset=fast_overrides),
+}
+
+def profile_of(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {list(PROFILES)}")
+    return PROFILES[name]

@@ -12,10 +12,12 @@ import torch
 from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration, read_calibration
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import DatasetNotFoundError
-from mkdlib.experiment import (METRICS, SCORES, RunError, RunLock, RunResult, load_data, load_model, load_run,
-                               pixel_at_threshold, threshold_metrics, write_json)
 from mkdlib.localization import GRADIENTS
 from mkdlib.models import Cloner, Source
+from mkdlib.runs.evaluation import pixel_at_threshold, threshold_metrics
+from mkdlib.runs.loading import load_data, load_model
+from mkdlib.runs.spec import RunResult
+from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, write_json
 from mkdlib.scoring import score, score_loss
 from mkdlib.train import cloner_path
 

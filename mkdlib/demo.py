@@ -17,10 +17,10 @@ import torch
 
 from mkdlib.config import paper_config
 from mkdlib.datasets import get_dataset
-from mkdlib.figures import heatmap_rows, save_figure
 from mkdlib.io_utils import atomic_write_text
 from mkdlib.localization import localize
 from mkdlib.metrics import image_auroc, paper_pixel_auroc, pixel_auroc
+from mkdlib.plots import heatmap_rows, save_figure
 from mkdlib.scoring import score, score_loss
 from mkdlib.train import build, fit
 

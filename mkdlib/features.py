@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mkdlib.hardware import fast_defaults
+from mkdlib.hardware import chosen
 from mkdlib.models import Source
 
 _NP_DTYPE = {"float32": np.float32, "float16": np.float16}
@@ -51,8 +51,7 @@ def autocast(device: torch.device, enabled: bool):
 
 def to_input(x: Tensor, device: torch.device, channels_last: bool | None) -> Tensor:
     """x on `device`, channels_last if asked (None: mkdlib's choice for the device)."""
-    if channels_last is None:
-        channels_last = fast_defaults(device)["channels_last"]
+    channels_last = chosen("channels_last", channels_last, device)
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -99,8 +98,7 @@ class FeatureStore:
         spill: Path | None = None
         offset = 0
         loader = image_loader(data, batch_size)
-        if channels_last is None:
-            channels_last = fast_defaults(device)["channels_last"]
+        channels_last = chosen("channels_last", channels_last, device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         with torch.inference_mode(), autocast(device, amp):
             for x in tqdm(loader, desc="source features", disable=not progress, leave=False):

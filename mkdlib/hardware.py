@@ -6,9 +6,11 @@ in fp32 and it is slower, so mkdlib uses bf16 only where `native_bf16()` says so
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,6 +68,23 @@ def fast_defaults(device: str | torch.device = "cpu") -> dict[str, bool]:
     on every device (measured faster on AVX2 and AVX-512 CPUs, README "Speed"). bf16 is never a default:
     `amp` / `bf16_inference` opt in, and only where `bf16_native`."""
     return {"channels_last": True}
+
+
+def chosen(name: str, value: Any, device: str | torch.device = "cpu") -> Any:
+    """An execution setting as asked (`value`), or mkdlib's choice for `device` where it is None."""
+    return fast_defaults(device)[name] if value is None else value
+
+
+def host_info() -> dict[str, str]:
+    """Platform, Python, CPU and torch's device of this process: what a results index and a run record."""
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = "cpu"
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": str(os.cpu_count()),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_device": device}
 
 
 def describe_device(device: str | torch.device) -> str:

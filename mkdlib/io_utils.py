@@ -1,5 +1,6 @@
-"""Files: atomic writes (every file mkdlib writes goes through here: temporary file + rename) and the
-SHA-256 of a file (weights and archives are checked by it)."""
+"""Files: atomic writes (every file mkdlib writes goes through here: temporary file + rename), the
+SHA-256 of a file (weights and archives are checked by it), and the git commit of a checkout (runs and
+the results index record it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import errno
 import functools
 import hashlib
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -51,3 +53,16 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def git_commit(where: str | Path) -> tuple[str | None, bool]:
+    """(HEAD's SHA, whether tracked files have uncommitted changes) of the git checkout holding `where`;
+    (None, False) outside a checkout, before the first commit, or without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    try:
+        sha = git("rev-parse", "HEAD")
+        return sha, bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, False

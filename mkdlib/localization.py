@@ -191,3 +191,32 @@ def localize(images: Tensor, source: nn.Module, cloner: nn.Module, loss: nn.Modu
     raw = attribution_maps(images, source, cloner, loss, method=method, n_samples=n_samples,
                            sigma=sigma, generator=generator, max_batch=max_batch)
     return finish_maps(raw.numpy(), method, blur=blur, sigma=blur_sigma, open_maps=open_maps)
+
+
+# --- variant names: "<method>" (maps + Gaussian, the paper's) or "<method>-noblur" -------------------
+
+NOBLUR_SUFFIX = "-noblur"  # "<method>-noblur": the method's maps without the Gaussian (Tables 1 and 11)
+
+
+def localization_variants() -> tuple[str, ...]:
+    """Every name RunSpec.localization accepts: each method, then each method without the blur."""
+    return METHODS + tuple(m + NOBLUR_SUFFIX for m in METHODS)
+
+
+def parse_method(name: str) -> tuple[str, bool]:
+    """'gradients' -> ('gradients', True); 'gradients-noblur' -> ('gradients', False)."""
+    if name in METHODS:
+        return name, True
+    method = name[:-len(NOBLUR_SUFFIX)] if isinstance(name, str) and name.endswith(NOBLUR_SUFFIX) else None
+    if method not in METHODS:
+        raise ValueError(f"unknown localization method {name!r}; valid: {list(localization_variants())}")
+    return method, False
+
+
+def check_methods(methods) -> tuple[str, ...]:
+    """methods (a name or names) as a tuple without repeats; ValueError naming every valid name."""
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    unknown = [m for m in methods if m not in localization_variants()]
+    if unknown:
+        raise ValueError(f"unknown localization method(s) {unknown}; valid: {list(localization_variants())}")
+    return tuple(dict.fromkeys(methods))

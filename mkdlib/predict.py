@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 
 from mkdlib.calibration import DECISION, normalize_scores, shared_scale
 from mkdlib.datasets import IMAGE_EXTENSIONS, list_images, load_images
+from mkdlib.datasets.base import for_display
 from mkdlib.decisions import run_calibration
-from mkdlib.experiment import load_data, load_model
 from mkdlib.features import image_loader
-from mkdlib.figures import decision_figure, save_figure
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 from mkdlib.localization import GRADIENTS, METHODS, attribution_maps
+from mkdlib.plots import decision_figure, save_figure
+from mkdlib.runs.loading import load_data, load_model
 from mkdlib.scoring import score, score_loss
 
 CSV_NAME, HEATMAP_DIR, MAP_DIR, FIGURE_DIR = "predictions.csv", "heatmaps", "maps", "figures"
@@ -190,15 +191,6 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
     return table
 
 
-def _display(data, images: torch.Tensor) -> np.ndarray:
-    """A dataset's (B, 3, H, W) inputs back in [0, 1] for display (ImageNet normalisation undone)."""
-    base = getattr(data, "base", data)  # experiment.Subset keeps the dataset it draws from
-    mean, std = getattr(base, "mean", None), getattr(base, "std", None)
-    if mean is not None:
-        images = images * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return images.clamp(0, 1).numpy()
-
-
 def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *, method: str = GRADIENTS,
                        device: str = "cpu", progress: bool = True, weights: str | Path | None = None) -> Path:
     """One figure per test image of a finished run: image | ground truth (where the dataset has
@@ -214,7 +206,7 @@ def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *
         done = 0
         for x in tqdm(image_loader(test, CHUNK), desc="figures", unit="chunk", disable=not progress):
             normalised, _ = run.scores(x)
-            for image, heat, s in zip(_display(test, x), run.maps(x), normalised):
+            for image, heat, s in zip(for_display(test, x).numpy(), run.maps(x), normalised):
                 path = Path(str(test.paths[done]))
                 _figure(out / f"{done:04d}_{path.stem}.png", image, heat, _title(path, s, labels[done]),
                         None if masks is None else masks[done])

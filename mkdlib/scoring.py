@@ -7,18 +7,21 @@ sampled every `eval_every` epochs in the last `sample_last` epochs (config.eval_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from mkdlib.config import MKDConfig
 from mkdlib.features import FeatureStore, autocast, image_loader, to_input
+from mkdlib.localization import (SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_maps, check_methods, finish_maps,
+                                 parse_method)
 from mkdlib.losses import MKDLoss
-from mkdlib.metrics import image_auroc
+from mkdlib.metrics import au_pro, image_auroc, paper_pixel_auroc, pixel_auroc
 from mkdlib.models import Cloner, Source
 from mkdlib.train import cloner_path, load_checkpoint
 
@@ -117,3 +120,29 @@ def evaluate_checkpoints(
     result = summarize(aurocs)
     result["scores"] = scores[max(scores)]
     return result
+
+
+def pixel_metrics(source: Source, cloner: Cloner, cfg: MKDConfig, test: Dataset, methods: Iterable[str], *,
+                  seed: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """Pixel metrics of each localisation variant (localization_variants()) with this cloner on the
+    test set (masks needed): the paper's pixel AUROC (anomalous images only), standard pixel AUROC
+    and AU-PRO (all images). A method's raw maps are computed once for both its variants."""
+    methods = check_methods(methods)
+    masks, labels, loss, out = test.masks, np.asarray(test.labels), score_loss(cfg), {}
+    variants: dict[str, list[tuple[str, bool]]] = {}  # method -> [(variant name, blur)]
+    for name in methods:
+        method, blur = parse_method(name)
+        variants.setdefault(method, []).append((name, blur))
+    for method, wanted in variants.items():
+        gen = torch.Generator(torch.device(device)).manual_seed(seed) \
+            if method in (SMOOTHGRAD, SMOOTHGRAD_REFERENCE) else None
+        maps: dict[str, list[np.ndarray]] = {name: [] for name, _ in wanted}
+        for x in tqdm(image_loader(test, 32), desc=f"localize {method}", disable=not progress, leave=False):
+            raw = attribution_maps(x.to(device), source, cloner, loss, method=method, generator=gen).numpy()
+            for name, blur in wanted:
+                maps[name].append(finish_maps(raw, method, blur=blur))  # (B, H, W) in [0, 1]
+        for name, _ in wanted:
+            m = np.concatenate(maps.pop(name))  # (N, H, W)
+            out[name] = {"paper_pixel_auroc": paper_pixel_auroc(masks, m, labels),
+                         "pixel_auroc": pixel_auroc(masks, m), "au_pro": au_pro(masks, m)}
+    return {name: out[name] for name in methods}

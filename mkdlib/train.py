@@ -228,17 +228,8 @@ def fit(
     if cfg.channels_last:
         cloner.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(cloner.parameters(), lr=cfg.lr)
-    history: list[dict] = []
-    start = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if (ckpt_dir / LAST).exists():
-            state = load_checkpoint(ckpt_dir / LAST)
-            cloner.load_state_dict(state["cloner"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, history = state["epoch"], list(state["history"])
-            torch.set_rng_state(state["rng"]["torch"])
+    start, history = _resume(ckpt_dir, cloner, optimizer)
     if start >= cfg.epochs:
         return history
 
@@ -270,13 +261,7 @@ def fit(
             with autocast(device, cfg.amp):
                 value = loss(cloner(x), target)
             if not torch.isfinite(value):
-                if ckpt_dir is not None:  # keep what was computed
-                    write_history(history, ckpt_dir / "history.csv")
-                raise FloatingPointError(
-                    f"non-finite training loss ({value.item()}) at epoch {epoch + 1}; "
-                    f"checkpoints up to the last good epoch are kept in {ckpt_dir}. "
-                    "Check the input scaling and the source weights, or lower lr / value_weight."
-                )
+                _stop_on_nan(value, epoch + 1, history, ckpt_dir)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -286,13 +271,46 @@ def fit(
         history.append({"epoch": done, "loss": total / seen, "seconds": round(time.perf_counter() - t0, 4)})
         bar.set_postfix(loss=f"{total / seen:.4g}")
         if ckpt_dir is not None:
-            if done in eval_epochs:
-                _save({"cloner": cloner.state_dict(), "epoch": done}, cloner_path(ckpt_dir, done))
-            if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
-                state = {"cloner": cloner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": done,
-                         "history": history, "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict()}
-                _save(state, ckpt_dir / LAST)
-                write_history(history, ckpt_dir / "history.csv")
+            _checkpoint(ckpt_dir, cloner, optimizer, cfg, done, history, sampled=done in eval_epochs)
         if on_epoch_end is not None:
             on_epoch_end(done, cloner)
     return history
+
+
+def _resume(ckpt_dir: Path | None, cloner: Cloner, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    """(epochs done, loss history) from ckpt_dir/last.pt, with the cloner, optimizer and torch RNG restored;
+    (0, []) for a new run (ckpt_dir is created) or without a checkpoint folder."""
+    if ckpt_dir is None:
+        return 0, []
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if not (ckpt_dir / LAST).exists():
+        return 0, []
+    state = load_checkpoint(ckpt_dir / LAST)
+    cloner.load_state_dict(state["cloner"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["epoch"], list(state["history"])
+
+
+def _checkpoint(ckpt_dir: Path, cloner: Cloner, optimizer: torch.optim.Optimizer, cfg: MKDConfig, done: int,
+                history: list[dict], *, sampled: bool) -> None:
+    """After epoch `done`: the cloner alone if it is a sampled epoch; last.pt (everything a resume needs)
+    and history.csv every cfg.checkpoint_every epochs and at the end."""
+    if sampled:
+        _save({"cloner": cloner.state_dict(), "epoch": done}, cloner_path(ckpt_dir, done))
+    if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+        state = {"cloner": cloner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": done,
+                 "history": history, "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict()}
+        _save(state, ckpt_dir / LAST)
+        write_history(history, ckpt_dir / "history.csv")
+
+
+def _stop_on_nan(value: Tensor, epoch: int, history: list[dict], ckpt_dir: Path | None) -> None:
+    """Raise on a non-finite loss, keeping the history of the epochs computed so far."""
+    if ckpt_dir is not None:
+        write_history(history, ckpt_dir / "history.csv")
+    raise FloatingPointError(
+        f"non-finite training loss ({value.item()}) at epoch {epoch}; "
+        f"checkpoints up to the last good epoch are kept in {ckpt_dir}. "
+        "Check the input scaling and the source weights, or lower lr / value_weight."
+    )

@@ -50,14 +50,14 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 ONLY_ARGS=(); ((${#ONLY[@]})) && ONLY_ARGS=(--only "${ONLY[@]}")
 runs_of() {  # <results>/runs, the run cache the notebooks read (no argument: the profile's results folder)
-    "$PY" -c "import sys; from mkdlib.regenerate import notebook_paths
+    "$PY" -c "import sys; from mkdlib.paper.notebook import notebook_paths
 print(notebook_paths(sys.argv[1], sys.argv[2] or None)[1])" "$PROFILE" "${1:-}"
 }
 
 if ((ESTIMATE)); then
     exec "$PY" - "$PROFILE" "$ASSUMED_IMG_S" "${ONLY[@]}" <<'EOF'
 import sys
-from mkdlib.regenerate import notebook_specs, select
+from mkdlib.paper.notebook import notebook_specs, select
 # Training images per run (public dataset facts, not read from disk): the train split's normals; HeadCT and
 # BrainMRI: their normals less the 10 held out per split.
 MNIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -119,7 +119,7 @@ render() {  # CPU side: unpack the records into the run cache the notebooks read
     mkdir -p "$runs"
     tar -xzf "$RENDER" -C "$runs" --no-same-owner
     echo "unpacked $(tar -tzf "$RENDER" | cut -d/ -f1 | sort -u | wc -l) run records into $runs"
-    exec "$PY" -m mkdlib.regenerate --profile "$PROFILE" --data-root "$DATA" "${WEIGHT_ARGS[@]}" "${results_args[@]}" \
+    exec "$PY" -m mkdlib.paper.regenerate --profile "$PROFILE" --data-root "$DATA" "${WEIGHT_ARGS[@]}" "${results_args[@]}" \
         "${ONLY_ARGS[@]}"
 }
 
@@ -146,7 +146,7 @@ train() {  # GPU side; the caller tees its output into the log
     mkdir -p "$WORK/runs"
     [[ ! -d "$cache" ]] || tar -C "$cache" --exclude=checkpoints --exclude=.lock -cf - . | tar -C "$WORK/runs" -xf -
     code=0
-    "$PY" -m mkdlib.regenerate --train-only --profile "$PROFILE" --device "$DEVICE" --runs-dir "$WORK/runs" \
+    "$PY" -m mkdlib.paper.regenerate --train-only --profile "$PROFILE" --device "$DEVICE" --runs-dir "$WORK/runs" \
         --data-root "$DATA" "${WEIGHT_ARGS[@]}" --archive "$OUT_DIR/runs.tar.gz" "${ONLY_ARGS[@]}" || code=$?
     echo "regenerate_gpu.sh: exit $code after $(( $(date +%s) - start )) s (profile $PROFILE, device $DEVICE;" \
          "the runs with their checkpoints stay in $WORK/runs)"

@@ -24,8 +24,9 @@ import torch
 
 from mkdlib.config import fast_overrides, paper_config
 from mkdlib.datasets import get_dataset
-from mkdlib.experiment import RunSpec, run
 from mkdlib.metrics import image_auroc
+from mkdlib.runs.runner import run
+from mkdlib.runs.spec import RunSpec
 from mkdlib.scoring import score, score_loss, summarize
 from mkdlib.train import build, cloner_path, fit, load_checkpoint
 

@@ -4,7 +4,7 @@ import pytest
 
 from mkdlib.calibration import (CALIBRATION, at_threshold, image_calibration, normalize_scores, read_calibration,
                                 shared_scale)
-from mkdlib.rundir import RunError
+from mkdlib.runs.store import RunError
 
 
 def test_scores_training_minimum_to_0_threshold_to_0_5_monotone_and_clipped():

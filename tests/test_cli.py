@@ -52,7 +52,7 @@ def test_python_dash_m_runs_the_cli():
 
 def test_cli_names_match_the_library():
     from mkdlib.datasets import DATASET_NAMES
-    from mkdlib.experiment import localization_variants
+    from mkdlib.localization import localization_variants
     from mkdlib.localization import METHODS
 
     assert cli.METHODS == METHODS and cli.DATASETS == DATASET_NAMES
@@ -142,9 +142,9 @@ def test_bench_and_regenerate_are_delegated(monkeypatch):
 
     monkeypatch.setattr(mkdlib.bench, "main", lambda argv: seen.setdefault("bench", argv) and 0)
     assert main(["bench", "--sizes", "32", "--help"]) == 0 and seen["bench"] == ["--sizes", "32", "--help"]
-    fake = types.ModuleType("mkdlib.regenerate")
+    fake = types.ModuleType("mkdlib.paper.regenerate")
     fake.main = lambda argv: seen.setdefault("regenerate", argv) and 0
-    monkeypatch.setitem(sys.modules, "mkdlib.regenerate", fake)
+    monkeypatch.setitem(sys.modules, "mkdlib.paper.regenerate", fake)
     assert main(["regenerate", "--items", "table1"]) == 0 and seen["regenerate"] == ["--items", "table1"]
 
 

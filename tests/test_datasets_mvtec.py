@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, MaskSizeError,
-                             MissingMaskError, get_dataset)
+from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, MaskSizeError, MissingMaskError,
+                             get_dataset)
 
 
 def _png(path: Path, array: np.ndarray) -> None:

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mkdlib import localization as loc
-from mkdlib import postprocess as pp
+from mkdlib import localization as loc, postprocess as pp
 from mkdlib.losses import MKDLoss
 from mkdlib.models import SCORE_LAYERS, Cloner, Source
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchvision.models import vgg16
 
-from mkdlib.models import KNOWN_WEIGHTS, POOLS, Cloner, Source, describe_weights, n_parameters, weights_sha256
+from mkdlib.models import POOLS, Cloner, Source, n_parameters
+from mkdlib.weights import KNOWN_WEIGHTS, describe_weights, weights_sha256
 
 
 def test_cloner_parameter_counts():

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mkdlib import regenerate
+from mkdlib.paper import regenerate
 from tests.test_notebooks import NOTEBOOK_DIR, _smoke_parameters
 
 NAME = "table3_mvtec_detection"  # a table from the smoke profile; its run where the leather sample is present

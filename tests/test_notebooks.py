@@ -20,9 +20,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mkdlib import items, regenerate
-from mkdlib.paper import paper_value
-from mkdlib.report import COLUMNS
+from mkdlib.paper import items, regenerate
+from mkdlib.paper.markdown import COLUMNS
+from mkdlib.paper.numbers import paper_value
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 COMMON = {"profile", "results_dir", "runs_dir", "data_root", "data_roots", "classes", "seeds", "weights", "config",
@@ -86,8 +86,8 @@ def _sections(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
 
 # which section a cell doing this belongs in: (what the cell calls, the headings it may sit under)
 STEPS = (("run_many(", ("Runs",)), ("quick_demo(", ("Runs",)),
-         ("runs_table.plan(", ("Runs",)), ("tabulation.tables(", ("Tables",)), ("to_markdown(", ("Tables",)),
-         ("fast_vs_paper_markdown(", ("The",)), ("Image(", ("Figures",)))
+         ("planning.plan(", ("Runs",)), ("tabulation.tables(", ("Tables",)), ("to_markdown(", ("Tables",)),
+         ("comparison_markdown(", ("The",)), ("Image(", ("Figures",)))
 
 
 @pytest.mark.parametrize("name", list(items.NOTEBOOKS))
@@ -125,12 +125,12 @@ def test_no_cell_leaves_a_value_and_tables_are_sections(name):
 @pytest.mark.parametrize("name", [n for n in items.NOTEBOOKS if n != "00_quickstart"])
 def test_the_plan_is_printed_before_the_runs_and_the_intro_says_paper_trains_for_hours(name):
     """'Run All' on the default profile starts hours of training: the intro says so in bold and the plan
-    (runs_table.plan: cached, passes left, time) is printed in a cell before the one that trains."""
+    (planning.plan: cached, passes left, time) is printed in a cell before the one that trains."""
     nb = _read(name)
     assert '**The default `profile = "paper"` trains' in nb.cells[0].source and "hours" in nb.cells[0].source
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     runs = next(i for i, s in enumerate(code) if "run_many(" in s)
-    assert any("print(" in s and "runs_table.plan(" in s for s in code[:runs]), name
+    assert any("print(" in s and "planning.plan(" in s for s in code[:runs]), name
 
 
 # ------------------------------------------------------------------------------------------- smoke runs

@@ -12,8 +12,10 @@ from PIL import Image
 from mkdlib.calibration import CALIBRATION, read_calibration
 from mkdlib.cli import main
 from mkdlib.decisions import add_threshold_metrics
-from mkdlib.experiment import RunSpec, load_run, run
 from mkdlib.predict import evaluation_figures, image_files, predict
+from mkdlib.runs.runner import run
+from mkdlib.runs.spec import RunSpec
+from mkdlib.runs.store import load_run
 
 DATA = dict(size=48, n_train=12, n_test_good=6, n_test_defect=6)
 
@@ -89,12 +91,12 @@ def test_weights_of_another_digest_are_refused_and_weights_finds_them(tmp_path):
 
     import torch
 
-    from mkdlib.experiment import RunError
-    from mkdlib.models import _vgg16_features
+    from mkdlib.runs.store import RunError
+    from mkdlib.models import vgg16_features
 
     weights = tmp_path / "vgg.pth"
     torch.manual_seed(0)
-    torch.save(_vgg16_features().state_dict(), weights)
+    torch.save(vgg16_features().state_dict(), weights)
     spec = RunSpec("synthetic", config=dict(image_size=32, epochs=1, eval_every=1, sample_last=0, batch_size=4),
                    data_root=str(tmp_path / "data"), weights=str(weights),
                    dataset_options=dict(size=32, n_train=4, n_test_good=2, n_test_defect=2))
@@ -102,7 +104,7 @@ def test_weights_of_another_digest_are_refused_and_weights_finds_them(tmp_path):
     images = next((tmp_path / "data").iterdir()) / "test" / "good"
     shutil.copy(weights, tmp_path / "moved.pth")
     torch.manual_seed(1)
-    torch.save(_vgg16_features().state_dict(), weights)  # another file at the recorded path
+    torch.save(vgg16_features().state_dict(), weights)  # another file at the recorded path
     with pytest.raises(RunError, match="sha256.*--weights"):
         predict(result.run_dir, [images], tmp_path / "out", progress=False)
     table = predict(result.run_dir, [images], tmp_path / "out", progress=False, weights=tmp_path / "moved.pth")
@@ -170,7 +172,7 @@ def test_a_run_without_calibration_gets_it_stored_once(trained, tmp_path):
 def test_a_calibration_without_the_training_images_says_where_to_run(trained, tmp_path, monkeypatch):
     from mkdlib import decisions
     from mkdlib.datasets import DatasetNotFoundError
-    from mkdlib.experiment import RunError
+    from mkdlib.runs.store import RunError
 
     def missing(*args, **kwargs):
         raise DatasetNotFoundError("synthetic data not found: expected /elsewhere")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models import vgg11
 
-from mkdlib import models
+from mkdlib import models, weights
 from mkdlib.models import Source
 
 
@@ -38,7 +38,7 @@ def hub(tmp_path, monkeypatch) -> Path:
 def _features_file(path: Path) -> tuple[Path, dict]:
     """A valid VGG-16 features state dict saved at `path`."""
     torch.manual_seed(0)
-    state = models._vgg16_features().state_dict()
+    state = models.vgg16_features().state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path, state
@@ -47,7 +47,7 @@ def _features_file(path: Path) -> tuple[Path, dict]:
 def _named_by_its_hash(hub: Path, monkeypatch, path: Path) -> Path:
     """Make torchvision's expected file name carry `path`'s own SHA-256 prefix, as the real one does."""
     prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    monkeypatch.setattr(models, "TORCHVISION_URL", f"https://download.pytorch.org/models/vgg16-{prefix}.pth")
+    monkeypatch.setattr(weights, "TORCHVISION_URL", f"https://download.pytorch.org/models/vgg16-{prefix}.pth")
     return hub / f"vgg16-{prefix}.pth"
 
 
@@ -86,7 +86,7 @@ def test_download_is_hash_checked_then_loaded(hub, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     source = Source()
-    assert asked == {"url": models.TORCHVISION_URL, "hash_prefix": cached.name[6:14]}
+    assert asked == {"url": weights.TORCHVISION_URL, "hash_prefix": cached.name[6:14]}
     assert source.weights == str(cached)
     torch.testing.assert_close(source.net.body[28].bias, state["28.bias"])
 

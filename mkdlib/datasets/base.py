@@ -36,6 +36,14 @@ def paper_augmentation() -> T.RandomAffine:
     return T.RandomAffine(degrees=20, scale=(0.9, 1.05), interpolation=BILINEAR)
 
 
+def for_display(data, images: torch.Tensor) -> torch.Tensor:
+    """A dataset's (B, 3, H, W) network inputs back in [0, 1] for display: its normalisation undone."""
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if mean is not None:
+        images = images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    return images.clamp(0, 1)
+
+
 class ImageDataset(Dataset):
     """Base class: a subclass sets its own fields, implements `_prepare`, then calls this __init__."""
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mkdlib import items
-from mkdlib.experiment import run_many
-from mkdlib.parallel import executor
+from mkdlib.paper import items
+from mkdlib.runs.executors import executor
+from mkdlib.runs.executors import run_many
 
 
 def test_executor_keywords():
@@ -35,9 +35,9 @@ def test_dask_scheduler_address(tmp_path):
 
 def test_a_pool_only_for_runs_left_to_train(tmp_path, monkeypatch):
     """workers=2 with one run left: it trains in this process (on every thread), no pool is spawned."""
-    from mkdlib import experiment
+    from mkdlib.runs import executors
 
     spec = items.specs_for("table3", "smoke", data_root=str(tmp_path / "absent"))[0]
-    monkeypatch.setattr(experiment, "ProcessPoolExecutor", lambda *a, **k: pytest.fail("a pool for one run"))
+    monkeypatch.setattr(executors, "ProcessPoolExecutor", lambda *a, **k: pytest.fail("a pool for one run"))
     results = run_many([spec, spec], tmp_path / "runs", workers=2, progress=False)  # the same run twice: one
     assert [r.error_type for r in results] == ["DatasetNotFoundError"] * 2

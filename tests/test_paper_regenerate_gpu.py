@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from mkdlib import regenerate
 from mkdlib.datasets import make_synthetic
-from mkdlib.experiment import RunResult, RunSpec
-from mkdlib.items import NOTEBOOKS
-from mkdlib.models import WEIGHTS_ENV
+from mkdlib.paper import notebook, regenerate, train_only
+from mkdlib.paper.items import NOTEBOOKS
+from mkdlib.runs.spec import RunResult, RunSpec
+from mkdlib.weights import WEIGHTS_ENV
 
-SCRIPT = regenerate.REPO / "scripts" / "regenerate_gpu.sh"
+SCRIPT = notebook.REPO / "scripts" / "regenerate_gpu.sh"
 TINY = {"n_train": 8, "n_test_good": 3, "n_test_defect": 3, "size": 64}
 
 
 def _notebook_keys(name: str, **parameters) -> list[str]:
     """The run keys the notebook itself builds: its cells executed up to the one that assigns `specs`."""
-    cells = [c for c in json.loads((regenerate.NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
+    cells = [c for c in json.loads((notebook.NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
              if c["cell_type"] == "code"]
     scope: dict = {}
     for cell in cells:
@@ -43,9 +43,9 @@ def _notebook_keys(name: str, **parameters) -> list[str]:
                                         {"profile": "smoke", "classes": {"mvtec": ["bottle"]}, "seeds": [3]}])
 def test_notebook_specs_are_the_notebooks_own(name, parameters, no_locations):
     options = {k: v for k, v in parameters.items() if k != "profile"}
-    ours = regenerate.notebook_specs(name, parameters["profile"], **options)
+    ours = notebook.notebook_specs(name, parameters["profile"], **options)
     assert [s.key() for specs in ours.values() for s in specs] == _notebook_keys(name, **parameters)
-    assert regenerate.notebook_specs("00_quickstart", "smoke") == {}  # the demo has no cached runs
+    assert notebook.notebook_specs("00_quickstart", "smoke") == {}  # the demo has no cached runs
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_train_only_runs_the_notebook_keys_without_papermill(data, tmp_path, mon
 def test_train_only_exits_non_zero_when_a_run_fails(monkeypatch, tmp_path, capsys, no_locations):
     spec = RunSpec("mvtec", "leather")
     broken = RunResult(spec, None, None, "cloner diverged", "RunError")
-    monkeypatch.setattr(regenerate, "run_many", lambda specs, root, **kw: [broken for _ in specs])
+    monkeypatch.setattr(train_only, "run_many", lambda specs, root, **kw: [broken for _ in specs])
     argv = ["--train-only", "--profile", "smoke", "--only", "table3", "--runs-dir", str(tmp_path)]
     assert regenerate.main(argv) == 1
     captured = capsys.readouterr()

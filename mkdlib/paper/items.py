@@ -1,22 +1,23 @@
 """The paper's items (Tables 1-11, Figures 1 and 3-6) as data, and the runs each needs, per profile.
 
-An `Item` is one table of `mkdlib.paper`: its rows (classes) and settings (the paper's columns, or other
-metrics of the same runs). `specs_for` turns it into `RunSpec`s; `mkdlib.tabulation` reads the finished
-runs back into the paper's tables. `FIGURES` says what each figure draws (drawn by `mkdlib.paper_figures`).
+An `Item` is one table of `mkdlib.paper.numbers`: its rows (classes) and settings (the paper's columns, or other
+metrics of the same runs). `specs_for` turns it into `RunSpec`s; `mkdlib.paper.tabulation` reads the finished
+runs back into the paper's tables. `FIGURES` says what each figure draws (drawn by `mkdlib.paper.figures`).
 Profiles: "paper" is the full protocol; "smoke" tiny subsets and 2 epochs, labelled as such everywhere.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mkdlib.config import MKDConfig, fast_overrides
-from mkdlib.experiment import NOBLUR_SUFFIX, RunResult, RunSpec
-from mkdlib.models import WEIGHTS_ENV
-from mkdlib.paper import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
+from mkdlib.config import MKDConfig, profile_of
+from mkdlib.localization import NOBLUR_SUFFIX
+from mkdlib.paper.numbers import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
+from mkdlib.runs.spec import RunSpec
+from mkdlib.weights import WEIGHTS_ENV
 
 # Localisation methods, as keys of RunSpec.localization and metrics.json["pixel"].
 GRADIENTS, SMOOTHGRAD_REF, SMOOTHGRAD, GBP = "gradients", "smoothgrad-reference", "smoothgrad", "guided-backprop"
@@ -215,44 +216,9 @@ def title(key: str) -> str:
     return f"{PAPER[key].source}: {PAPER[key].title}"
 
 
-# --- profiles ---------------------------------------------------------------------------------------
+# --- profiles (config.PROFILES) ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    label: str  # written into every table title (unless "paper") and the index
-    config: dict[str, Any]  # MKDConfig overrides for every run, on top of the paper's per dataset
-    image_size: dict[str, int]  # per dataset; absent = the paper's size
-    max_train: int | None = None
-    max_test: int | None = None
-    seeds: int | None = None  # for the items with several seeds; None = the item's number
-    per_dataset: Callable[[str], dict[str, Any]] | None = None  # more MKDConfig overrides by dataset
-
-    def overrides(self, dataset: str) -> dict[str, Any]:
-        """The MKDConfig overrides this profile puts on every run of `dataset`."""
-        out = {**self.config, **(self.per_dataset(dataset) if self.per_dataset else {})}
-        return {**out, "image_size": self.image_size[dataset]} if dataset in self.image_size else out
-
-
-PROFILES: dict[str, Profile] = {
-    "paper": Profile("paper", "paper: the full protocol", {}, {}),
-    # 2 epochs, both sampled (eval_every 1, sample_last 1) so that mean ± std exists; images smaller where
-    # the protocol allows (MNIST / F-MNIST keep their 32 px).
-    "smoke": Profile("smoke", "smoke: tiny subsets, 2 epochs, small images; a pipeline check, NOT paper numbers",
-                     {"epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1},
-                     {"cifar10": 64, "mvtec": 64, "retina": 64, "headct": 64, "brainmri": 64},
-                     max_train=64, max_test=100, seeds=2),
-    # Ours: the paper's method with a fifth of its epochs and a warm-up + cosine schedule (config.fast_overrides).
-    "fast": Profile("fast", "fast: ours, a fifth of the paper's epochs (warm-up + cosine lr); NOT the paper's "
-                    "protocol", {}, {}, per_dataset=fast_overrides),
-}
 SMOKE_MAX_TEST = {"table11": 6}  # SmoothGrad: 50 backward passes per image
-
-
-def profile_of(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; valid: {list(PROFILES)}")
-    return PROFILES[name]
 
 
 def default_weights(profile: str) -> str | None:
@@ -341,33 +307,3 @@ def check_overrides(item: str | Item, config: Mapping[str, Any] | None) -> dict[
         raise ValueError(f"config: {it.id} compares runs that differ in {clash}; "
                          "an override of them would hide that, drop them from config")
     return config
-
-
-# --- the fast profile beside the paper's (issue 14) ----------------------------------------------------
-
-# (item, setting) rows of tabulation.fast_vs_paper, and the rows whose test sets chose the fast schedule.
-FAST_ROWS = (("table2_mnist", ""), ("table2_fashionmnist", ""), ("table6", ""), ("table3", ""), ("table4", ""),
-             ("table4", "pixel_auroc"))
-FAST_DEV = {("table2_mnist", "0"), ("table2_mnist", "1"), ("table2_mnist", "2"), ("table2_fashionmnist", "tshirt_top")}
-
-
-def fast_comparison_specs(profile: str = "paper", **options: Any) -> dict[str, list[RunSpec]]:
-    """{"paper": ..., "fast": ...}: the runs of FAST_ROWS' items in `profile` and in the fast profile
-    (options: specs_for's). A smoke profile is compared with itself, a pipeline check."""
-    fast = "fast" if profile_of(profile).name == "paper" else profile
-    items = list(dict.fromkeys(item for item, _ in FAST_ROWS))
-    return {side: [spec for item in items for spec in specs_for(item, name, **options)]
-            for side, name in (("paper", profile), ("fast", fast))}
-
-
-def fast_partners(specs: Mapping[str, Sequence[RunSpec]], paper: Sequence[RunResult]) -> list[RunSpec]:
-    """The fast runs worth training: those whose paper run (`paper`, read in the order of specs["paper"])
-    has finished, so that every comparison row is like for like (same data, class and seed) and no compute
-    goes to a row with nothing beside it; all of them when a profile is compared with itself (smoke)."""
-    pairs = list(zip(specs["fast"], specs["paper"], paper, strict=True))
-    for fast, ref, _ in pairs:
-        if (fast.dataset, fast.normal_class, fast.seed) != (ref.dataset, ref.normal_class, ref.seed):
-            raise ValueError(f"fast_partners: {fast.dataset} {fast.normal_class} seed {fast.seed} is paired "
-                             f"with {ref.dataset} {ref.normal_class} seed {ref.seed}; specs are not aligned")
-    return [fast for fast, ref, result in pairs if result.ok or fast.key() == ref.key()]
-

@@ -1,5 +1,5 @@
 """The paper's figures from its items: Figures 3-5 (mean AUROC bars) from the tables of
-`mkdlib.tabulation.tables`, Figures 1 and 6 (heatmap rows) from finished runs, drawn by `mkdlib.figures`.
+`mkdlib.paper.tabulation.tables`, Figures 1 and 6 (heatmap rows) from finished runs, drawn by `mkdlib.plots`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,25 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from mkdlib.experiment import RunResult, load_data, load_model
-from mkdlib.figures import heatmap_rows, means_figure, save_figure
-from mkdlib.items import FIGURES, GRADIENTS, title
+from mkdlib.datasets.base import for_display
 from mkdlib.localization import localize
-from mkdlib.paper import PAPER
+from mkdlib.paper.items import FIGURES, GRADIENTS, title
+from mkdlib.paper.numbers import PAPER
+from mkdlib.paper.tabulation import failure_note, output_name
+from mkdlib.plots import heatmap_rows, means_figure, save_figure
+from mkdlib.runs.loading import load_data, load_model
+from mkdlib.runs.spec import RunResult
 from mkdlib.scoring import score_loss
-from mkdlib.tabulation import failure_note, output_name
+
+
+def _label(df: pd.DataFrame) -> str:
+    """A bar's label: the paper's printed name of the table's column."""
+    return PAPER[df.attrs["item"]].column_labels.get(df.attrs["column"], df.attrs["column"])
 
 
 def means_figure_for(figure: str, tabs: Mapping[str, pd.DataFrame]) -> Figure:
     """Figure 3, 4 or 5 from the tables of the items and settings it draws (items.FIGURES)."""
-    panels = {PAPER[item].title: {s: tabs[output_name(item, s)] for s in settings}
+    panels = {PAPER[item].title: {_label(tabs[output_name(item, s)]): tabs[output_name(item, s)] for s in settings}
               for item, settings in FIGURES[figure][1].items()}
     profiles = {df.attrs.get("profile", "paper") for p in panels.values() for df in p.values()} - {"paper"}
     return means_figure(panels, title(figure) + "".join(f" [profile {p}: NOT paper numbers]" for p in sorted(profiles)))
@@ -47,13 +54,10 @@ def example_maps(result: RunResult, n: int = 3, *, method: str = GRADIENTS, devi
     x = torch.stack([item["image"] for item in items])  # (n, 3, H, W) network input
     gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
     maps = localize(x.to(device), source, cloner, score_loss(cfg), method=method, generator=gen)
-    base = getattr(test, "base", test)  # a subset's dataset holds the normalisation
-    if getattr(base, "mean", None) is not None:
-        x = x * torch.tensor(base.std).view(1, 3, 1, 1) + torch.tensor(base.mean).view(1, 3, 1, 1)
     masks = np.stack([item["mask"][0].numpy() if "mask" in item else np.zeros(x.shape[2:]) for item in items])
     name = result.spec.normal_class if result.spec.normal_class is not None else result.spec.dataset
     titles = [f"{name}: {kinds[i] if test.has_masks else 'normal'}" for i in pick]
-    return x.clamp(0, 1), masks, maps, titles
+    return for_display(test, x), masks, maps, titles
 
 
 def heatmap_figure(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu") -> Figure:

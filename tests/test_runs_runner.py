@@ -13,8 +13,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import mkdlib.experiment as ex
-from mkdlib.experiment import RunError, RunSpec, load_run, run, run_many, subset_indices
+import mkdlib.runs.runner as ex
+from mkdlib import scoring
+from mkdlib.datasets.subset import subset_indices
+from mkdlib.runs import evaluation, loading
+from mkdlib.runs.executors import run_many
+from mkdlib.runs.runner import run
+from mkdlib.runs.spec import RunSpec
+from mkdlib.runs.store import RunError, load_run
 
 TINY_CONFIG = dict(image_size=32, epochs=4, eval_every=2, sample_last=2, checkpoint_every=2, batch_size=4,
                    deterministic=True)
@@ -75,7 +81,7 @@ def test_subsets_and_missing_data(tmp_path):
 KILLED_RUN = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
-import mkdlib.experiment as ex
+import mkdlib.runs.runner as ex
 from mkdlib.train import fit
 
 def killed_at_epoch_3(*args, **kwargs):
@@ -140,31 +146,31 @@ def test_an_unreadable_checkpoint_is_a_one_line_error(tmp_path):
 
 
 def test_maps_with_and_without_the_gaussian_share_one_attribution(tmp_path, monkeypatch):
-    calls, real = [], ex.attribution_maps
+    calls, real = [], scoring.attribution_maps
 
     def counted(*args, **kwargs):
         calls.append(kwargs["method"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ex, "attribution_maps", counted)
+    monkeypatch.setattr(scoring, "attribution_maps", counted)
     spec = tiny(tmp_path, localization=("gradients-noblur", "gradients"))
     result = run(spec, tmp_path / "runs", progress=False)
     pixel = result.metrics["pixel"]
     assert calls == ["gradients"]  # 6 test images: one batch, one backward pass for both variants
     assert list(pixel) == ["gradients-noblur", "gradients"] and pixel["gradients"] != pixel["gradients-noblur"]
     assert all(0 <= v <= 1 for m in pixel.values() for v in m.values())
-    _, cfg, source, cloner = ex.load_model(result.run_dir)
-    test = ex.load_data(spec, cfg, split="test")
-    assert ex.pixel_metrics(source, cloner, cfg, test, ["gradients"]) == {"gradients": pixel["gradients"]}
+    _, cfg, source, cloner = loading.load_model(result.run_dir)
+    test = loading.load_data(spec, cfg, split="test")
+    assert scoring.pixel_metrics(source, cloner, cfg, test, ["gradients"]) == {"gradients": pixel["gradients"]}
 
     calls.clear()
-    more = ex.add_localization(result.run_dir, ["guided-backprop", "gradients", "guided-backprop-noblur"],
+    more = evaluation.add_localization(result.run_dir, ["guided-backprop", "gradients", "guided-backprop-noblur"],
                                progress=False)
     assert calls == ["guided-backprop"]  # "gradients" is already in metrics.json
     assert set(more.metrics["pixel"]) == {"gradients", "gradients-noblur", "guided-backprop",
                                           "guided-backprop-noblur"}
     with pytest.raises(ValueError, match="gradients-noblur"):
-        ex.add_localization(result.run_dir, ["gradient-noblur"], progress=False)
+        evaluation.add_localization(result.run_dir, ["gradient-noblur"], progress=False)
 
 
 def test_run_many_in_process_reports_failures_and_keeps_going(tmp_path):
@@ -227,12 +233,12 @@ def test_a_deleted_final_cloner_of_a_finished_run_is_restored_from_last(tmp_path
     final = first.run_dir / "checkpoints" / "cloner_e0004.pt"
     final.unlink()
     with pytest.raises(RunError, match="mkd evaluate"):  # what predict says now
-        ex.load_model(first.run_dir)
+        loading.load_model(first.run_dir)
     calls = _fit_calls(monkeypatch)
     again = run(spec, tmp_path / "runs", progress=False)  # not "cached" with a lost cloner
     assert final.is_file() and again.metrics == first.metrics
     assert calls == []  # taken from last.pt (the final state): nothing trained, the metrics kept
-    ex.load_model(first.run_dir)  # usable again
+    loading.load_model(first.run_dir)  # usable again
 
 
 def test_corrupt_metrics_are_re_evaluated_and_kept_aside(tmp_path):
@@ -261,10 +267,10 @@ def test_a_waiting_evaluate_reuses_the_maps_the_first_one_stored(tmp_path, monke
     done = run(spec, tmp_path / "runs", progress=False)
     stale = ex.RunResult(done.spec, done.run_dir, {**done.metrics, "pixel": {}})
     views = iter([stale])  # the first look predates the other process's write; later looks see it
-    real_load = ex.load_run
-    monkeypatch.setattr(ex, "load_run", lambda d: next(views, None) or real_load(d))
-    monkeypatch.setattr(ex, "pixel_metrics", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    assert ex.add_localization(done.run_dir, ["gradients"]).metrics["pixel"] == done.metrics["pixel"]
+    real_load = evaluation.load_run
+    monkeypatch.setattr(evaluation, "load_run", lambda d: next(views, None) or real_load(d))
+    monkeypatch.setattr(evaluation, "pixel_metrics", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert evaluation.add_localization(done.run_dir, ["gradients"]).metrics["pixel"] == done.metrics["pixel"]
 
 
 # --- everything is checked before a file is written (issue 11, points 8 and 12) ----------------------

@@ -10,9 +10,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from mkdlib.paper import MVTEC_CATEGORIES, PAPER, paper_value
-from mkdlib.report import (COLUMNS, PROVENANCE, UNKNOWN, comparison_table, detect_commit, not_run, to_markdown,
-                           write_index, write_table, written_profile)
+from mkdlib.paper.markdown import (COLUMNS, PROVENANCE, UNKNOWN, commit_text, comparison_table, not_run, to_markdown,
+                                   write_index, write_table, written_profile)
+from mkdlib.paper.numbers import MVTEC_CATEGORIES, PAPER, paper_value
 
 
 def _ours(item: str, offset: float = -1.0, skip: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
@@ -122,14 +122,14 @@ def test_commit_is_detected(tmp_path):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
                               check=True, capture_output=True, text=True).stdout.strip()
     git("init", "-q")
-    assert detect_commit(tmp_path) is None  # no commit yet
+    assert commit_text(tmp_path) is None  # no commit yet
     (tmp_path / "f.txt").write_text("a")
     git("add", "f.txt")
     git("commit", "-q", "-m", "x")
     sha = git("rev-parse", "HEAD")
-    assert detect_commit(tmp_path) == sha
+    assert commit_text(tmp_path) == sha
     (tmp_path / "f.txt").write_text("b")
-    assert detect_commit(tmp_path) == sha + " (dirty)"
+    assert commit_text(tmp_path) == sha + " (dirty)"
     res = tmp_path / "results"
     assert f"`{sha} (dirty)`" in write_index(res, profile="p", weights="w", hardware="h").read_text()
 

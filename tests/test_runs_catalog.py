@@ -1,4 +1,4 @@
-"""runs_table / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm; the plan."""
+"""runs.catalog / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm; and runs.planning's plan."""
 
 import json
 import os
@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mkdlib import runs_table
 from mkdlib.cli import RESULTS_ENV, main
-from mkdlib.experiment import run
-from mkdlib.rundir import ERROR, SPEC, RunLock, RunSpec, write_spec
-from mkdlib.runs_table import COLUMNS, list_runs, plan
-from tests.test_experiment import TINY_CONFIG, tiny
+from mkdlib.runs import planning
+from mkdlib.runs.catalog import COLUMNS, list_runs
+from mkdlib.runs.planning import plan
+from mkdlib.runs.runner import run
+from mkdlib.runs.spec import RunSpec
+from mkdlib.runs.store import ERROR, SPEC, RunLock, write_spec
+from tests.test_runs_runner import TINY_CONFIG, tiny
 
 SMOKE_CONFIG = {**TINY_CONFIG, "epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1}
 CORRUPT = "deadbeefdeadbeef"
@@ -195,7 +197,7 @@ def test_help_lists_the_columns_and_filters(capsys):
 def _speeds(monkeypatch, img_s: float) -> list:
     """measure_speed replaced by a fixed speed (the plan's text is then exact); returns its calls."""
     calls = []
-    monkeypatch.setattr(runs_table, "measure_speed", lambda *a, **kw: calls.append(kw) or img_s)
+    monkeypatch.setattr(planning, "measure_speed", lambda *a, **kw: calls.append(kw) or img_s)
     return calls
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mkdlib import items
-from mkdlib.config import paper_config
-from mkdlib.paper import PAPER
+from mkdlib.config import PROFILES, paper_config
+from mkdlib.paper import items
+from mkdlib.paper.numbers import PAPER
 
 
 def test_items_match_the_paper_tables():
@@ -58,7 +58,7 @@ def test_smoke_profile_is_small_and_labelled(monkeypatch):
     assert items.specs_for("table3", "smoke")[0].weights == "imagenet"
     assert len(items.specs_for("table6", "smoke")) == 3 * 2
     assert items.specs_for("table11", "smoke")[0].max_test == items.SMOKE_MAX_TEST["table11"]
-    assert "NOT paper numbers" in items.PROFILES["smoke"].label
+    assert "NOT paper numbers" in PROFILES["smoke"].label
     with pytest.raises(ValueError, match="unknown profile"):
         items.specs_for("table3", "quick")
 
@@ -96,18 +96,3 @@ def test_outputs_name_every_table_a_notebook_writes():
     cloner, loss = items.outputs("figure4_tables9_10_cloner_size"), items.outputs("figure5_tables9_10_loss_ablation")
     assert set(cloner) == {"table9_equal_net", "table9_smaller_net", "table10_equal_net", "table10_smaller_net"}
     assert set(loss) == {f"table{n}_{s}" for n in (9, 10) for s in ("dir_loss", "mse_loss", "total_loss")}
-
-
-def test_fast_partners_trains_only_beside_finished_paper_runs():
-    from mkdlib.experiment import RunResult
-    specs = items.fast_comparison_specs("paper", classes={"table2_mnist": ["0", "5"], "table2_fashionmnist": [],
-                                                          "table6": [], "table3": [], "table4": []})
-    paper = [RunResult(s, None, {"image_auroc": {}}, None) if s.normal_class == 0 else
-             RunResult(s, None, None, "no finished run", "NotRun") for s in specs["paper"]]
-    assert [(s.normal_class, s.config["schedule"]) for s in items.fast_partners(specs, paper)] == [(0, "cosine")]
-    smoke = items.fast_comparison_specs("smoke", classes={"table2_mnist": ["0"], "table2_fashionmnist": [],
-                                                          "table6": [], "table3": [], "table4": []})
-    none_done = [RunResult(s, None, None, "no finished run", "NotRun") for s in smoke["paper"]]
-    assert items.fast_partners(smoke, none_done) == smoke["fast"]  # a profile beside itself: all are trained
-    with pytest.raises(ValueError, match="not aligned"):
-        items.fast_partners({"fast": specs["fast"][::-1], "paper": specs["paper"]}, paper)

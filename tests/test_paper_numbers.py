@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mkdlib.paper import (CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER,
-                          T7_LAST4_AS_PRINTED, TABLE3_ORDER, paper_table, paper_value)
+from mkdlib.paper.numbers import (CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER,
+                                  T7_LAST4_AS_PRINTED, TABLE3_ORDER, paper_table, paper_value)
 
 # Tolerance on |mean(per-class values) - printed mean|: half a unit of the per-class values' last
 # printed decimal (the mean of rounded values is off by at most that) plus half a unit of the mean's.

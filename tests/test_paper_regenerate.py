@@ -16,18 +16,18 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mkdlib import regenerate, tabulation
 from mkdlib.cli import key_value
-from mkdlib.items import NOTEBOOKS
+from mkdlib.paper import notebook, regenerate, tabulation
+from mkdlib.paper.items import NOTEBOOKS
 
 
 def test_select_by_item_figure_or_notebook():
-    assert regenerate.select(None) == list(NOTEBOOKS)
-    assert regenerate.select(["table9"]) == ["figure4_tables9_10_cloner_size", "figure5_tables9_10_loss_ablation"]
-    assert regenerate.select(["figure6", "00_quickstart", "table1"]) == [
+    assert notebook.select(None) == list(NOTEBOOKS)
+    assert notebook.select(["table9"]) == ["figure4_tables9_10_cloner_size", "figure5_tables9_10_loss_ablation"]
+    assert notebook.select(["figure6", "00_quickstart", "table1"]) == [
         "00_quickstart", "table4_figure6_mvtec_localization", "table1_table11_interpretability"]
     with pytest.raises(KeyError):
-        regenerate.select(["table12"])
+        notebook.select(["table12"])
     assert regenerate.main(["--only", "table12"]) == 2
 
 
@@ -48,7 +48,7 @@ def test_kernel_runs_this_python():
 
 
 def test_list_from_the_module_entry_point():
-    out = subprocess.run([sys.executable, "-m", "mkdlib.regenerate", "--list"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "mkdlib.paper.regenerate", "--list"], capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert all(name in out for name in NOTEBOOKS)
 
@@ -101,9 +101,9 @@ def _paper_tables(results: Path) -> dict[str, str]:
 
 
 def test_each_profile_has_its_own_default_results_folder(monkeypatch, tmp_path, papermill):
-    monkeypatch.setattr(regenerate, "RESULTS_DIR", tmp_path / "results")
-    assert regenerate.default_results("paper") == tmp_path / "results"
-    assert regenerate.default_results("smoke") == tmp_path / "results" / "smoke"
+    monkeypatch.setattr(notebook, "RESULTS_DIR", tmp_path / "results")
+    assert notebook.default_results("paper") == tmp_path / "results"
+    assert notebook.default_results("smoke") == tmp_path / "results" / "smoke"
     assert regenerate.main(["--profile", "smoke", "--only", "table3", "--kernel", "python3"]) == 0
     assert papermill[0]["parameters"]["results_dir"] == str(tmp_path / "results" / "smoke")
 
@@ -124,27 +124,27 @@ def test_smoke_never_overwrites_paper_tables_without_force(tmp_path, papermill, 
 
 
 def test_the_committed_results_are_guarded():
-    clash = regenerate.overwrites(regenerate.RESULTS_DIR, regenerate.select(["table2_mnist"]), "smoke")
+    clash = regenerate.overwrites(notebook.RESULTS_DIR, notebook.select(["table2_mnist"]), "smoke")
     assert {p.name for p, profile in clash if profile == "paper"} >= {"table2_mnist.csv", "table2_mnist.md",
                                                                       "README.md"}
-    assert regenerate.overwrites(regenerate.RESULTS_DIR, regenerate.select(None), "paper") == []
+    assert regenerate.overwrites(notebook.RESULTS_DIR, notebook.select(None), "paper") == []
 
 
 def test_notebook_paths_do_not_depend_on_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    results = regenerate.RESULTS_DIR
-    assert regenerate.notebook_paths("paper", "../results") == (results, results / "runs")
-    assert regenerate.notebook_paths("smoke", None) == (results / "smoke", results / "smoke" / "runs")
-    assert regenerate.notebook_paths("smoke", tmp_path / "r", "../cache") == (tmp_path / "r", results.parent / "cache")
+    results = notebook.RESULTS_DIR
+    assert notebook.notebook_paths("paper", "../results") == (results, results / "runs")
+    assert notebook.notebook_paths("smoke", None) == (results / "smoke", results / "smoke" / "runs")
+    assert notebook.notebook_paths("smoke", tmp_path / "r", "../cache") == (tmp_path / "r", results.parent / "cache")
 
 
 def test_notebook_options_decode_json_text():
-    options = regenerate.notebook_options(classes='{"mvtec": ["bottle"]}', seeds=" [0, 1]", config={"amp": True},
+    options = notebook.notebook_options(classes='{"mvtec": ["bottle"]}', seeds=" [0, 1]", config={"amp": True},
                                           data_root="/data", weights="imagenet", data_roots=None)
     assert options == {"classes": {"mvtec": ["bottle"]}, "seeds": [0, 1], "config": {"amp": True},
                        "data_root": "/data", "weights": "imagenet", "data_roots": None}
     with pytest.raises(ValueError, match="classes=.*not valid JSON.*-y"):
-        regenerate.notebook_options(classes="{mvtec: [bottle]}")
+        notebook.notebook_options(classes="{mvtec: [bottle]}")
 
 
 def test_ran_nothing_reads_the_tables_and_figures_written(tmp_path):

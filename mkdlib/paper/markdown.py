@@ -1,26 +1,23 @@
 """Results tables written by code: ours beside the paper's number, and the results index.
 
 `comparison_table` lines our per-class AUROC (final epoch; mean ± std over sampled checkpoints, in %)
-up with a table of `mkdlib.paper`; `write_table` writes it as CSV and Markdown (with the notes in
+up with a table of `mkdlib.paper.numbers`; `write_table` writes it as CSV and Markdown (with the notes in
 `df.attrs["notes"]`); `write_index` regenerates `results/README.md` from the tables present.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import platform
 import re
-import subprocess
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from .hardware import cpu_name
-from .io_utils import atomic_write_text
-from .paper import PAPER
+from mkdlib.hardware import host_info
+from mkdlib.io_utils import atomic_write_text, git_commit
+from mkdlib.paper.numbers import PAPER
 
 COLUMNS = ["paper", "paper_pm", "ours_final", "ours_mean", "ours_std", "diff", "note"]
 INDEX_PROFILE = "profile of the run writing this index"  # a line of the index, read back by written_profile
@@ -170,38 +167,10 @@ def write_table(df: pd.DataFrame, results_dir: str | Path, item: str, *,
     return csv, md
 
 
-def detect_commit(cwd: str | Path) -> str | None:
-    """`git rev-parse HEAD` in `cwd` (+ " (dirty)" with uncommitted changes); None if git fails."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-    try:
-        sha = git("rev-parse", "HEAD")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        dirty = False
-    return sha + " (dirty)" * dirty
-
-
-def detect_hardware() -> dict[str, str]:
-    """Platform, CPU and torch device of this process."""
-    hw = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": str(os.cpu_count()),
-          "python": platform.python_version()}
-    try:
-        import torch
-    except ImportError:
-        return hw | {"torch": "not importable"}
-    hw["torch"] = torch.__version__
-    if torch.cuda.is_available():
-        hw["torch_device"] = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        hw["torch_device"] = "mps"
-    else:
-        hw["torch_device"] = "cpu"
-    return hw
+def commit_text(where: str | Path) -> str | None:
+    """HEAD's SHA of the checkout holding `where` (+ " (dirty)" with uncommitted changes); None if git fails."""
+    sha, dirty = git_commit(where)
+    return sha and sha + " (dirty)" * dirty
 
 
 def _kv(value: str | Mapping[str, str]) -> list[str]:
@@ -246,11 +215,11 @@ def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping
     and the provenance of the run writing the index (profile, weights of all tables, commit, hardware)."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    commit = commit or detect_commit(results_dir) or "unknown (git rev-parse failed)"
-    hardware = hardware if hardware is not None else detect_hardware()
+    commit = commit or commit_text(results_dir) or "unknown (git rev-parse failed)"
+    hardware = hardware if hardware is not None else host_info()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Results", "",
-             "Written by `mkdlib.report.write_index`; do not edit by hand.", "", PROVENANCE, "",
+             "Written by `mkdlib.paper.markdown.write_index`; do not edit by hand.", "", PROVENANCE, "",
              f"- date: {now}", f"- commit: `{commit}`", f"- {INDEX_PROFILE}: `{profile}`",
              "- weights:", *_kv(weights), "- hardware:", *_kv(hardware), "",
              "| item | title | profile | weights | file | csv | modified |", "|---|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""rundir: the spec's key, validation, localisation variants, spec/metrics files, load_run, the lock."""
+"""runs.store: the spec's key, validation, localisation variants, spec/metrics files, load_run, the lock."""
 
 import json
 import threading
@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from mkdlib.localization import METHODS
-from mkdlib.rundir import (NOBLUR_SUFFIX, SPEC, RunError, RunLock, RunSpec, environment, load_run,
-                           localization_variants, parse_method, read_spec, upgrade_root, write_json, write_spec)
+from mkdlib.localization import METHODS, NOBLUR_SUFFIX, localization_variants, parse_method
+from mkdlib.runs.spec import RunSpec
+from mkdlib.runs.store import (SPEC, RunError, RunLock, environment, load_run, read_spec, upgrade_root, write_json,
+                               write_spec)
 
 METRICS = {"image_auroc": {"final": 0.5, "per_epoch": {"2": 0.4, "4": 0.5}}, "threshold": 1.0, "pixel": {}}
 
@@ -55,7 +56,7 @@ def test_every_method_has_a_variant_without_the_gaussian():
     # The maps are an evaluation of the trained run, not part of its identity (no retraining for them).
     assert spec.key() == RunSpec("mvtec", "wood", localization=("gradients",)).key() == RunSpec("mvtec", "wood").key()
 
-    from mkdlib.tabulation import supported  # what the paper items (Tables 1, 11) ask runs for
+    from mkdlib.paper.tabulation import supported  # what the paper items (Tables 1, 11) ask runs for
 
     assert all(supported(m) for m in names) and not supported("gradients-blur")
 

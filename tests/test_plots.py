@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from mkdlib import items, paper_figures, tabulation
-from mkdlib.experiment import RunResult
-from mkdlib.figures import decision_figure, heat_overlay, heatmap_rows, means_figure, save_figure
-from mkdlib.paper import MVTEC_CATEGORIES
-from mkdlib.report import comparison_table
+from mkdlib.paper import figures, items, tabulation
+from mkdlib.paper.markdown import comparison_table
+from mkdlib.paper.numbers import MVTEC_CATEGORIES
+from mkdlib.plots import decision_figure, heat_overlay, heatmap_rows, means_figure, save_figure
+from mkdlib.runs.spec import RunResult
 
 
 def _case(n=2, size=16):
@@ -87,7 +87,7 @@ def test_means_figure_for_labels_smoke_tables():
     metrics = {"image_auroc": {"final": 0.75, "mean": 0.75, "std": 0.0}, "pixel": {}, "weights": "w"}
     results = [RunResult(s, Path("/nowhere") / s.key(), metrics) for s in specs]
     tabs = {**tabulation.tables("table7", results, profile="smoke"), **tabulation.tables("table8", results, profile="smoke")}
-    fig = paper_figures.means_figure_for("figure3", tabs)
+    fig = figures.means_figure_for("figure3", tabs)
     assert len(fig.axes) == 2 and "NOT paper numbers" in fig._suptitle.get_text()
 
 
@@ -95,5 +95,5 @@ def test_save_heatmaps_lists_runs_that_did_not_finish(tmp_path, capsys):
     spec = items.specs_for("table3", "smoke")[0]
     failed = RunResult(spec, None, None, "mvtec data not found: expected /x. To obtain it: ...",
                        "DatasetNotFoundError")
-    assert paper_figures.save_heatmaps("figure6", [failed], tmp_path) == []
+    assert figures.save_heatmaps("figure6", [failed], tmp_path) == []
     assert "figure6_mvtec_leather: not run: mvtec data not found: expected /x." in capsys.readouterr().out

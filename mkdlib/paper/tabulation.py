@@ -1,7 +1,7 @@
 """The paper's tables from finished runs: `collect` reads each item's runs back (by row, setting and
-seed), `tables` lines them up with the paper (`mkdlib.report.comparison_table`), `save_tables` writes
+seed), `tables` lines them up with the paper (`mkdlib.paper.markdown.comparison_table`), `save_tables` writes
 `results/<name>.csv|md` and `write_index` the index `results/README.md`. `add_maps` adds the saliency
-maps a table reads to runs that lack them. Which runs an item needs is `mkdlib.items`.
+maps a table reads to runs that lack them. Which runs an item needs is `mkdlib.paper.items`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mkdlib import report
-from mkdlib.config import EXECUTION_FIELDS, paper_config
-from mkdlib.experiment import SPEC, RunResult, RunSpec, add_localization
-from mkdlib.rundir import localization_variants, read_json
-from mkdlib.io_utils import atomic_write_text
-from mkdlib.items import (AU_PRO, FAST_DEV, FAST_ROWS, PAPER_PIXEL, PIXEL_AUROC, Item, Profile, Setting, get_item,
-                          output_name, profile_of, title, varied_keys)
-from mkdlib.models import describe_weights, weights_sha256
-from mkdlib.paper import PAPER
+from mkdlib.config import EXECUTION_FIELDS, Profile, paper_config, profile_of
+from mkdlib.localization import localization_variants
+from mkdlib.paper import markdown
+from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Setting, get_item, output_name, title,
+                                varied_keys)
+from mkdlib.paper.numbers import PAPER
+from mkdlib.runs.evaluation import add_localization
+from mkdlib.runs.spec import RunResult, RunSpec
+from mkdlib.runs.store import SPEC, read_json
+from mkdlib.weights import describe_weights, weights_sha256
 
 PIXEL_LABELS = {
     PAPER_PIXEL: "pixel AUROC (%), the paper's protocol (anomalous test images only, 1000 thresholds, opening)",
@@ -74,9 +75,9 @@ def failure_note(result: RunResult) -> str:
     """'not run: <where the data was looked for>' for absent data, else 'failed: <the error>'."""
     text = " ".join(str(result.error).split())
     if result.error_type == "DatasetNotFoundError":
-        return report.not_run(text.split(" To obtain it")[0])
-    if result.error_type == "NotRun":  # experiment.finished_runs: read, never trained
-        return report.not_run(text)
+        return markdown.not_run(text.split(" To obtain it")[0])
+    if result.error_type == "NotRun":  # runner.finished_runs: read, never trained
+        return markdown.not_run(text)
     return f"failed: {result.error_type}: {text[:300]}"
 
 
@@ -114,7 +115,7 @@ RANDOM = "none (random source: a pipeline check only)"
 
 
 def _weights(result: RunResult) -> str:
-    """The source weights a run used (models.describe_weights: a file by name, SHA-256 and what it is), or
+    """The source weights a run used (weights.describe_weights: a file by name, SHA-256 and what it is), or
     those it asked for. Runs recorded before the digest was: the digest of the file now at the recorded path."""
     if not result.ok:
         return f"{result.spec.weights or RANDOM} (requested)"
@@ -192,7 +193,7 @@ def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable
 
 def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
            settings: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Output name -> `report.comparison_table` (ours beside the paper) for each setting of an item,
+    """Output name -> `markdown.comparison_table` (ours beside the paper) for each setting of an item,
     plus the item's means-only summary (Table 1 from Table 11). Tables carry `profile`, `weights` (the
     source weights of each row's runs) and `overrides` (their config beyond the paper's and the profile's)."""
     it, prof = get_item(item), profile_of(profile)
@@ -203,7 +204,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         s = it.settings[name]
         sub = long[long["setting"] == name].set_index("class")
         notes = {c: n for c, n in sub["note"].items() if n}
-        df = report.comparison_table(it.id, sub[["final", "mean", "std"]] / 100, column=s.column, notes=notes,
+        df = markdown.comparison_table(it.id, sub[["final", "mean", "std"]] / 100, column=s.column, notes=notes,
                                      unit="fraction")  # fractions: no guessing of the unit
         metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
         if not s.compare:
@@ -213,7 +214,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
                                          f"bf16: {'; '.join(used)} (see the overrides column and the README)."
                                          ] * bool(used)
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
-                        setting=name, notes=notes_below)  # written under the table by report.to_markdown
+                        setting=name, notes=notes_below)  # written under the table by markdown.to_markdown
         df["profile"] = prof.name
         df["weights"] = sub["weights"].reindex(df.index)
         df["overrides"] = sub["overrides"].reindex(df.index)
@@ -236,26 +237,26 @@ def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: s
         column = df.attrs["column"]
         if column not in t.printed_mean or "mean" not in df.index:
             continue
-        r = df.loc["mean", report.COLUMNS].copy()
+        r = df.loc["mean", markdown.COLUMNS].copy()
         r["paper"], r["paper_pm"] = t.printed_mean[column], math.nan
         r["diff"] = r["ours_final"] - r["paper"] if not r["note"] else math.nan
         label = t.column_labels.get(column, column)
         rows[label + (f" [{df.attrs['setting']}]" if df.attrs["setting"] != column else "")] = r
-    out = pd.DataFrame.from_dict(rows, orient="index", columns=report.COLUMNS)
-    out[report.COLUMNS[:-1]] = out[report.COLUMNS[:-1]].astype(float)
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=markdown.COLUMNS)
+    out[markdown.COLUMNS[:-1]] = out[markdown.COLUMNS[:-1]].astype(float)
     out.index.name = "setting"
     out["profile"] = prof.name
     out["weights"] = "; ".join(sorted({w for df in by_setting.values() for w in df["weights"].dropna()})) or None
     out["overrides"] = "; ".join(sorted({o for df in by_setting.values() for o in df["overrides"].dropna() if o}))
     out.attrs.update(item=item, title=_title(title(item), "", prof), profile=prof.name,
                      metric=t.metric + "; ours: mean over the MVTec AD categories run",
-                     notes=list(dict.fromkeys(n for df in by_setting.values() for n in report.table_notes(df))))
+                     notes=list(dict.fromkeys(n for df in by_setting.values() for n in markdown.table_notes(df))))
     return out
 
 
 def save_tables(tabs: Mapping[str, pd.DataFrame], results_dir: str | Path) -> list[Path]:
     """Write each table as `<results_dir>/<name>.csv` and `.md`; returns the paths written."""
-    return [p for name, df in tabs.items() for p in report.write_table(df, results_dir, name)]
+    return [p for name, df in tabs.items() for p in markdown.write_table(df, results_dir, name)]
 
 
 def weights_used(results_dir: str | Path, results: Iterable[RunResult] = ()) -> str:
@@ -270,88 +271,6 @@ def weights_used(results_dir: str | Path, results: Iterable[RunResult] = ()) -> 
 
 def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunResult] = ()) -> Path:
     """Regenerate `<results_dir>/README.md`: every table there, the profile, the weights the runs used."""
-    commit = report.detect_commit(Path(__file__).resolve().parent)
-    return report.write_index(results_dir, profile=profile_of(profile).label,
+    commit = markdown.commit_text(Path(__file__).resolve().parent)
+    return markdown.write_index(results_dir, profile=profile_of(profile).label,
                               weights=weights_used(results_dir, results), commit=commit)
-
-
-
-# --- the fast profile beside the paper's (issue 14) ----------------------------------------------------
-
-_COSTS = ("passes", "train_s")
-FAST_COLUMNS = ["item", "metric", "class", "dev", "paper_final", "paper_mean", "paper_std", "paper_passes",
-                "paper_train_s", "fast_final", "fast_mean", "fast_std", "fast_passes", "fast_train_s", "diff",
-                "passes_ratio", "time_ratio"]
-
-
-def _costs(item: str, results: Iterable[RunResult]) -> dict[str, dict[str, float]]:
-    """Per row of `item`: image passes (epochs x training images) and training seconds, averaged over runs."""
-    by_row: dict[str, list[dict]] = {}
-    for res in (r for r in results if r.ok):
-        row = row_of(item, res.spec)
-        if row is not None:
-            m = res.metrics
-            by_row.setdefault(row, []).append({"passes": m["epochs"] * m["n_train"], "train_s": m["timing_s"]["train"]})
-    return {row: {k: float(np.mean([c[k] for c in costs])) for k in _COSTS} for row, costs in by_row.items()}
-
-
-def fast_vs_paper(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.DataFrame:
-    """One row per FAST_ROWS class with runs in either profile: AUROC in % (final; mean, std over sampled
-    cloners or seeds) of each, fast - paper, and each one's image passes and training seconds per run with
-    the fast/paper ratios; `dev` marks the rows used to choose the schedule. Ends with per-item means."""
-    out = []
-    for item, setting in FAST_ROWS:
-        frames = {}
-        for name, res in (("paper", paper), ("fast", fast)):
-            long = collect(item, res)
-            frames[name] = long[long["setting"] == setting].set_index("class")
-        costs = {"paper": _costs(item, paper), "fast": _costs(item, fast)}
-        for cls in get_item(item).rows:
-            if not any(cls in f.index and f.at[cls, "n"] for f in frames.values()):
-                continue
-            row = {"item": item, "metric": setting or "auroc", "class": cls, "dev": (item, cls) in FAST_DEV}
-            for name, f in frames.items():
-                for k in ("final", "mean", "std"):
-                    row[f"{name}_{k}"] = f.at[cls, k] if cls in f.index else math.nan
-                for k in _COSTS:
-                    row[f"{name}_{k}"] = costs[name].get(cls, {}).get(k, math.nan)
-            row["diff"] = row["fast_final"] - row["paper_final"]
-            row["passes_ratio"] = row["fast_passes"] / row["paper_passes"]
-            row["time_ratio"] = row["fast_train_s"] / row["paper_train_s"]
-            out.append(row)
-    df = pd.DataFrame(out, columns=FAST_COLUMNS)
-    if df.empty:
-        return df
-    means = [{"item": item, "metric": metric, "class": "mean", "dev": False,
-              **sub.drop(columns=["item", "metric", "class", "dev"]).mean(skipna=False).to_dict()}
-             for (item, metric), sub in df.groupby(["item", "metric"], sort=False) if len(sub) > 1]
-    return pd.concat([df, pd.DataFrame(means)], ignore_index=True)
-
-
-def fast_vs_paper_markdown(df: pd.DataFrame) -> str:
-    """The comparison as a Markdown table (2 decimals; ratios to 3)."""
-    cols = FAST_COLUMNS
-
-    def cell(col, v):
-        if isinstance(v, (bool, np.bool_)):
-            return "dev" if v else ""
-        if isinstance(v, float):
-            return "—" if math.isnan(v) else f"{v:.3f}" if col.endswith("ratio") else \
-                f"{v:,.0f}" if col.endswith(("passes", "_s")) else f"{v:.2f}"
-        return str(v)
-
-    lines = ["# The fast profile beside the paper's", "",
-             "AUROC in %; `fast` is ours (a fifth of the paper's epochs, warm-up + cosine lr), `paper` the "
-             "faithful protocol. diff = fast final − paper final. Passes and seconds are per run, as each run "
-             "recorded them (training only; the machines and threads of the sessions that ran them differ: "
-             "see each run's env.json). `dev`: rows whose test sets chose the schedule.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(c, r[c]) for c in cols) + " |" for _, r in df.iterrows()]
-    return "\n".join(lines) + "\n"
-
-
-def save_fast_vs_paper(df: pd.DataFrame, results_dir: str | Path) -> tuple[Path, Path]:
-    """Write `<results_dir>/fast_vs_paper.csv` and `.md` atomically."""
-    results_dir = Path(results_dir)
-    csv = atomic_write_text(results_dir / "fast_vs_paper.csv", df.to_csv(index=False, float_format="%.10g"))
-    return csv, atomic_write_text(results_dir / "fast_vs_paper.md", fast_vs_paper_markdown(df))

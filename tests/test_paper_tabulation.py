@@ -11,14 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mkdlib import items, tabulation
-from mkdlib.experiment import RunResult, RunSpec
-from mkdlib.paper import MVTEC_CATEGORIES, paper_value
-from mkdlib.report import COLUMNS
+from mkdlib.paper import items, tabulation
+from mkdlib.paper.markdown import COLUMNS
+from mkdlib.paper.numbers import MVTEC_CATEGORIES, paper_value
+from mkdlib.runs.spec import RunResult, RunSpec
 
 
 def _metrics(final: float, mean: float | None = None, std: float = 0.01, pixel: dict | None = None) -> dict:
-    """A metrics.json as experiment.run writes it (AUROCs as fractions)."""
+    """A metrics.json as runner.run writes it (AUROCs as fractions)."""
     return {"image_auroc": {"final": final, "final_epoch": 2, "mean": final if mean is None else mean,
                             "std": std, "per_epoch": {1: final, 2: final}},
             "pixel": pixel or {}, "threshold": 1.0, "weights": "test-weights"}
@@ -189,24 +189,3 @@ def test_table1_rows_are_settings_in_markdown(tmp_path):
     tabulation.save_tables(tabulation.tables("table11", [_ok(spec, pixel=pixel)], profile="paper"), tmp_path)
     text = (tmp_path / "table1.md").read_text()
     assert "| setting | paper |" in text and "| Gradients + Gaussian | 90.51 |" in text
-
-
-def test_fast_beside_paper_rows_ratios_means_and_dev():
-    specs = items.fast_comparison_specs("paper", classes={"table2_mnist": ["0", "5"], "table2_fashionmnist": [],
-                                                          "table6": [], "table3": [], "table4": []})
-    assert {s.dataset for s in specs["fast"]} == {"mnist"} and all(s.config["schedule"] == "cosine" for s in specs["fast"])
-
-    def done(spec, final, epochs, seconds):
-        res = _ok(spec, final)
-        res.metrics.update(epochs=epochs, n_train=100, timing_s={"train": seconds})
-        return res
-
-    paper = [done(s, 0.99, 51, 500.0) for s in specs["paper"]]
-    fast = [done(s, 0.98, 10, 90.0) for s in specs["fast"][:1]]  # class 5's fast run is missing
-    df = tabulation.fast_vs_paper(paper, fast).set_index("class")
-    assert list(df.index) == ["0", "5", "mean"] and bool(df.at["0", "dev"]) and not df.at["5", "dev"]
-    assert df.at["0", "diff"] == pytest.approx(-1.0) and df.at["0", "passes_ratio"] == pytest.approx(10 / 51)
-    assert df.at["0", "time_ratio"] == pytest.approx(0.18) and math.isnan(df.at["5", "fast_final"])
-    assert math.isnan(df.at["mean", "fast_final"]) and df.at["mean", "paper_final"] == pytest.approx(99.0)
-    text = tabulation.fast_vs_paper_markdown(df.reset_index())
-    assert "| table2_mnist | auroc | 0 | dev | 99.00 |" in text and "0.196" in text and "—" in text

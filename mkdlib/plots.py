@@ -1,5 +1,5 @@
 """Drawing the paper's figures: rows of image / ground truth / heatmap (Figures 1 and 6) and bars of
-mean AUROC per setting (Figures 3-5), fed by `mkdlib.paper_figures`; and one image's decision
+mean AUROC per setting (Figures 3-5), fed by `mkdlib.paper.figures`; and one image's decision
 (`decision_figure`, for `mkd predict` and `mkd evaluate --figures`).
 
 Low scores are left transparent on the heatmap (paper: "pixels with low score are omitted"). Built
@@ -17,7 +17,6 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from mkdlib.io_utils import atomic_write_bytes
-from mkdlib.paper import PAPER
 
 COLUMNS = ("image", "ground truth", "localisation")
 
@@ -107,12 +106,11 @@ def decision_figure(image, heat: np.ndarray, *, title: str = "", threshold: floa
 
 def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -> Figure:
     """Figures 3-5: a panel per dataset, the paper's and our mean AUROC for each setting, as bars.
-    panels: panel title -> setting -> a `report.comparison_table` with a "mean" row."""
+    panels: panel title -> bar label -> a `markdown.comparison_table` with a "mean" row."""
     fig = Figure(figsize=(4.5 * len(panels), 3.8))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (panel, by_setting) in zip(axes, panels.items()):
-        dfs = list(by_setting.values())
-        labels = [PAPER[df.attrs["item"]].column_labels.get(df.attrs["column"], df.attrs["column"]) for df in dfs]
+        labels, dfs = list(by_setting), list(by_setting.values())
         x = np.arange(len(dfs))
         ax.bar(x - 0.2, [df.at["mean", "paper"] for df in dfs], 0.4, label="paper")
         ax.bar(x + 0.2, [np.nan_to_num(df.at["mean", "ours_final"]) for df in dfs], 0.4, label="ours (final)")

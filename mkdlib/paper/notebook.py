@@ -1,0 +1,110 @@
+"""What a notebook asks for: its parameters turned into folders (`notebook_paths`: relative to the
+notebooks folder, whoever starts papermill), run options (`notebook_options`: dicts given as JSON strings
+decoded) and its runs (`notebook_specs`, by the item that needs them); which notebooks an `--only`
+selects; and the data / weights locations given on the command line (`use_locations`).
+
+`mkd regenerate` executes the notebooks (regenerate.py) and `--train-only` runs the same specs without
+papermill (train_only.py): both ask for the same run keys through `notebook_specs`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mkdlib.config import profile_of
+from mkdlib.datasets import ENV_VAR as DATA_ENV
+from mkdlib.paper.fast import comparison_specs
+from mkdlib.paper.items import FIGURE1_ROWS, FIGURES, ITEMS, NOTEBOOKS, notebooks_for, outputs, specs_for
+from mkdlib.runs.spec import RunSpec
+from mkdlib.weights import WEIGHTS_ENV
+
+REPO = Path(__file__).resolve().parents[2]  # a source checkout (pip install -e .)
+NOTEBOOK_DIR, RESULTS_DIR = REPO / "notebooks", REPO / "results"
+
+
+def select(only: Sequence[str] | None = None) -> list[str]:
+    """Notebook names, in suite order, for item ids ("table9"), figure ids or notebook names."""
+    if not only:
+        return list(NOTEBOOKS)
+    wanted = {nb for key in only for nb in notebooks_for(key)}
+    return [nb for nb in NOTEBOOKS if nb in wanted]
+
+
+def default_results(profile: str) -> Path:
+    """results/ for the paper profile (the committed tables), results/<profile>/ for any other, so that a
+    pipeline check never replaces the paper's numbers."""
+    name = profile_of(profile).name
+    return RESULTS_DIR if name == "paper" else RESULTS_DIR / name
+
+
+def _from_notebooks(path: str | Path) -> Path:
+    """A notebook parameter's path, relative ones taken from the notebooks folder (as "../results" was
+    always meant), not from the working directory of whoever started papermill."""
+    return (NOTEBOOK_DIR / Path(path).expanduser()).resolve()
+
+
+def notebook_paths(profile: str, results_dir: str | Path | None,
+                   runs_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(results folder, run cache) of a notebook: results_dir, else the profile's default_results; the run
+    cache runs_dir, else <results folder>/runs. Relative paths are relative to the notebooks folder."""
+    results = default_results(profile) if results_dir is None else _from_notebooks(results_dir)
+    return results, _from_notebooks(runs_dir) if runs_dir else results / "runs"
+
+
+def _decoded(name: str, value: Any) -> Any:
+    """A dict or list parameter that arrived as a JSON string (papermill -p passes them as text)."""
+    if not (isinstance(value, str) and value.strip()[:1] in ("{", "[")):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"notebook parameter {name}={value!r} is not valid JSON ({err.msg}); give dicts and "
+                         "lists as JSON (-p classes '{\"mvtec\": [\"bottle\"]}') or as YAML (papermill -y)") from None
+
+
+def notebook_options(**parameters: Any) -> dict[str, Any]:
+    """The notebook's run options (items.specs_for keywords), JSON strings decoded."""
+    return {name: _decoded(name, value) for name, value in parameters.items()}
+
+
+# A notebook's run options (its parameters cell) with the notebooks' defaults: what notebook_specs and
+# --train-only's -p take.
+SPEC_OPTIONS: dict[str, Any] = {"classes": {}, "seeds": None, "data_root": None, "data_roots": {},
+                                "weights": "profile", "config": {}}
+
+
+def notebook_specs(name: str, profile: str = "paper", **options: Any) -> dict[str, list[RunSpec]]:
+    """The runs notebook `name` executes, by the item (or figure) that needs them, from its run options
+    (notebook_options; absent ones take SPEC_OPTIONS). The notebooks and --train-only both call it, so both
+    ask for the same run keys. An item split between two notebooks (Tables 9-10) gets the settings this
+    notebook's figure draws (items.outputs); Figure 1 runs its own rows of three items."""
+    options = {**SPEC_OPTIONS, **options}
+    keys, drawn, by_key = NOTEBOOKS[name], outputs(name), {}
+    if "figure1" in keys:
+        rows = {**FIGURE1_ROWS[profile], **options["classes"]}
+        by_key["figure1"] = [spec for item in FIGURES["figure1"][1]
+                             for spec in specs_for(item, profile, **{**options, "classes": rows})]
+    for item in (k for k in keys if k in ITEMS):
+        settings = [s for i, s in drawn.values() if i == item and s is not None]
+        by_key[item] = specs_for(item, profile, settings=settings, **options)
+    if "fast_vs_paper" in keys:  # trains the fast side only; the paper side is read
+        by_key["fast_vs_paper"] = comparison_specs(profile, **options)["fast"]
+    return by_key
+
+
+def use_locations(data_root: str | None, weights: str | None) -> None:
+    """Point $MKDLIB_DATA and $MKDLIB_VGG16_WEIGHTS (inherited by the notebooks' kernels) at these, so that
+    the runs' specs keep data_root None and weights "imagenet": the same keys on every machine."""
+    for value, env, kind, exists in ((data_root, DATA_ENV, "folder", Path.is_dir),
+                                     (weights, WEIGHTS_ENV, "file", Path.is_file)):
+        if value is None:
+            continue
+        path = Path(value).expanduser().resolve()
+        if not exists(path):
+            raise ValueError(f"{path} is not a {kind}: pass an existing {kind} as "
+                             f"--{'data-root' if env == DATA_ENV else 'weights'}")
+        os.environ[env] = str(path)

@@ -1,0 +1,217 @@
+"""`mkd regenerate` / `python -m mkdlib.paper.regenerate`: execute the paper notebooks with papermill.
+
+Each notebook of `items.NOTEBOOKS` runs with the chosen profile and writes its tables and figures into
+the results folder; the executed copy goes to `<results>/executed/`. Each profile has its own folder
+(results/ for the paper's, results/<profile>/ for the others), and tables or an index that another profile
+wrote are not overwritten without --force. A failing notebook is reported and the others still run; the
+exit code is 1 if any failed (with --strict, also a notebook with an item that ran nothing).
+
+The notebooks call `notebook_paths` and `notebook_options` on their parameters, so that they write the
+same place from any working directory and take dicts given as JSON strings (papermill's `-p`), and
+`notebook_specs` for their runs. --train-only runs those same specs without papermill (a GPU machine without
+Jupyter): the records it leaves are then found, by key, when the notebooks render the tables elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mkdlib.cli import key_value
+from mkdlib.config import PROFILES
+from mkdlib.paper import train_only
+from mkdlib.paper.items import FIGURES, NOTEBOOKS, outputs
+from mkdlib.paper.markdown import written_profile
+from mkdlib.paper.notebook import NOTEBOOK_DIR, RESULTS_DIR, default_results, select, use_locations
+
+KERNEL = "python3"
+OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
+
+
+def kernel_name() -> str:
+    """A Jupyter kernel that runs this interpreter: "python3" when its argv[0] is `python` (jupyter_client
+    then starts sys.executable) or sys.executable itself; else a kernelspec for sys.executable installed
+    into sys.prefix (a virtual environment's own share/jupyter/kernels)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    for name in (KERNEL, OWN_KERNEL):
+        try:
+            argv0 = manager.get_kernel_spec(name).argv[0]
+        except NoSuchKernel:
+            continue
+        if argv0 in ("python", "python3") or Path(argv0).resolve() == Path(sys.executable).resolve():
+            return name
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=OWN_KERNEL, display_name=f"Python ({sys.prefix})", prefix=sys.prefix)
+    return OWN_KERNEL
+
+
+def _writes_index(name: str) -> bool:
+    """Every notebook of a paper table or figure rewrites the index; the quickstart writes only its demo."""
+    return bool(outputs(name)) or any(key in FIGURES for key in NOTEBOOKS[name])
+
+
+def overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> list[tuple[Path, str]]:
+    """(file, its profile) for each table (csv, md) or index these notebooks would write in results_dir
+    that another profile wrote (markdown.written_profile)."""
+    results_dir = Path(results_dir)
+    files = [results_dir / f"{out}.{ext}" for name in names for out in outputs(name) for ext in ("csv", "md")]
+    if any(_writes_index(name) for name in names):
+        files.append(results_dir / "README.md")
+    found = [(path, written_profile(path)) for path in dict.fromkeys(files)]
+    return [(path, written) for path, written in found if written not in (None, profile)]
+
+
+def refuse_overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> None:
+    """Raise FileExistsError, before anything runs, if the notebooks would overwrite another profile's files."""
+    clash = overwrites(results_dir, names, profile)
+    if clash:
+        path, written = clash[0]
+        others = "".join(f"\n  {p} (profile {w!r})" for p, w in clash[1:])
+        raise FileExistsError(f"{path} was written by profile {written!r}, not {profile!r}"
+                              f"{f' (and {len(clash) - 1} more files below)' if others else ''}: pass --force "
+                              f"to overwrite, or choose another folder with --results{others}")
+
+
+def _has_value(csv: Path) -> bool:
+    """Whether a written table has any number of ours (a run that finished)."""
+    try:
+        return bool(pd.read_csv(csv)["ours_final"].notna().any())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def ran_nothing(results_dir: str | Path, name: str, since: float) -> list[str]:
+    """The items of a notebook without a single finished run (every row not run or failed), read from the
+    tables it wrote; for a notebook writing no tables, its heatmap figures not drawn after `since` (a
+    time.time()). A pipeline check (--strict) that ran nothing has checked nothing."""
+    results_dir, by_item = Path(results_dir), {}
+    for out, (item, _) in outputs(name).items():
+        by_item.setdefault(item, []).append(results_dir / f"{out}.csv")
+    if by_item:
+        return [item for item, tables in by_item.items() if not any(_has_value(t) for t in tables)]
+    return [key for key in NOTEBOOKS[name] if key in FIGURES and not _drawn(results_dir, key, since)]
+
+
+def _drawn(results_dir: Path, figure: str, since: float) -> bool:
+    """Whether `<results_dir>/figures/<figure>_*.png` has a file written after `since`."""
+    return any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{figure}_*.png"))
+
+
+def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
+            notebook_dir: str | Path = NOTEBOOK_DIR, parameters: Mapping[str, Any] | None = None,
+            kernel: str | None = None, log_output: bool = False, force: bool = False,
+            strict: bool = False) -> dict[str, str | None]:
+    """Execute each notebook into `<results_dir>/executed/<name>.ipynb`; name -> None or its error.
+
+    results_dir: default_results(profile) when None. Files of another profile are not overwritten unless
+    `force` (FileExistsError before anything runs). strict: a notebook with an item that ran nothing fails.
+    """
+    import papermill as pm
+
+    fixed = sorted({"profile", "results_dir"} & set(parameters or {}))
+    if fixed:
+        raise ValueError(f"parameters {fixed} are set by --profile and --results; drop them from -p")
+    results_dir = default_results(profile) if results_dir is None else Path(results_dir).resolve()
+    notebook_dir = Path(notebook_dir).resolve()
+    if not force:
+        refuse_overwrites(results_dir, names, profile)
+    executed = results_dir / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    kernel = kernel or kernel_name()
+    params = {"profile": profile, "results_dir": str(results_dir), **(parameters or {})}
+    status: dict[str, str | None] = {}
+    for name in names:
+        start, since = time.perf_counter(), time.time()
+        print(f"mkd regenerate: {name} (profile {profile}) ...", flush=True)
+        try:
+            pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed / f"{name}.ipynb", parameters=params,
+                                kernel_name=kernel, cwd=str(notebook_dir), progress_bar=False,
+                                log_output=log_output)
+            empty = ran_nothing(results_dir, name, since) if strict else []
+            status[name] = f"ran no runs for {', '.join(empty)} (--strict; see {results_dir})" if empty else None
+        except Exception as err:  # a failing notebook is reported; the others still run
+            if hasattr(err, "ename"):  # papermill's PapermillExecutionError: the cell's exception
+                status[name] = f"{err.ename}: {err.evalue} (cell {err.exec_count}; see {executed / name}.ipynb)"
+            else:
+                status[name] = f"{type(err).__name__}: {err}"
+        took = time.perf_counter() - start
+        print(f"mkd regenerate: {name} {'ok' if status[name] is None else 'FAILED'} in {took:.0f} s", flush=True)
+    return status
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mkd regenerate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", choices=list(PROFILES), default="paper",
+                   help="paper: the full protocol; smoke: tiny subsets and 2 epochs (a pipeline check)")
+    p.add_argument("--only", nargs="+", metavar="ITEM",
+                   help=f"items (table3, figure6, ...) or notebooks: {', '.join(NOTEBOOKS)}")
+    p.add_argument("--results", help=f"results folder (default: {RESULTS_DIR} for the paper profile, "
+                                     f"{RESULTS_DIR}/<profile> for the others)")
+    p.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
+    p.add_argument("-p", "--parameter", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help='a notebook parameter, e.g. -p device=cuda -p executor=processes -p workers=4 '
+                        '-p \'data_roots={"mvtec": "/data/mvtec"}\' (repeatable)')
+    p.add_argument("--force", action="store_true",
+                   help="overwrite tables and the index even where another profile wrote them")
+    p.add_argument("--strict", action="store_true",
+                   help="fail a notebook with an item that ran no run (all not run or failed), as CI should")
+    p.add_argument("--kernel", help="Jupyter kernel name (default: one running this Python)")
+    p.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    p.add_argument("--list", action="store_true", help="list the notebooks and what they write, then exit")
+    p.add_argument("--device", help="where runs train: cpu, cuda, cuda:1 (default: cpu; for notebooks, as -p device)")
+    p.add_argument("--data-root", help="the datasets' folder, as $MKDLIB_DATA (keeps the run keys portable)")
+    p.add_argument("--weights", help="the VGG-16 source weights file, as $MKDLIB_VGG16_WEIGHTS")
+    p.add_argument("--runs-dir", help="the run cache (default: <results>/runs; for notebooks, as -p runs_dir)")
+    g = p.add_argument_group("--train-only: the notebooks' runs without papermill or tables (a GPU machine)")
+    g.add_argument("--train-only", action="store_true",
+                   help="train and evaluate the runs the selected notebooks would, one log line per item")
+    g.add_argument("--log", help="also append the per-item lines to this file")
+    g.add_argument("--archive", help="then pack the finished runs' records (no checkpoints but the final "
+                                     "cloners) into this .tar.gz")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.list:
+        for name, keys in NOTEBOOKS.items():
+            print(f"{name}: {', '.join(keys)}")
+        return 0
+    try:
+        names = select(args.only)
+    except KeyError as err:
+        print(f"mkd regenerate: {err.args[0]}", file=sys.stderr)
+        return 2
+    results = default_results(args.profile) if args.results is None else Path(args.results).resolve()
+    runs = Path(args.runs_dir).resolve() if args.runs_dir else None
+    parameters = {**dict(args.parameter), **{k: str(v) for k, v in (("device", args.device), ("runs_dir", runs))
+                                             if v is not None}}
+    try:
+        use_locations(args.data_root, args.weights)
+        if args.train_only:
+            return train_only.main(args, names, runs or results / "runs")
+        status = execute(names, profile=args.profile, results_dir=results, notebook_dir=args.notebooks,
+                         parameters=parameters, kernel=args.kernel, log_output=args.log_output,
+                         force=args.force, strict=args.strict)
+    except (FileExistsError, ValueError) as err:
+        print(f"mkd regenerate: {err}", file=sys.stderr)
+        return 2
+    failed = {k: v for k, v in status.items() if v is not None}
+    print(f"mkd regenerate: {len(status) - len(failed)} of {len(status)} notebooks ok; executed copies in "
+          f"{results / 'executed'}")
+    for name, error in failed.items():
+        print(f"  FAILED {name}: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""`mkd regenerate --train-only`: the runs the selected notebooks would execute (`notebook_specs`), trained
+and evaluated without papermill, Jupyter or any table (a GPU machine); one log line per item, and the
+finished records packed into an archive to render the tables elsewhere (the notebooks then find them by key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mkdlib.paper.items import ITEMS, notebooks_for
+from mkdlib.paper.notebook import SPEC_OPTIONS, notebook_options, notebook_paths, notebook_specs
+from mkdlib.paper.tabulation import add_maps, failure_note
+from mkdlib.runs.loading import check_device
+from mkdlib.runs.executors import run_many
+from mkdlib.runs.spec import RunResult
+from mkdlib.runs.store import HISTORY, LOCK
+from mkdlib.train import cloner_path
+
+FINAL_CLONERS_BUDGET = 8 * 2**20  # bytes of final cloners an archive keeps (heatmap figures load them)
+
+
+def _no_data(result: RunResult) -> bool:
+    return result.error_type == "DatasetNotFoundError"
+
+
+def _unique(results: Sequence[RunResult]) -> list[RunResult]:
+    return list({r.spec.key(): r for r in results}.values())
+
+
+def item_line(item: str, results: Sequence[RunResult], new: int, seconds: float) -> str:
+    """The log line of one item: its runs, how many this command trained (new) or found finished (cached),
+    failures, and the runs skipped because their data is not on this machine (not failures)."""
+    runs = _unique(results)
+    absent = [r for r in runs if _no_data(r)]
+    failed = sum(not r.ok for r in runs) - len(absent)
+    where = (f"no data here: {', '.join(dict.fromkeys(r.spec.dataset for r in absent))} "
+             f"({failure_note(absent[0])})") if absent else ""
+    if runs and len(absent) == len(runs):
+        return f"{item}: skipped: {where}"
+    done = len(runs) - failed - len(absent)
+    text = f"{item}: {len(runs)} runs ({new} new, {done - new} cached), {failed} failed"
+    return f"{text}{f', {len(absent)} skipped: {where}' if absent else ''}, {seconds:.0f} s"
+
+
+def _trained_since(result: RunResult, start: float) -> bool:
+    """Whether this finished run was trained after `start` (its history is written once, after training)."""
+    history = result.run_dir / HISTORY if result.ok else None
+    return history is not None and history.is_file() and history.stat().st_mtime >= start
+
+
+def train_only(names: Sequence[str], *, profile: str = "paper", runs_dir: str | Path | None = None,
+               device: str = "cpu", options: Mapping[str, Any] | None = None, log: str | Path | None = None,
+               progress: bool = False) -> list[RunResult]:
+    """Run the specs the notebooks `names` would run (notebook_specs) and the maps they add (add_maps), into
+    runs_dir (default: the profile's run cache), without papermill or any table; print, and append to `log`,
+    one item_line per item. Returns every run's result (absent data as DatasetNotFoundError results)."""
+    device = str(check_device(device))
+    runs_dir = Path(runs_dir).resolve() if runs_dir else notebook_paths(profile, None)[1]
+    options = notebook_options(**(options or {}))
+    sink = open(log, "a") if log else None  # noqa: SIM115  (closed below, after every item)
+
+    def say(line: str) -> None:
+        print(f"mkd regenerate --train-only: {line}", flush=True)
+        if sink:
+            sink.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            sink.flush()
+
+    out: list[RunResult] = []
+    try:
+        say(f"profile {profile}, device {device}, runs in {runs_dir}")
+        for name in names:
+            by_item = notebook_specs(name, profile, **options)
+            if not by_item:
+                say(f"{name}: no cached runs to train (it runs when rendered)")
+            for item, specs in by_item.items():
+                start = time.time()
+                results = run_many(specs, runs_dir, device=device, progress=progress)
+                if item in ITEMS:
+                    results = add_maps(item, results, device=device, progress=progress)
+                new = sum(_trained_since(r, start) for r in _unique(results))
+                label = item if len(notebooks_for(item)) == 1 else f"{item} ({name})"
+                say(item_line(label, results, new, time.time() - start))
+                out += results
+    finally:
+        if sink:
+            sink.close()
+    return out
+
+
+def pack_records(results: Sequence[RunResult], archive: str | Path, *,
+                 cloner_budget: int = FINAL_CLONERS_BUDGET) -> list[str]:
+    """Write the records of the finished runs among `results` into a tar.gz of `<key>/...`: every file but
+    checkpoints/ and the lock, plus each run's final cloner while they total at most cloner_budget bytes
+    (Figures 1 and 6 draw maps with it; nothing else needs a checkpoint once metrics.json exists).
+    Returns the keys whose final cloner was left out."""
+    left_out, budget = [], cloner_budget
+    archive = Path(archive)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for res in (r for r in _unique(results) if r.ok):
+            key = res.run_dir.name
+            for path in sorted(res.run_dir.iterdir()):
+                if path.name not in ("checkpoints", LOCK):
+                    tar.add(path, arcname=f"{key}/{path.name}")
+            final = cloner_path(res.run_dir / "checkpoints", res.spec.mkd_config().epochs)
+            if final.is_file() and final.stat().st_size <= budget:
+                tar.add(final, arcname=f"{key}/checkpoints/{final.name}")
+                budget -= final.stat().st_size
+            elif final.is_file():
+                left_out.append(key)
+    os.replace(partial, archive)  # a half-written archive never has the final name
+    return left_out
+
+
+def _train_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The -p parameters --train-only uses (the run options); others are refused by name."""
+    unused = sorted(set(parameters) - set(SPEC_OPTIONS))
+    if unused:
+        raise ValueError(f"parameters {unused} are not used by --train-only; it takes {list(SPEC_OPTIONS)} "
+                         "(and --device, --runs-dir)")
+    return dict(parameters)
+
+
+def main(args: argparse.Namespace, names: Sequence[str], runs_dir: Path) -> int:
+    """`mkd regenerate --train-only`: train the notebooks' runs, pack their records, report failures."""
+    results = train_only(names, profile=args.profile, runs_dir=runs_dir, device=args.device or "cpu",
+                         options=_train_parameters(dict(args.parameter)), log=args.log,
+                         progress=args.log_output)
+    failed = [r for r in _unique(results) if not r.ok and not _no_data(r)]
+    if args.archive:
+        left_out = pack_records(results, args.archive)
+        print(f"mkd regenerate --train-only: records of {sum(r.ok for r in _unique(results))} runs in "
+              f"{args.archive}" + (f"; final cloners of {len(left_out)} runs left out (over "
+                                   f"{FINAL_CLONERS_BUDGET >> 20} MiB)" if left_out else ""))
+    for res in failed:
+        print(f"  FAILED {res.spec.label()} ({res.spec.key()}): {res.error_type}: {res.error}", file=sys.stderr)
+    return 1 if failed else 0
