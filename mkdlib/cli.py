@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: Exception) -> str:
     from mkdlib.runs.store import RunError
-    from mkdlib.train import CheckpointError
+    from mkdlib.checkpoints import CheckpointError
 
     text = " ".join(str(err).split()) or repr(err)
     known = (RunError, CheckpointError, ValueError, OSError)  # users' errors: missing data, bad names, corrupt files

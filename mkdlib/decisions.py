@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration, read_calibration
+from mkdlib.checkpoints import cloner_path
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import DatasetNotFoundError
 from mkdlib.localization import GRADIENTS
@@ -19,7 +20,6 @@ from mkdlib.runs.loading import load_data, load_model
 from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, write_json
 from mkdlib.scoring import score, score_loss
-from mkdlib.train import cloner_path
 
 
 def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig,

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from mkdlib.checkpoints import cloner_path, load_checkpoint
 from mkdlib.config import MKDConfig
 from mkdlib.features import FeatureStore, autocast, image_loader, to_input
 from mkdlib.localization import (SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_maps, check_methods, finish_maps,
@@ -23,7 +24,6 @@ from mkdlib.localization import (SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_m
 from mkdlib.losses import MKDLoss
 from mkdlib.metrics import au_pro, image_auroc, paper_pixel_auroc, pixel_auroc
 from mkdlib.models import Cloner, Source
-from mkdlib.train import cloner_path, load_checkpoint
 
 
 def score_loss(cfg: MKDConfig) -> MKDLoss:

@@ -7,8 +7,6 @@ deterministic mode, with the source's features computed once when the data is de
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import random
 import shutil
@@ -24,13 +22,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from mkdlib.checkpoints import (LAST, cloner_path, load_checkpoint, missing_cloners, save_checkpoint, trained_epochs,
+                                write_history)
 from mkdlib.config import MKDConfig, learning_rate
 from mkdlib.features import FeatureStore, autocast, image_loader, to_input
-from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 from mkdlib.losses import MKDLoss
 from mkdlib.models import Cloner, Source
-
-LAST = "last.pt"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -69,54 +66,6 @@ class EpochBatches:
         return math.ceil(self.n / self.batch_size)
 
 
-def _save(obj: dict, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def write_history(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, out.getvalue())
-
-
-class CheckpointError(RuntimeError):
-    """An unreadable checkpoint file; the message says what deleting it recomputes."""
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        what = ("the run restarts from scratch" if Path(path).name == LAST else
-                "only it is recomputed, from the nearest earlier checkpoint")
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it and run the same command "
-            f"again: {what}"
-        ) from None
-
-
-def cloner_path(checkpoint_dir: Path, epoch: int) -> Path:
-    return Path(checkpoint_dir) / f"cloner_e{epoch:04d}.pt"
-
-
-def trained_epochs(checkpoint_dir: str | Path) -> int:
-    """Passes recorded in checkpoint_dir/last.pt (0 without one)."""
-    path = Path(checkpoint_dir) / LAST
-    return int(load_checkpoint(path)["epoch"]) if path.is_file() else 0
-
-
-def missing_cloners(checkpoint_dir: str | Path, cfg: MKDConfig) -> list[int]:
-    """Sampled epochs (cfg.eval_epochs()) that training has passed but whose cloner file is absent."""
-    done = trained_epochs(checkpoint_dir)
-    return [e for e in cfg.eval_epochs() if e <= done and not cloner_path(checkpoint_dir, e).is_file()]
-
-
 def restore_cloners(new_cloner: Callable[[], Cloner], source: Source, data: Dataset | Tensor, cfg: MKDConfig,
                     loss: MKDLoss, checkpoint_dir: str | Path, *, device: str | torch.device = "cpu",
                     progress: bool = True) -> list[int]:
@@ -131,7 +80,7 @@ def restore_cloners(new_cloner: Callable[[], Cloner], source: Source, data: Data
     missing = missing_cloners(ckpt, cfg)
     done = trained_epochs(ckpt)
     if done in missing:
-        _save({"cloner": load_checkpoint(ckpt / LAST)["cloner"], "epoch": done}, cloner_path(ckpt, done))
+        save_checkpoint({"cloner": load_checkpoint(ckpt / LAST)["cloner"], "epoch": done}, cloner_path(ckpt, done))
     earlier = [e for e in missing if e < done]
     if earlier:
         print(f"mkdlib: recomputing the missing sampled cloner(s) of epochs {earlier} in {ckpt}: retraining "
@@ -139,7 +88,7 @@ def restore_cloners(new_cloner: Callable[[], Cloner], source: Source, data: Data
 
         def keep(epoch: int, cloner: Cloner) -> None:
             if epoch in earlier:
-                _save({"cloner": cloner.state_dict(), "epoch": epoch}, cloner_path(ckpt, epoch))
+                save_checkpoint({"cloner": cloner.state_dict(), "epoch": epoch}, cloner_path(ckpt, epoch))
 
         if trained_epochs(ckpt / "recover") > min(earlier):  # an older recovery went past one of them
             shutil.rmtree(ckpt / "recover")
@@ -297,11 +246,11 @@ def _checkpoint(ckpt_dir: Path, cloner: Cloner, optimizer: torch.optim.Optimizer
     """After epoch `done`: the cloner alone if it is a sampled epoch; last.pt (everything a resume needs)
     and history.csv every cfg.checkpoint_every epochs and at the end."""
     if sampled:
-        _save({"cloner": cloner.state_dict(), "epoch": done}, cloner_path(ckpt_dir, done))
+        save_checkpoint({"cloner": cloner.state_dict(), "epoch": done}, cloner_path(ckpt_dir, done))
     if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
         state = {"cloner": cloner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": done,
                  "history": history, "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict()}
-        _save(state, ckpt_dir / LAST)
+        save_checkpoint(state, ckpt_dir / LAST)
         write_history(history, ckpt_dir / "history.csv")
 
 

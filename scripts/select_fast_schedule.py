@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mkdlib.checkpoints import cloner_path, load_checkpoint
 from mkdlib.config import fast_overrides, paper_config
 from mkdlib.datasets import get_dataset
 from mkdlib.metrics import image_auroc
 from mkdlib.runs.runner import run
 from mkdlib.runs.spec import RunSpec
 from mkdlib.scoring import score, score_loss, summarize
-from mkdlib.train import build, cloner_path, fit, load_checkpoint
+from mkdlib.train import build, fit
 
 # (name, overrides on top of fast_overrides): the paper's lr cut to a fifth of the epochs, then two peaks.
 CANDIDATES = {

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mkdlib.paper import items
-from mkdlib.runs.executors import executor
-from mkdlib.runs.executors import run_many
+from mkdlib.runs.executors import executor, run_many
 
 
 def test_executor_keywords():

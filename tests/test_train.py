@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from mkdlib.checkpoints import LAST, cloner_path
 from mkdlib.config import MKDConfig, paper_config
-from mkdlib.train import LAST, build, cloner_path, fit
+from mkdlib.train import build, fit
 
 
 def _cfg(**kw):

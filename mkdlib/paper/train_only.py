@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mkdlib.checkpoints import cloner_path
 from mkdlib.paper.items import ITEMS, notebooks_for
 from mkdlib.paper.notebook import SPEC_OPTIONS, notebook_options, notebook_paths, notebook_specs
 from mkdlib.paper.tabulation import add_maps, failure_note
-from mkdlib.runs.loading import check_device
 from mkdlib.runs.executors import run_many
+from mkdlib.runs.loading import check_device
 from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import HISTORY, LOCK
-from mkdlib.train import cloner_path
 
 FINAL_CLONERS_BUDGET = 8 * 2**20  # bytes of final cloners an archive keeps (heatmap figures load them)
 

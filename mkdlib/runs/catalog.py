@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
+from mkdlib.checkpoints import CheckpointError, trained_epochs
 from mkdlib.config import EXECUTION_FIELDS, PROFILES
 from mkdlib.datasets import DATASET_NAMES
 from mkdlib.datasets.factory import ALIASES
@@ -21,7 +22,6 @@ from mkdlib.localization import localization_variants
 from mkdlib.runs.spec import RunSpec
 from mkdlib.runs.store import (ENV, ERROR, LOCK, METRICS, REEVALUATE, SPEC, RunError, lock_if_free, read_json,
                                read_metrics, read_spec, upgrade_root)
-from mkdlib.train import CheckpointError, trained_epochs
 
 COLUMNS = ("key", "dataset", "class", "profile", "epochs", "status", "image AUROC", "pixel AUROC", "created")
 STATUSES = ("finished", "training", "failed", "corrupt", "locked")

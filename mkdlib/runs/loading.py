@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
+from mkdlib.checkpoints import cloner_path, load_checkpoint
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import get_dataset
 from mkdlib.datasets.subset import Subset, subset_indices
 from mkdlib.models import Cloner, Source
 from mkdlib.runs.spec import RunResult, RunSpec
 from mkdlib.runs.store import RunError, load_run
-from mkdlib.train import build, cloner_path, load_checkpoint
+from mkdlib.train import build
 from mkdlib.weights import weights_sha256
 
 

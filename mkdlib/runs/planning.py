@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from mkdlib.checkpoints import CheckpointError, trained_epochs
 from mkdlib.config import MKDConfig
 from mkdlib.runs.loading import check_device, load_data
 from mkdlib.runs.runner import finished_runs
 from mkdlib.runs.spec import RunSpec
-from mkdlib.train import CheckpointError, build, duration_text, measure_speed, trained_epochs
+from mkdlib.train import build, duration_text, measure_speed
 
 
 SPEED_FIELDS = ("image_size", "cloner", "batch_size", "train_layers", "amp", "channels_last")  # what measure_speed runs

@@ -24,6 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration
+from mkdlib.checkpoints import LAST, CheckpointError, load_checkpoint, missing_cloners, trained_epochs, write_history
 from mkdlib.config import MKDConfig
 from mkdlib.localization import GRADIENTS, check_methods
 from mkdlib.models import Cloner
@@ -33,8 +34,7 @@ from mkdlib.runs.spec import RunResult, RunSpec, canonical_json
 from mkdlib.runs.store import (ENV, ERROR, HISTORY, METRICS, SCORES, SPEC, CorruptMetrics, RunError, RunLock,
                                environment, load_run, read_metrics, read_spec, upgrade_root, write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, pixel_metrics, score, score_loss
-from mkdlib.train import (LAST, CheckpointError, fit, load_checkpoint, measure_speed, missing_cloners, plan_text,
-                          restore_cloners, trained_epochs, write_history)
+from mkdlib.train import fit, measure_speed, plan_text, restore_cloners
 from mkdlib.weights import weights_sha256
 
 LONG_RUN_PASSES = 20_000  # runs with more image passes than this print their estimated time first
