@@ -15,10 +15,15 @@ from mkdlib.paper.markdown import (COLUMNS, PROVENANCE, UNKNOWN, commit_text, co
 from mkdlib.paper.numbers import MVTEC_CATEGORIES, PAPER, paper_value
 
 
-def _ours(item: str, offset: float = -1.0, skip: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+def _ours(item: str, offset: float = -1.0, skip: tuple[str, ...] = ()) -> pd.DataFrame:
     t = PAPER[item]
-    return {c: {"final": r[t.default_column] + offset, "mean": r[t.default_column], "std": 0.5}
-            for c, r in t.rows.items() if c not in skip}
+    return pd.DataFrame.from_dict({c: {"final": r[t.default_column] + offset, "mean": r[t.default_column], "std": 0.5}
+                                   for c, r in t.rows.items() if c not in skip}, orient="index")
+
+
+def _final(values: dict[str, float]) -> pd.DataFrame:
+    """Final-epoch AUROC only, in %."""
+    return pd.DataFrame({"final": values}, columns=["final"], dtype=float)
 
 
 def test_columns_mean_row_and_paper_column():
@@ -38,11 +43,11 @@ def test_columns_mean_row_and_paper_column():
 
 
 def test_other_column_and_float_only_input():
-    df = comparison_table("table9", {c: 80.0 for c in MVTEC_CATEGORIES}, column="dir_loss")
+    df = comparison_table("table9", _final({c: 80.0 for c in MVTEC_CATEGORIES}), column="dir_loss")
     assert df.at["grid", "paper"] == 50.1 and df.at["mean", "paper"] == 83.74
     assert df["ours_mean"].isna().all() and df.at["grid", "diff"] == pytest.approx(29.9)
     with pytest.raises(KeyError):
-        comparison_table("table9", {}, column="nope")
+        comparison_table("table9", _final({}), column="nope")
 
 
 def test_not_run_classes_get_nan_and_a_note(tmp_path):
@@ -53,30 +58,26 @@ def test_not_run_classes_get_nan_and_a_note(tmp_path):
     assert df.at["screw", "note"] == f"not run: {looked}"
     assert df.at["zipper", "note"] == "not run"
     assert "13 of 15" in df.at["mean", "note"] and math.isnan(df.at["mean", "diff"])
-    empty = comparison_table("table3", {}, notes={c: not_run(tmp_path) for c in MVTEC_CATEGORIES})
+    empty = comparison_table("table3", _final({}), notes={c: not_run(tmp_path) for c in MVTEC_CATEGORIES})
     assert empty["ours_final"].isna().all() and empty.at["mean", "paper"] == 87.74
 
 
-def test_units_are_validated():
-    fractions = {c: {"final": v["final"] / 100, "mean": v["mean"] / 100, "std": v["std"] / 100}
-                 for c, v in _ours("table3").items()}
-    with pytest.raises(ValueError, match="fraction"):
-        comparison_table("table3", fractions)
-    df = comparison_table("table3", fractions, unit="fraction")
+def test_ours_is_validated():
+    df = comparison_table("table3", _ours("table3"))
     assert df.at["bottle", "ours_final"] == pytest.approx(98.39) and df.at["bottle", "ours_std"] == 0.5
-    with pytest.raises(ValueError):
-        comparison_table("table3", {"bottle": 101.0})
+    with pytest.raises(ValueError, match=r"outside \[0, 100\]"):
+        comparison_table("table3", _final({"bottle": 101.0}))
     with pytest.raises(ValueError, match="not in table3"):
-        comparison_table("table3", {"toaster": 90.0})
-    with pytest.raises(ValueError):
-        comparison_table("table3", {"bottle": 90.0}, unit="percent")
+        comparison_table("table3", _final({"toaster": 90.0}))
+    with pytest.raises(ValueError, match="needs column 'final'"):
+        comparison_table("table3", pd.DataFrame({"auroc": {"bottle": 90.0}}))
 
 
 def test_tables_without_printed_mean_or_rows():
-    df = comparison_table("table6", {"brainmri": 94.0, "headct": 77.0})
+    df = comparison_table("table6", _final({"brainmri": 94.0, "headct": 77.0}))
     assert list(df.index) == ["brainmri", "headct", "headct_aug"]  # no printed mean: no mean row
     assert df.at["headct_aug", "note"] == "not run" and df.at["headct_aug", "paper"] == 80.42
-    df = comparison_table("table1", {c: 90.0 for c in MVTEC_CATEGORIES})  # the paper prints means only
+    df = comparison_table("table1", _final({c: 90.0 for c in MVTEC_CATEGORIES}))  # the paper prints means only
     assert df["paper"].iloc[:-1].isna().all() and df.at["mean", "paper"] == 90.51
 
 
@@ -135,7 +136,7 @@ def test_commit_is_detected(tmp_path):
 
 
 def test_markdown_heads_the_index_name_and_prints_notes_profile_and_weights():
-    df = comparison_table("table6", {"brainmri": 94.0, "headct": 77.0})
+    df = comparison_table("table6", _final({"brainmri": 94.0, "headct": 77.0}))
     assert df.index.name == "class"
     text = to_markdown(df, "T6")
     assert "| class | paper |" in text and "Notes:" not in text and "Profile" not in text
@@ -157,7 +158,7 @@ def test_markdown_heads_the_index_name_and_prints_notes_profile_and_weights():
 def test_markdown_title_level_is_a_section_for_notebooks_and_h1_for_the_files(tmp_path):
     """A notebook shows each table under a section heading (### title), not a second page title;
     the .md files in results/ keep their H1, which write_index reads back as the title."""
-    df = comparison_table("table6", {"brainmri": 94.0, "headct": 77.0})
+    df = comparison_table("table6", _final({"brainmri": 94.0, "headct": 77.0}))
     assert to_markdown(df, "T6").startswith("# T6\n\n")
     section = to_markdown(df, "T6", level=3)
     assert section.startswith("### T6\n\n")
@@ -171,7 +172,7 @@ def test_markdown_title_level_is_a_section_for_notebooks_and_h1_for_the_files(tm
 
 def test_index_lists_each_tables_profile_and_weights(tmp_path):
     for name, profile, weights in (("table5", "paper", "imagenet"), ("table6", "smoke", None)):
-        df = comparison_table(name, {})
+        df = comparison_table(name, _final({}))
         df["profile"], df["weights"], df["overrides"] = profile, weights, "amp=True" if name == "table5" else ""
         write_table(df, tmp_path, name)
     (tmp_path / "broken.md").write_text("# broken\n")
@@ -184,7 +185,7 @@ def test_index_lists_each_tables_profile_and_weights(tmp_path):
 
 
 def test_written_profile_of_tables_and_index(tmp_path):
-    df = comparison_table("table5", {})
+    df = comparison_table("table5", _final({}))
     df["profile"] = "smoke"
     csv, md = write_table(df, tmp_path, "table5")
     assert written_profile(csv) == written_profile(md) == "smoke"

@@ -140,7 +140,7 @@ def test_notebook_paths_do_not_depend_on_the_working_directory(monkeypatch, tmp_
 
 def test_notebook_options_decode_json_text():
     options = notebook.notebook_options(classes='{"mvtec": ["bottle"]}', seeds=" [0, 1]", config={"amp": True},
-                                          data_root="/data", weights="imagenet", data_roots=None)
+                                        data_root="/data", weights="imagenet", data_roots=None)
     assert options == {"classes": {"mvtec": ["bottle"]}, "seeds": [0, 1], "config": {"amp": True},
                        "data_root": "/data", "weights": "imagenet", "data_roots": None}
     with pytest.raises(ValueError, match="classes=.*not valid JSON.*-y"):

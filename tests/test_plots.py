@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -74,7 +75,7 @@ def test_decision_figure_bad_input():
 
 
 def test_means_figure_draws_a_panel_per_dataset(tmp_path):
-    tabs = {s: comparison_table("table9", {c: 80.0 for c in MVTEC_CATEGORIES}, column=s)
+    tabs = {s: comparison_table("table9", pd.DataFrame({"final": dict.fromkeys(MVTEC_CATEGORIES, 80.0)}), column=s)
             for s in ("equal_net", "smaller_net")}
     fig = means_figure({"MVTec AD": tabs, "again": tabs}, "Figure 4")
     assert len(fig.axes) == 2 and fig._suptitle.get_text() == "Figure 4"

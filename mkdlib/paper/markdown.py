@@ -22,7 +22,6 @@ from mkdlib.paper.numbers import PAPER
 COLUMNS = ["paper", "paper_pm", "ours_final", "ours_mean", "ours_std", "diff", "note"]
 INDEX_PROFILE = "profile of the run writing this index"  # a line of the index, read back by written_profile
 UNKNOWN = "unknown"  # the profile of a results file that records none
-UNITS = {"%": 1.0, "fraction": 100.0}  # factor to %
 
 
 def not_run(path: str | Path) -> str:
@@ -30,36 +29,23 @@ def not_run(path: str | Path) -> str:
     return f"not run: {path}"
 
 
-def _ours_frame(ours: pd.DataFrame | Mapping, unit: str) -> pd.DataFrame:
-    """Normalise `ours` to a float frame indexed by class with columns final, mean, std (in %)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
-    if isinstance(ours, pd.DataFrame):
-        df = ours.copy()
-    else:  # {class: {"final": x, "mean": m, "std": s}} or {class: x} (final only)
-        df = pd.DataFrame.from_dict(
-            {str(k): (dict(v) if isinstance(v, Mapping) else {"final": v}) for k, v in ours.items()},
-            orient="index")
-    if df.empty and not len(df.columns):  # nothing ran
-        df = pd.DataFrame(columns=["final"])
+def _ours_frame(ours: pd.DataFrame) -> pd.DataFrame:
+    """`ours` (index: class; columns final and optionally mean, std; AUROC in %) as floats indexed by str."""
+    unknown = set(ours.columns) - {"final", "mean", "std"}
+    if unknown or "final" not in ours.columns:
+        raise ValueError(f"ours needs column 'final' (and optionally 'mean', 'std'); got {list(ours.columns)}")
+    df = ours.reindex(columns=["final", "mean", "std"]).astype(float)
     df.index = df.index.map(str)
-    unknown = set(df.columns) - {"final", "mean", "std"}
-    if unknown or "final" not in df.columns:
-        raise ValueError(f"ours needs column 'final' (and optionally 'mean', 'std'); got {list(df.columns)}")
-    df = df.reindex(columns=["final", "mean", "std"]).astype(float)
     auroc = df[["final", "mean"]].to_numpy().ravel()
-    auroc = auroc[~pd.isna(auroc)]
-    top = 1.0 if unit == "fraction" else 100.0
-    if ((auroc < 0) | (auroc > top)).any():
-        raise ValueError(f"AUROC values outside [0, {top:g}] for unit={unit!r}")
-    if unit == "%" and auroc.size and (auroc <= 1.0).all():
-        raise ValueError("ours looks like fractions in [0, 1]; give % or pass unit='fraction'")
-    return df * UNITS[unit]
+    if ((auroc < 0) | (auroc > 100)).any():  # NaN compares False: not run
+        raise ValueError("AUROC values outside [0, 100]: ours is in %")
+    return df
 
 
-def comparison_table(item: str, ours: pd.DataFrame | Mapping, *, column: str | None = None,
-                     notes: Mapping[str, str] | None = None, unit: str = "%") -> pd.DataFrame:
-    """Paper vs ours for one paper item and column (default: the paper's method column).
+def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None,
+                     notes: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Paper vs ours (a frame as `_ours_frame` takes it, in %) for one paper item and column (default: the
+    paper's method column).
 
     Rows are the paper table's classes (or ours' classes, for a table printing only means), then a
     "mean" row when the paper prints a mean: mean over classes of each column, with the paper's
@@ -69,7 +55,7 @@ def comparison_table(item: str, ours: pd.DataFrame | Mapping, *, column: str | N
     col = column or t.default_column
     if col not in t.columns:
         raise KeyError(f"{item} has no column {col!r}; columns: {t.columns}")
-    o = _ours_frame(ours, unit)
+    o = _ours_frame(ours)
     notes = dict(notes or {})
     classes = t.classes or list(o.index)
     extra = (set(o.index) | set(notes)) - set(classes)

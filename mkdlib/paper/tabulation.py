@@ -204,8 +204,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         s = it.settings[name]
         sub = long[long["setting"] == name].set_index("class")
         notes = {c: n for c, n in sub["note"].items() if n}
-        df = markdown.comparison_table(it.id, sub[["final", "mean", "std"]] / 100, column=s.column, notes=notes,
-                                     unit="fraction")  # fractions: no guessing of the unit
+        df = markdown.comparison_table(it.id, sub[["final", "mean", "std"]], column=s.column, notes=notes)
         metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
         if not s.compare:
             df[["paper", "paper_pm", "diff"]] = math.nan
@@ -273,4 +272,4 @@ def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunR
     """Regenerate `<results_dir>/README.md`: every table there, the profile, the weights the runs used."""
     commit = markdown.commit_text(Path(__file__).resolve().parent)
     return markdown.write_index(results_dir, profile=profile_of(profile).label,
-                              weights=weights_used(results_dir, results), commit=commit)
+                                weights=weights_used(results_dir, results), commit=commit)
