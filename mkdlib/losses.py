@@ -38,15 +38,6 @@ class MKDLoss(nn.Module):
         self.value_weight = float(value_weight)
         self.direction_weight = float(direction_weight)
 
-    @classmethod
-    def ablation(cls, kind: str, layers: Sequence[str] = TRAIN_LAYERS, value_weight: float = 0.01) -> MKDLoss:
-        """'total', 'direction' (value term dropped) or 'value' (direction term dropped): Fig. 5."""
-        weights = {"total": (value_weight, 1.0), "direction": (0.0, 1.0), "value": (1.0, 0.0)}
-        if kind not in weights:
-            raise ValueError(f"unknown loss ablation {kind!r}; valid: {list(weights)}")
-        v, d = weights[kind]
-        return cls(layers, value_weight=v, direction_weight=d)
-
     def terms(self, cloner: dict[str, Tensor], source: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-image terms, each (B,): value_<layer> and direction_<layer>."""
         out = {}

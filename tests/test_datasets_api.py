@@ -1,9 +1,9 @@
-"""get_dataset's argument checks, the data-root fallback, and make_loader."""
+"""get_dataset's argument checks, the data-root fallback, and load_images."""
 
 import pytest
 import torch
 
-from mkdlib.datasets import DATASET_NAMES, DatasetNotFoundError, ImageReadError, get_dataset, load_images, make_loader
+from mkdlib.datasets import DATASET_NAMES, DatasetNotFoundError, ImageReadError, get_dataset, load_images
 
 SMALL = dict(n_train=4, n_test_good=2, n_test_defect=3, size=32)
 
@@ -35,22 +35,10 @@ def test_no_root_and_no_env_var(monkeypatch):
         get_dataset("headct", split="train")
 
 
-def test_alias_and_loader(tmp_path):
+def test_names_are_case_insensitive_and_augmented_data_is_not_deterministic(tmp_path):
     ds = get_dataset("SYNTHETIC", tmp_path, split="train", **SMALL)
-    loader = make_loader(ds, batch_size=3, shuffle=True, seed=1)
-    assert loader.num_workers == 0  # cached and deterministic: a copy per item
-    order = [b["index"].tolist() for b in loader]
-    assert [len(b) for b in order] == [3, 1]  # last partial batch kept
-    assert order == [b["index"].tolist() for b in make_loader(ds, batch_size=3, shuffle=True, seed=1)]
-    batch = next(iter(loader))
-    assert batch["image"].shape == (3, 3, 32, 32) and batch["label"].dtype == torch.int64
-
-
-def test_loader_with_workers_on_augmented_data(tmp_path):
-    ds = get_dataset("synthetic", tmp_path, split="train", augment=True, **SMALL)
-    assert not ds.deterministic
-    batches = list(make_loader(ds, batch_size=4, num_workers=1))
-    assert batches[0]["image"].shape == (4, 3, 32, 32)
+    assert ds.deterministic and ds[0]["image"].shape == (3, 32, 32)
+    assert not get_dataset("synthetic", tmp_path, split="train", augment=True, **SMALL).deterministic
 
 
 @pytest.mark.parametrize("norm", [None, True])

@@ -8,7 +8,6 @@ from .errors import (ArchiveError, DatasetNotFoundError, EmptyFolderError, Image
                      MissingMaskError)
 from .factory import DATASET_NAMES, dataset_options, describe_options, get_dataset, load_images
 from .io import IMAGE_EXTENSIONS, list_images
-from .loader import make_loader
 from .medical import RETINA_CLASSES
 from .mvtec import MVTEC_CATEGORIES
 from .onecls import CLASS_NAMES
@@ -16,7 +15,7 @@ from .roots import ENV_VAR
 from .synthetic import make_synthetic
 
 __all__ = [
-    "get_dataset", "dataset_options", "describe_options", "load_images", "list_images", "make_loader", "make_synthetic",
+    "get_dataset", "dataset_options", "describe_options", "load_images", "list_images", "make_synthetic",
     "download_mvtec",
     "IMAGE_EXTENSIONS",
     "DATASET_NAMES", "MVTEC_CATEGORIES", "RETINA_CLASSES", "CLASS_NAMES", "MVTEC_SHA256", "ENV_VAR",

@@ -109,10 +109,6 @@ class ImageDataset(Dataset):
         return self.augment is None
 
     @property
-    def cached(self) -> bool:
-        return self._images is not None
-
-    @property
     def masks(self) -> np.ndarray | None:
         """All ground-truth masks, (N, H, W) float32 in [0, 1], or None for datasets without masks."""
         if not self.has_masks:
