@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mkdlib.localization import GRADIENTS, GUIDED_BACKPROP, SMOOTHGRAD_REFERENCE
 from mkdlib.paper import items, tabulation
 from mkdlib.paper.markdown import COLUMNS
 from mkdlib.paper.numbers import MVTEC_CATEGORIES, paper_value
@@ -117,7 +118,7 @@ def test_settings_read_their_runs_and_the_shared_ones():
 def test_pixel_tables_and_table1_from_table11():
     spec = items.specs_for("table11", "paper", classes=["bottle"])[0]
     pixel = {m: {"paper_pixel_auroc": 0.9, "pixel_auroc": 0.95, "au_pro": 0.8}
-             for m in (items.GRADIENTS, items.SMOOTHGRAD_REF, items.GBP)}
+             for m in (GRADIENTS, SMOOTHGRAD_REFERENCE, GUIDED_BACKPROP)}
     tabs = tabulation.tables("table11", [_ok(spec, pixel=pixel)], profile="paper")
     assert tabs["table11_gradients_gaussian"].at["bottle", "ours_final"] == pytest.approx(90.0)
     assert "not implemented" in tabs["table11_gradients"].at["bottle", "note"] or \
@@ -185,7 +186,7 @@ def test_item_notes_reach_the_markdown(tmp_path):
 
 def test_table1_rows_are_settings_in_markdown(tmp_path):
     spec = items.specs_for("table11", "paper", classes=["bottle"])[0]
-    pixel = {items.GRADIENTS: {"paper_pixel_auroc": 0.9, "pixel_auroc": 0.95, "au_pro": 0.8}}
+    pixel = {GRADIENTS: {"paper_pixel_auroc": 0.9, "pixel_auroc": 0.95, "au_pro": 0.8}}
     tabulation.save_tables(tabulation.tables("table11", [_ok(spec, pixel=pixel)], profile="paper"), tmp_path)
     text = (tmp_path / "table1.md").read_text()
     assert "| setting | paper |" in text and "| Gradients + Gaussian | 90.51 |" in text

@@ -13,8 +13,8 @@ import torch
 from matplotlib.figure import Figure
 
 from mkdlib.datasets.base import for_display
-from mkdlib.localization import localize
-from mkdlib.paper.items import FIGURES, GRADIENTS, title
+from mkdlib.localization import GRADIENTS, localize
+from mkdlib.paper.items import FIGURES, title
 from mkdlib.paper.numbers import PAPER
 from mkdlib.paper.tabulation import failure_note, output_name
 from mkdlib.plots import heatmap_rows, means_figure, save_figure

@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mkdlib.config import MKDConfig, profile_of
-from mkdlib.localization import NOBLUR_SUFFIX
+from mkdlib.localization import GRADIENTS, GUIDED_BACKPROP, NOBLUR_SUFFIX, SMOOTHGRAD, SMOOTHGRAD_REFERENCE
 from mkdlib.paper.numbers import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
 from mkdlib.runs.spec import RunSpec
 from mkdlib.weights import WEIGHTS_ENV
 
-# Localisation methods, as keys of RunSpec.localization and metrics.json["pixel"].
-GRADIENTS, SMOOTHGRAD_REF, SMOOTHGRAD, GBP = "gradients", "smoothgrad-reference", "smoothgrad", "guided-backprop"
-NO_BLUR = NOBLUR_SUFFIX  # the same maps without the Gaussian filter (Tables 1 and 11)
+# Metrics of each localisation variant, as keys of metrics.json["pixel"][<variant>] (scoring.pixel_metrics).
 PAPER_PIXEL, PIXEL_AUROC, AU_PRO = "paper_pixel_auroc", "pixel_auroc", "au_pro"
 PROFILE_DEFAULT = "profile"  # weights=PROFILE_DEFAULT: the profile's choice (default_weights)
 
@@ -98,10 +96,10 @@ def _interpretability() -> dict[str, Setting]:
     """Table 11's columns: SmoothGrad with the released code's noise level (as published), then the
     standard SmoothGrad noise as extra tables compared with the same paper columns."""
     out = {}
-    for col, method in (("gradients", GRADIENTS), ("smoothgrad", SMOOTHGRAD_REF), ("gbp", GBP)):
+    for col, method in (("gradients", GRADIENTS), ("smoothgrad", SMOOTHGRAD_REFERENCE), ("gbp", GUIDED_BACKPROP)):
         out[f"{col}_gaussian"] = Setting(f"{col}_gaussian", localization=(method,), metric=_pixel(method))
-        out[col] = Setting(col, localization=(method + NO_BLUR,), metric=_pixel(method + NO_BLUR))
-    for name, method in (("smoothgrad_gaussian", SMOOTHGRAD), ("smoothgrad", SMOOTHGRAD + NO_BLUR)):
+        out[col] = Setting(col, localization=(method + NOBLUR_SUFFIX,), metric=_pixel(method + NOBLUR_SUFFIX))
+    for name, method in (("smoothgrad_gaussian", SMOOTHGRAD), ("smoothgrad", SMOOTHGRAD + NOBLUR_SUFFIX)):
         out[name.replace("smoothgrad", "smoothgrad_standard")] = Setting(
             name, localization=(method,), metric=_pixel(method), label=_STANDARD_SG)
     return out
