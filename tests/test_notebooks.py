@@ -20,7 +20,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mkdlib.paper import items, regenerate
+from mkdlib.paper import items, notebook, regenerate
 from mkdlib.paper.markdown import COLUMNS
 from mkdlib.paper.numbers import paper_value
 
@@ -54,10 +54,10 @@ def _parameters(nb: nbformat.NotebookNode) -> dict:
 
 
 def test_every_notebook_is_an_item_of_the_suite():
-    assert {p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")} == set(items.NOTEBOOKS)
+    assert {p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")} == set(notebook.NOTEBOOKS)
 
 
-@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+@pytest.mark.parametrize("name", list(notebook.NOTEBOOKS))
 def test_committed_thin_and_without_outputs(name):
     nb = _read(name)
     nbformat.validate(nb)
@@ -90,7 +90,7 @@ STEPS = (("run_many(", ("Runs",)), ("quick_demo(", ("Runs",)),
          ("comparison_markdown(", ("The",)), ("Image(", ("Figures",)))
 
 
-@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+@pytest.mark.parametrize("name", list(notebook.NOTEBOOKS))
 def test_a_heading_before_each_step(name):
     """Setup, Runs, Tables (or the comparison), Figures: a `## ` section for each step, in that order (issue 16)."""
     sections = _sections(_read(name))
@@ -104,7 +104,7 @@ def test_a_heading_before_each_step(name):
                                                                          "Figures"].index), (name, order)
 
 
-@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+@pytest.mark.parametrize("name", list(notebook.NOTEBOOKS))
 def test_no_cell_leaves_a_value_and_tables_are_sections(name):
     """A cell's last statement is never a bare value (Jupyter would print it, e.g. `Out: [PosixPath(...)]`);
     tables are shown under a section-sized heading (### title), not a second page title (issue 16)."""
@@ -122,7 +122,7 @@ def test_no_cell_leaves_a_value_and_tables_are_sections(name):
                 assert [ast.unparse(k) for k in call.keywords] == ["level=3"], (name, ast.unparse(call))
 
 
-@pytest.mark.parametrize("name", [n for n in items.NOTEBOOKS if n != "00_quickstart"])
+@pytest.mark.parametrize("name", [n for n in notebook.NOTEBOOKS if n != "00_quickstart"])
 def test_the_plan_is_printed_before_the_runs_and_the_intro_says_paper_trains_for_hours(name):
     """'Run All' on the default profile starts hours of training: the intro says so in bold and the plan
     (planning.plan: cached, passes left, time) is printed in a cell before the one that trains."""
@@ -196,7 +196,7 @@ def _check_outputs(executed: nbformat.NotebookNode, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(items.NOTEBOOKS))
+@pytest.mark.parametrize("name", list(notebook.NOTEBOOKS))
 def test_smoke_run(name, smoke):
     import papermill as pm
 
@@ -206,12 +206,12 @@ def test_smoke_run(name, smoke):
                         parameters=_smoke_parameters(name, smoke), kernel_name=regenerate.kernel_name(),
                         cwd=str(NOTEBOOK_DIR), progress_bar=False)
     _check_outputs(nbformat.read(smoke / "executed" / f"{name}.ipynb", as_version=4), name)
-    for output, (item, setting) in items.outputs(name).items():
+    for output, (item, setting) in notebook.outputs(name).items():
         _check_table(smoke, output, item, setting)
     empty = regenerate.ran_nothing(smoke, name, since)  # --strict, where the data is present
     assert not [key for key in empty if _has_data(key)], empty
     figures = {p.name for p in (smoke / "figures").glob("*.png")} if (smoke / "figures").is_dir() else set()
-    keys = items.NOTEBOOKS[name]
+    keys = notebook.NOTEBOOKS[name]
     for fig in ("figure3", "figure4", "figure5"):
         if fig in keys:
             assert f"{fig}.png" in figures

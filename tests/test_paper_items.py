@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mkdlib.config import PROFILES, paper_config
-from mkdlib.paper import items
+from mkdlib.paper import items, notebook
 from mkdlib.paper.numbers import PAPER
 
 
@@ -18,7 +18,7 @@ def test_items_match_the_paper_tables():
             assert s.column in PAPER[it.id].columns, (it.id, name)
             paper_config(it.rows[it.smoke_rows[0]].dataset, **s.config)  # valid overrides
     assert items.ITEMS["table11"].summary == "table1"
-    keys = {k for v in items.NOTEBOOKS.values() for k in v}
+    keys = {k for v in notebook.NOTEBOOKS.values() for k in v}
     assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart", "fast_vs_paper"} == keys
 
 
@@ -79,20 +79,20 @@ def test_data_roots_per_dataset():
 
 
 def test_notebooks_lookup():
-    assert items.notebooks_for("table9") == ["figure4_tables9_10_cloner_size", "figure5_tables9_10_loss_ablation"]
-    assert items.notebooks_for("figure6") == ["table4_figure6_mvtec_localization"]
+    assert notebook.notebooks_for("table9") == ["figure4_tables9_10_cloner_size", "figure5_tables9_10_loss_ablation"]
+    assert notebook.notebooks_for("figure6") == ["table4_figure6_mvtec_localization"]
     with pytest.raises(KeyError):
-        items.notebooks_for("table12")
+        notebook.notebooks_for("table12")
 
 
 
 
 def test_outputs_name_every_table_a_notebook_writes():
-    assert items.outputs("00_quickstart") == items.outputs("figure1_heatmaps") == {}
-    assert items.outputs("table3_mvtec_detection") == {"table3": ("table3", "")}
-    assert list(items.outputs("table4_figure6_mvtec_localization")) == ["table4", "table4_pixel_auroc", "table4_au_pro"]
-    t11 = items.outputs("table1_table11_interpretability")
+    assert notebook.outputs("00_quickstart") == notebook.outputs("figure1_heatmaps") == {}
+    assert notebook.outputs("table3_mvtec_detection") == {"table3": ("table3", "")}
+    assert list(notebook.outputs("table4_figure6_mvtec_localization")) == ["table4", "table4_pixel_auroc", "table4_au_pro"]
+    t11 = notebook.outputs("table1_table11_interpretability")
     assert t11["table1"] == ("table11", None) and t11["table11_gbp"] == ("table11", "gbp") and len(t11) == 9
-    cloner, loss = items.outputs("figure4_tables9_10_cloner_size"), items.outputs("figure5_tables9_10_loss_ablation")
+    cloner, loss = notebook.outputs("figure4_tables9_10_cloner_size"), notebook.outputs("figure5_tables9_10_loss_ablation")
     assert set(cloner) == {"table9_equal_net", "table9_smaller_net", "table10_equal_net", "table10_smaller_net"}
     assert set(loss) == {f"table{n}_{s}" for n in (9, 10) for s in ("dir_loss", "mse_loss", "total_loss")}

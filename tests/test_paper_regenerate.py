@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from mkdlib.cli import key_value
 from mkdlib.paper import notebook, regenerate, tabulation
-from mkdlib.paper.items import NOTEBOOKS
+from mkdlib.paper.notebook import NOTEBOOKS
 
 
 def test_select_by_item_figure_or_notebook():

@@ -15,7 +15,7 @@ import pytest
 
 from mkdlib.datasets import make_synthetic
 from mkdlib.paper import notebook, regenerate, train_only
-from mkdlib.paper.items import NOTEBOOKS
+from mkdlib.paper.notebook import NOTEBOOKS
 from mkdlib.runs.spec import RunResult, RunSpec
 from mkdlib.weights import WEIGHTS_ENV
 

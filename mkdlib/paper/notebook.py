@@ -18,12 +18,56 @@ from typing import Any
 from mkdlib.config import profile_of
 from mkdlib.datasets import ENV_VAR as DATA_ENV
 from mkdlib.paper.fast import comparison_specs
-from mkdlib.paper.items import FIGURE1_ROWS, FIGURES, ITEMS, NOTEBOOKS, notebooks_for, outputs, specs_for
+from mkdlib.paper.items import FIGURE1_ROWS, FIGURES, ITEMS, output_name, specs_for
 from mkdlib.runs.spec import RunSpec
 from mkdlib.weights import WEIGHTS_ENV
 
 REPO = Path(__file__).resolve().parents[2]  # a source checkout (pip install -e .)
 NOTEBOOK_DIR, RESULTS_DIR = REPO / "notebooks", REPO / "results"
+
+
+# Notebook (notebooks/<name>.ipynb) -> the items and figures it writes. Tables 9-10 are split between the
+# cloner (Figure 4) and loss (Figure 5) notebooks by setting; both write the shared SmallerNet = Total Loss runs.
+NOTEBOOKS: dict[str, tuple[str, ...]] = {
+    "00_quickstart": ("quickstart",),
+    "table2_one_class_detection": ("table2_mnist", "table2_fashionmnist", "table2_cifar10"),
+    "table3_mvtec_detection": ("table3",),
+    "table4_figure6_mvtec_localization": ("table4", "figure6"),
+    "table5_retinal_oct": ("table5",),
+    "table6_medical": ("table6",),
+    "figure3_tables7_8_layer_ablation": ("table7", "table8", "figure3"),
+    "figure4_tables9_10_cloner_size": ("table9", "table10", "figure4"),
+    "figure5_tables9_10_loss_ablation": ("table9", "table10", "figure5"),
+    "table1_table11_interpretability": ("table11", "table1"),
+    "figure1_heatmaps": ("figure1",),
+    "fast_vs_paper": ("fast_vs_paper",),
+}
+
+
+def notebooks_for(key: str) -> list[str]:
+    """The notebooks that write an item or figure ("table9"), or the notebook itself by name."""
+    if key in NOTEBOOKS:
+        return [key]
+    found = [nb for nb, keys in NOTEBOOKS.items() if key in keys]
+    if not found:
+        known = sorted({k for keys in NOTEBOOKS.values() for k in keys})
+        raise KeyError(f"unknown item or notebook {key!r}; items: {known}, notebooks: {list(NOTEBOOKS)}")
+    return found
+
+
+def outputs(notebook: str) -> dict[str, tuple[str, str | None]]:
+    """The tables a notebook writes: output name -> (item, setting; None for the item's summary table,
+    e.g. Table 1 of Table 11). An item written by several notebooks (Tables 9-10) is split between them:
+    each writes the settings its figure draws (FIGURES), as the notebooks of Figures 4 and 5 do."""
+    keys, out = NOTEBOOKS[notebook], {}
+    for item in (k for k in keys if k in ITEMS):
+        settings = tuple(ITEMS[item].settings)
+        if len(notebooks_for(item)) > 1:
+            settings = next(FIGURES[f][1][item] for f in keys if f in FIGURES and item in FIGURES[f][1])
+        out |= {output_name(item, s): (item, s) for s in settings}
+        if ITEMS[item].summary:
+            out[ITEMS[item].summary] = (item, None)
+    return out
 
 
 def select(only: Sequence[str] | None = None) -> list[str]:
@@ -81,7 +125,7 @@ def notebook_specs(name: str, profile: str = "paper", **options: Any) -> dict[st
     """The runs notebook `name` executes, by the item (or figure) that needs them, from its run options
     (notebook_options; absent ones take SPEC_OPTIONS). The notebooks and --train-only both call it, so both
     ask for the same run keys. An item split between two notebooks (Tables 9-10) gets the settings this
-    notebook's figure draws (items.outputs); Figure 1 runs its own rows of three items."""
+    notebook's figure draws (outputs); Figure 1 runs its own rows of three items."""
     options = {**SPEC_OPTIONS, **options}
     keys, drawn, by_key = NOTEBOOKS[name], outputs(name), {}
     if "figure1" in keys:

@@ -1,6 +1,6 @@
 """`mkd regenerate` / `python -m mkdlib.paper.regenerate`: execute the paper notebooks with papermill.
 
-Each notebook of `items.NOTEBOOKS` runs with the chosen profile and writes its tables and figures into
+Each notebook of `notebook.NOTEBOOKS` runs with the chosen profile and writes its tables and figures into
 the results folder; the executed copy goes to `<results>/executed/`. Each profile has its own folder
 (results/ for the paper's, results/<profile>/ for the others), and tables or an index that another profile
 wrote are not overwritten without --force. A failing notebook is reported and the others still run; the
@@ -26,9 +26,9 @@ import pandas as pd
 from mkdlib.cli import key_value
 from mkdlib.config import PROFILES
 from mkdlib.paper import train_only
-from mkdlib.paper.items import FIGURES, NOTEBOOKS, outputs
+from mkdlib.paper.items import FIGURES
 from mkdlib.paper.markdown import written_profile
-from mkdlib.paper.notebook import NOTEBOOK_DIR, RESULTS_DIR, default_results, select, use_locations
+from mkdlib.paper.notebook import NOTEBOOK_DIR, NOTEBOOKS, outputs, RESULTS_DIR, default_results, select, use_locations
 
 KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's

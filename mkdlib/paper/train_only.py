@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mkdlib.checkpoints import cloner_path
-from mkdlib.paper.items import ITEMS, notebooks_for
-from mkdlib.paper.notebook import SPEC_OPTIONS, notebook_options, notebook_paths, notebook_specs
+from mkdlib.paper.items import ITEMS
+from mkdlib.paper.notebook import SPEC_OPTIONS, notebooks_for, notebook_options, notebook_paths, notebook_specs
 from mkdlib.paper.tabulation import add_maps, failure_note
 from mkdlib.runs.executors import run_many
 from mkdlib.runs.loading import check_device
