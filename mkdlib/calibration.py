@@ -17,7 +17,6 @@ the decisions at the threshold only.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +27,6 @@ from torch.utils.data import Subset as TorchSubset
 from mkdlib import postprocess
 from mkdlib.features import image_loader
 from mkdlib.localization import attribution_maps
-from mkdlib.runs.store import RunError, read_json
 
 CALIBRATION = "calibration.json"
 DECISION = 0.5  # the threshold on normalised scores and on shared-scale maps
@@ -73,6 +71,10 @@ def raw_maps(data: Dataset, source: nn.Module, cloner: nn.Module, loss: nn.Modul
                                             generator=gen).numpy() for x in image_loader(data, 32)])
 
 
+class ConstantMapsError(ValueError):
+    """Maps without a scale to calibrate (every training pixel alike): the run stands, its pictures cannot."""
+
+
 def map_calibration(train: Dataset, source: nn.Module, cloner: nn.Module, loss: nn.Module, method: str, *,
                     device: str | torch.device = "cpu", seed: int = 0) -> dict:
     """The fixed map scale of `method` from (up to CALIBRATION_IMAGES of) the training images."""
@@ -81,18 +83,10 @@ def map_calibration(train: Dataset, source: nn.Module, cloner: nn.Module, loss: 
     pixels = blurred(raw_maps(picked, source, cloner, loss, method, device=device, seed=seed))
     offset, pixel_threshold = (float(v) for v in np.percentile(pixels, [50, PIXEL_PERCENTILE]))
     if not pixel_threshold > offset:
-        raise RunError(f"the {method} maps of the training images are constant ({offset:g}): they have no "
+        raise ConstantMapsError(f"the {method} maps of the training images are constant ({offset:g}): they have no "
                        "scale to calibrate; retrain the run with more epochs or use another --method")
     return {"offset": offset, "pixel_threshold": pixel_threshold, "scale": (pixel_threshold - offset) / DECISION,
             "percentile": PIXEL_PERCENTILE, "n_images": n, "rule": MAP_RULE}
-
-
-def read_calibration(run_dir: str | Path) -> dict:
-    """run_dir/calibration.json, or {} for a run written before calibrations existed."""
-    path = Path(run_dir) / CALIBRATION
-    if not path.is_file():
-        return {}
-    return read_json(path, f"delete {path}: it is recomputed from the run's training images")
 
 
 def at_threshold(predicted, truth) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration, read_calibration
+from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration
 from mkdlib.checkpoints import cloner_path
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import DatasetNotFoundError
@@ -18,8 +18,16 @@ from mkdlib.models import Cloner, Source
 from mkdlib.runs.evaluation import pixel_at_threshold, threshold_metrics
 from mkdlib.runs.loading import load_data, load_model
 from mkdlib.runs.spec import RunResult
-from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, write_json
+from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, read_json, write_json
 from mkdlib.scoring import score, score_loss
+
+
+def read_calibration(run_dir: str | Path) -> dict:
+    """run_dir/calibration.json, or {} for a run written before calibrations existed."""
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        return {}
+    return read_json(path, f"delete {path}: it is recomputed from the run's training images")
 
 
 def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig,

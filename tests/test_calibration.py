@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from mkdlib.calibration import (CALIBRATION, at_threshold, image_calibration, normalize_scores, read_calibration,
-                                shared_scale)
+from mkdlib.calibration import CALIBRATION, at_threshold, image_calibration, normalize_scores, shared_scale
+from mkdlib.decisions import read_calibration
 from mkdlib.runs.store import RunError
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mkdlib.calibration import CALIBRATION, read_calibration
+from mkdlib.calibration import CALIBRATION
 from mkdlib.cli import main
-from mkdlib.decisions import add_threshold_metrics
+from mkdlib.decisions import add_threshold_metrics, read_calibration
 from mkdlib.predict import evaluation_figures, image_files, predict
 from mkdlib.runs.runner import run
 from mkdlib.runs.spec import RunSpec

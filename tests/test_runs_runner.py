@@ -15,6 +15,7 @@ import pytest
 
 import mkdlib.runs.runner as ex
 from mkdlib import scoring
+from mkdlib.calibration import ConstantMapsError
 from mkdlib.datasets.subset import subset_indices
 from mkdlib.runs import evaluation, loading
 from mkdlib.runs.executors import run_many
@@ -333,7 +334,7 @@ def test_a_run_recorded_before_a_config_field_existed_resumes(tmp_path):
 
 def test_constant_maps_do_not_lose_the_trained_run(tmp_path, monkeypatch):
     def constant(*args, **kwargs):
-        raise RunError("the gradients maps of the training images are constant")
+        raise ConstantMapsError("the gradients maps of the training images are constant")
 
     monkeypatch.setattr(ex, "map_calibration", constant)
     result = run(tiny(tmp_path), tmp_path / "runs", progress=False)

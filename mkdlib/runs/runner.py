@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration
+from mkdlib.calibration import CALIBRATION, ConstantMapsError, image_calibration, map_calibration
 from mkdlib.checkpoints import LAST, CheckpointError, load_checkpoint, missing_cloners, trained_epochs, write_history
 from mkdlib.config import MKDConfig
 from mkdlib.localization import GRADIENTS, check_methods
@@ -222,7 +222,7 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
     try:
         calibration["maps"][GRADIENTS] = map_calibration(fit_data, source, cloner, score_loss(cfg), GRADIENTS,
                                                          device=device, seed=spec.seed)
-    except RunError as err:  # constant maps: no scale, but the trained run and its metrics still count
+    except ConstantMapsError as err:  # no scale, but the trained run and its metrics still count
         print(f"mkdlib: {spec.label()}: no map calibration ({err})", file=sys.stderr)
     write_json(run_dir / CALIBRATION, calibration)
     decisions = threshold_metrics(np.asarray(test.labels), test_scores, threshold)
