@@ -218,17 +218,8 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
                          device=device, amp=cfg.inference_bf16, channels_last=cfg.channels_last)
     threshold = float(np.percentile(train_scores, THRESHOLD_PERCENTILE))
     write_scores(run_dir / SCORES, test, test_scores)
-    calibration = {"image": image_calibration(train_scores.min(), threshold), "maps": {}}
-    try:
-        calibration["maps"][GRADIENTS] = map_calibration(fit_data, source, cloner, score_loss(cfg), GRADIENTS,
-                                                         device=device, seed=spec.seed)
-    except ConstantMapsError as err:  # no scale, but the trained run and its metrics still count
-        print(f"mkdlib: {spec.label()}: no map calibration ({err})", file=sys.stderr)
-    write_json(run_dir / CALIBRATION, calibration)
-    decisions = threshold_metrics(np.asarray(test.labels), test_scores, threshold)
-    if test.has_masks and GRADIENTS in calibration["maps"]:
-        decisions["pixel"] = pixel_at_threshold(test, source, cloner, cfg, calibration["maps"][GRADIENTS],
-                                                device=device, seed=spec.seed)
+    decisions = _calibrate(spec, cfg, (source, cloner), fit_data, test, test_scores, train_scores.min(), threshold,
+                           run_dir, device)
     t_eval = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -258,6 +249,20 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
     }
 
 
-# ------------------------------------------------------------------------------------ many runs
-
-
+def _calibrate(spec: RunSpec, cfg: MKDConfig, models: tuple, fit_data: Dataset, test: Dataset,
+               test_scores: np.ndarray, train_min: float, threshold: float, run_dir: Path, device: str) -> dict:
+    """Write the run's calibration.json (the image score scale and the gradient maps' fixed scale) and
+    return the test set's decisions at the threshold (metrics.json "at_threshold")."""
+    source, cloner = models
+    calibration = {"image": image_calibration(train_min, threshold), "maps": {}}
+    try:
+        calibration["maps"][GRADIENTS] = map_calibration(fit_data, source, cloner, score_loss(cfg), GRADIENTS,
+                                                         device=device, seed=spec.seed)
+    except ConstantMapsError as err:  # no scale, but the trained run and its metrics still count
+        print(f"mkdlib: {spec.label()}: no map calibration ({err})", file=sys.stderr)
+    write_json(run_dir / CALIBRATION, calibration)
+    decisions = threshold_metrics(np.asarray(test.labels), test_scores, threshold)
+    if test.has_masks and GRADIENTS in calibration["maps"]:
+        decisions["pixel"] = pixel_at_threshold(test, source, cloner, cfg, calibration["maps"][GRADIENTS],
+                                                device=device, seed=spec.seed)
+    return decisions
