@@ -43,4 +43,17 @@ def test_fast_beside_paper_rows_ratios_means_and_dev():
     assert df.at["0", "time_ratio"] == pytest.approx(0.18) and math.isnan(df.at["5", "fast_final"])
     assert math.isnan(df.at["mean", "fast_final"]) and df.at["mean", "paper_final"] == pytest.approx(99.0)
     text = fast.comparison_markdown(df.reset_index())
-    assert "| table2_mnist | auroc | 0 | dev | 99.00 |" in text and "0.196" in text and "—" in text
+    assert "| table2_mnist | image_auroc | 0 | dev | 99.00 |" in text and "0.196" in text and "—" in text
+
+
+def test_no_mean_over_different_datasets():
+    specs = fast.comparison_specs("paper", classes={"table2_mnist": [], "table2_fashionmnist": [], "table3": [],
+                                                    "table4": []}, seeds=[0])
+    assert {s.dataset for s in specs["paper"]} == {"headct", "brainmri"}
+    def done(spec, final):
+        res = _ok(spec, final)
+        res.metrics.update(epochs=spec.mkd_config().epochs, n_train=90, timing_s={"train": 10.0})
+        return res
+
+    df = fast.comparison([done(s, 0.9) for s in specs["paper"]], [done(s, 0.8) for s in specs["fast"]])
+    assert "mean" not in set(df["class"]) and set(df["class"]) >= {"headct", "brainmri"}

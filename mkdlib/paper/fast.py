@@ -67,7 +67,8 @@ def _costs(item: str, results: Iterable[RunResult]) -> dict[str, dict[str, float
 def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.DataFrame:
     """One row per FAST_ROWS class with runs in either profile: AUROC in % (final; mean, std over sampled
     cloners or seeds) of each, fast - paper, and each one's image passes and training seconds per run with
-    the fast/paper ratios; `dev` marks the rows used to choose the schedule. Ends with per-item means."""
+    the fast/paper ratios; `dev` marks the rows used to choose the schedule. Ends with per-item means (over
+the classes of one dataset; none for Table 6, whose rows are different datasets)."""
     out = []
     for item, setting in FAST_ROWS:
         frames = {}
@@ -78,7 +79,7 @@ def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.Data
         for cls in get_item(item).rows:
             if not any(cls in f.index and f.at[cls, "n"] for f in frames.values()):
                 continue
-            row = {"item": item, "metric": setting or "auroc", "class": cls, "dev": (item, cls) in FAST_DEV}
+            row = {"item": item, "metric": get_item(item).settings[setting].metric[-1], "class": cls, "dev": (item, cls) in FAST_DEV}
             for name, f in frames.items():
                 for k in ("final", "mean", "std"):
                     row[f"{name}_{k}"] = f.at[cls, k] if cls in f.index else math.nan
@@ -93,7 +94,8 @@ def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.Data
         return df
     means = [{"item": item, "metric": metric, "class": "mean", "dev": False,
               **sub.drop(columns=["item", "metric", "class", "dev"]).mean(skipna=False).to_dict()}
-             for (item, metric), sub in df.groupby(["item", "metric"], sort=False) if len(sub) > 1]
+             for (item, metric), sub in df.groupby(["item", "metric"], sort=False)
+             if len(sub) > 1 and len(get_item(item).datasets) == 1]  # Table 6's rows are two datasets: no mean
     return pd.concat([df, pd.DataFrame(means)], ignore_index=True)
 
 
