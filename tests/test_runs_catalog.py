@@ -35,7 +35,7 @@ def _started(root: Path, spec: RunSpec, year: int) -> Path:
 def results(tmp_path_factory):
     """Two real tiny runs (custom with maps, smoke) and, by hand: a paper run (CIFAR-10 cat) stopped at
     epoch 5, a failed run, a run with an unreadable last.pt, a corrupt spec.json and a folder that is no run."""
-    tmp = tmp_path_factory.mktemp("runs_table")
+    tmp = tmp_path_factory.mktemp("catalog")
     root = tmp / "runs"
     keys = {"custom": run(tiny(tmp, localization=("gradients",)), root, progress=False).run_dir.name,
             "smoke": run(tiny(tmp, config=SMOKE_CONFIG, max_train=6), root, progress=False).run_dir.name}

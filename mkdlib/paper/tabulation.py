@@ -95,7 +95,7 @@ def _missing_maps_note(method: str) -> str:
 def add_maps(item: str | Item, results: Sequence[RunResult], *, device: str = "cpu",
              progress: bool = True) -> list[RunResult]:
     """Add to each finished run of item the maps its settings read and the run lacks
-    (experiment.add_localization; methods mkdlib does not implement are left out and noted)."""
+    (evaluation.add_localization; methods mkdlib does not implement are left out and noted)."""
     it, out = get_item(item), []
     for res in results:
         row = row_of(it, res.spec) if res.ok else None
