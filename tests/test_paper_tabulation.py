@@ -67,6 +67,20 @@ def test_the_tables_say_where_a_run_computed_in_bf16(tmp_path, recorded, shown):
         items.specs_for("table6", "paper", config={"ampp": True})
 
 
+def test_a_row_whose_runs_differ_in_precision_says_how_many_used_each(tmp_path):
+    """BrainMRI's committed row: split 0 in fp32, splits 1-4 in bf16."""
+    results = []
+    for spec in items.specs_for("table6", "paper", classes=["brainmri"]):
+        run_dir = tmp_path / spec.key()
+        run_dir.mkdir()
+        recorded = {"amp": spec.seed > 0}
+        (run_dir / "spec.json").write_text(json.dumps({"config": {**spec.mkd_config().to_dict(), **recorded}}))
+        results.append(RunResult(spec, run_dir, _metrics(0.9)))
+    df = tabulation.tables("table6", results, profile="paper")["table6"]
+    assert df.at["brainmri", "overrides"] == "bf16 training and scoring (4 of 5 runs); none (1 of 5 runs)"
+    assert "; ;" not in df.attrs["notes"][-1] and not df.attrs["notes"][-1].startswith("; ")
+
+
 def test_tables_put_the_paper_beside_ours_with_not_run_notes():
     specs = items.specs_for("table3", "paper", classes=["bottle", "screw"])
     results = [_ok(specs[0], 0.95, mean=0.94, std=0.005), _missing(specs[1], "/data/mvtec/screw/train")]

@@ -96,11 +96,18 @@ def _pm(m: float, s: float) -> str:
     return _fmt(m) if pd.isna(s) or pd.isna(m) else f"{m:.2f} ± {s:.2f}"
 
 
-def _distinct(df: pd.DataFrame, column: str) -> str | None:
-    """The distinct values of a column, '; '-joined in order of appearance; None without any."""
+def distinct(df: pd.DataFrame, column: str) -> str | None:
+    """The distinct values of a column, '; '-joined in order of appearance, each led by its rows' names
+    where rows differ ("brainmri: ...; headct: ..."); None without any."""
     if column not in df.columns:
         return None
-    return "; ".join(dict.fromkeys(str(v) for v in df[column].dropna() if str(v))) or None
+    rows: dict[str, list[str]] = {}
+    for cls, v in df[column].dropna().items():
+        if str(v):
+            rows.setdefault(str(v), []).append(str(cls))
+    if len(rows) > 1:
+        return "; ".join(f"{', '.join(names)}: {v}" for v, names in rows.items())
+    return next(iter(rows), None)
 
 
 def table_notes(df: pd.DataFrame) -> list[str]:
@@ -130,9 +137,9 @@ def to_markdown(df: pd.DataFrame, title: str, *, level: int = 1) -> str:
                  _pm(r["ours_mean"], r["ours_std"]), _fmt(r["diff"])]
         cells += [str(r["note"])] * has_notes
         lines.append("| " + " | ".join(cells) + " |")
-    provenance = [f"{label}: `{value}`" for label, value in (("Profile", _distinct(df, "profile")),
-                                                              ("source weights", _distinct(df, "weights")),
-                                                              ("config overrides", _distinct(df, "overrides")))
+    provenance = [f"{label}: `{value}`" for label, value in (("Profile", distinct(df, "profile")),
+                                                              ("source weights", distinct(df, "weights")),
+                                                              ("config overrides", distinct(df, "overrides")))
                   if value is not None]
     if provenance:
         lines += ["", "; ".join(provenance) + "."]
@@ -186,9 +193,9 @@ def _provenance(csv: Path) -> tuple[str, str]:
     df = _read_csv(csv)
     if df is None:
         return "—", "—"
-    overrides = _distinct(df, "overrides")
-    profile = (_distinct(df, "profile") or "—") + (f" (overrides: {overrides})" if overrides else "")
-    return profile, _distinct(df, "weights") or "—"
+    overrides = distinct(df, "overrides")
+    profile = (distinct(df, "profile") or "—") + (f" (overrides: {overrides})" if overrides else "")
+    return profile, distinct(df, "weights") or "—"
 
 
 def _cell(text: str) -> str:
@@ -231,7 +238,7 @@ def written_profile(path: str | Path) -> str | None:
         return None
     if path.suffix == ".csv":
         df = _read_csv(path)
-        return (None if df is None else _distinct(df, "profile")) or UNKNOWN
+        return (None if df is None else distinct(df, "profile")) or UNKNOWN
     line = rf"^- {INDEX_PROFILE}: `([^`:]*)" if path.name == "README.md" else r"^Profile: `([^`]*)`"
     found = re.search(line, path.read_text(encoding="utf-8", errors="replace"), re.MULTILINE)
     if found:

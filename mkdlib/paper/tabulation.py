@@ -146,6 +146,15 @@ def _overrides(result: RunResult, exclude: Iterable[str]) -> str:
     return ", ".join(t for t in (overrides_of(result.spec, exclude), precision_of(result)) if t)
 
 
+def _row_overrides(per_run: list[str]) -> str:
+    """One row's overrides: "" when no run has any, the text when every run shares it, and otherwise
+    each text with the share of runs it applies to ("bf16 training and scoring (4 of 5 runs)")."""
+    texts = sorted(set(per_run), key=lambda t: (t == "", t))
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    return "; ".join(f"{t or 'none'} ({per_run.count(t)} of {len(per_run)} runs)" for t in texts)
+
+
 def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable[str] = ()) -> pd.DataFrame:
     """One row per (setting, class) with runs: final, mean, std (in %), n (runs that finished), note,
     the source weights the runs used and their config overrides (besides the keys the item varies and
@@ -186,7 +195,7 @@ def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable
         out.append({"setting": name, "class": row, "final": 100 * final, "mean": 100 * mean,
                     "std": 100 * std, "n": len(ok), "note": note.lstrip("; "),
                     "weights": "; ".join(sorted({_weights(r) for r in (ok or runs)})),
-                    "overrides": "; ".join(sorted({_overrides(r, exclude) for r in runs}))})
+                    "overrides": _row_overrides([_overrides(r, exclude) for r in runs])})
     return pd.DataFrame(out, columns=["setting", "class", "final", "mean", "std", "n", "note", "weights",
                                       "overrides"])
 
@@ -208,10 +217,9 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
         if not s.compare:
             df[["paper", "paper_pm", "diff"]] = math.nan
-        used = sorted({o for o in sub["overrides"] if o})
+        used = markdown.distinct(sub, "overrides")
         notes_below = list(it.notes) + [f"Runs with config overrides beyond the paper's protocol or computed in "
-                                         f"bf16: {'; '.join(used)} (see the overrides column and the README)."
-                                         ] * bool(used)
+                                         f"bf16: {used} (see the overrides column and the README)."] * bool(used)
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
                         setting=name, notes=notes_below)  # written under the table by markdown.to_markdown
         df["profile"] = prof.name
