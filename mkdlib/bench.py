@@ -11,10 +11,8 @@ Ours runs with mkdlib's execution defaults (`hardware.fast_defaults`: fp32, chan
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -22,200 +20,12 @@ import time
 import torch
 
 from mkdlib import hardware
-from mkdlib.features import autocast, to_input
-from mkdlib.losses import MKDLoss
-from mkdlib.models import SCORE_LAYERS, TRAIN_LAYERS, Cloner, Source
-from mkdlib.postprocess import grey
+from mkdlib.bench_cases import CASES, PAIRS, PROFILE_ENV, conv_gflop, roofline, run_case
 
-CASES = ("train", "train_uncached", "train_compiled", "naive_train", "detect", "naive_detect", "evaluate",
-         "naive_evaluate", "localize", "naive_localize", "smoothgrad",
-         "source")  # source: the VGG-16 forward alone (no_grad), this CPU's practical convolution rate
-PAIRS = (("train", "naive_train"), ("detect", "naive_detect"), ("evaluate", "naive_evaluate"),
-         ("localize", "naive_localize"))  # (ours, the released code's way): their ratio is printed
+__all__ = ["CASES", "PAIRS", "conv_gflop", "format_table", "main", "profile_cases", "roofline", "run_all",
+           "run_case", "throughput"]  # the cases' names stay importable from here, as before the split
+
 SWITCH = {"auto": None, "on": True, "off": False}  # --channels-last values
-
-
-LOCALIZE_BATCH = 16  # images per localisation step (the naive loop takes one at a time)
-SMOOTHGRAD_IMAGES = 2  # SmoothGrad: 50 noisy copies of each
-EVAL_CLONERS = 11  # the protocol scores the cloners sampled every 10 epochs in the last 100 (MVTec: 11)
-
-
-def _localization_step(case: str, source: Source, cloner: Cloner, loss: MKDLoss, x: torch.Tensor):
-    from mkdlib import localization as loc
-
-    cloner.eval()
-    if case == "localize":  # one batched backward pass per chunk, input gradients only
-        return (lambda: loc.localize(x, source, cloner, loss)), len(x)
-    if case == "smoothgrad":
-        few = x[:SMOOTHGRAD_IMAGES]
-        return (lambda: loc.localize(few, source, cloner, loss, method=loc.SMOOTHGRAD, n_samples=50)), len(few)
-    source.requires_grad_(True)  # naive: the released code's per-image loop, gradients into VGG too
-    return (lambda: loc.finish_maps(grey(naive_input_grads(x, source, cloner, loss).numpy()), loc.GRADIENTS)), len(x)
-
-
-def naive_input_grads(images: torch.Tensor, source: Source, cloner: Cloner, loss: MKDLoss) -> torch.Tensor:
-    """The released code's localisation loop: one image at a time, `.backward()` into every parameter."""
-    grads = torch.zeros_like(images)
-    for i in range(len(images)):
-        x = images[i:i + 1].clone().requires_grad_(True)
-        cloner.zero_grad()
-        loss(cloner(x), source(x), reduction="mean").backward()
-        grads[i] = x.grad[0]
-    return grads
-
-
-def conv_gflop(module: torch.nn.Module, size: int) -> float:
-    """GFLOP of one image's forward pass through the module's convolutions (2 x multiply-adds), from the
-    shapes alone: the module is copied to the meta device, nothing is computed."""
-    total = 0
-
-    def count(conv, _, out):
-        nonlocal total
-        total += 2 * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] * out.numel()
-
-    meta = copy.deepcopy(module).to("meta")
-    hooks = [m.register_forward_hook(count) for m in meta.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        meta(torch.empty(1, 3, size, size, device="meta"))
-    for h in hooks:
-        h.remove()
-    return total / 1e9
-
-
-def roofline(size: int, row: dict) -> dict:
-    """GFLOP/s of the cloner's training step (forward + backward ~ 3 forwards) and of the source's forward,
-    from the measured img/s, and their ratio: how close the cloner step runs to this CPU's convolution rate."""
-    out = {}
-    if "train_img_s" in row:
-        out["cloner_step_gflop_s"] = round(3 * conv_gflop(Cloner("small"), size) * row["train_img_s"], 1)
-    if "source_img_s" in row:
-        out["source_gflop_s"] = round(conv_gflop(Source(TRAIN_LAYERS, weights=None), size) * row["source_img_s"], 1)
-    if len(out) == 2:
-        out["cloner_vs_source"] = round(out["cloner_step_gflop_s"] / out["source_gflop_s"], 2)
-    return out
-
-
-def _timed(step, steps: int, device: torch.device) -> float:
-    step()  # warm-up: allocator, oneDNN primitive cache
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
-
-
-def _evaluation_step(case: str, source: Source, cloner: Cloner, loss: MKDLoss, x: torch.Tensor, dev, bf16, cl):
-    """Score EVAL_CLONERS sampled cloners on one test set: ours computes the source's features once
-    (FeatureStore) and runs only the cloners; the released code recomputes the source per checkpoint."""
-    from mkdlib.features import FeatureStore
-    from mkdlib.scoring import score
-
-    states = [copy.deepcopy(cloner.state_dict()) for _ in range(EVAL_CLONERS)]
-    if case == "evaluate":
-        def step():
-            features = FeatureStore.compute(source, x, loss.layers, batch_size=len(x), device=dev, amp=bf16,
-                                            channels_last=cl)
-            for state in states:
-                cloner.load_state_dict(state)
-                score(cloner, loss, x, features=features, batch_size=len(x), device=dev, amp=bf16, channels_last=cl)
-        return step
-    source.requires_grad_(True)
-    cloner.eval()
-
-    def naive():
-        for state in states:
-            cloner.load_state_dict(state)
-            loss(cloner(x), source(x), reduction="none").sum().item()
-    return naive
-
-
-def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: bool = False,
-             channels_last: bool | None = None, bf16_inference: bool = False) -> dict:
-    """img/s and peak memory of one case. amp: bf16 in the cloner's training step and everywhere else;
-    bf16_inference: in the passes without gradients; channels_last None: mkdlib's default."""
-    dev = torch.device(device)
-    if case.startswith("naive"):  # the released code's way: fp32, default memory format
-        amp = channels_last = bf16_inference = False
-    bf16 = amp or bf16_inference
-    channels_last = hardware.chosen("channels_last", channels_last, dev)
-    torch.manual_seed(0)
-    source = Source(TRAIN_LAYERS, weights=None).to(dev)
-    cloner = Cloner("small").to(dev)
-    if channels_last:
-        cloner.to(memory_format=torch.channels_last)
-        source.to(memory_format=torch.channels_last)
-    x = to_input(torch.rand(batch, 3, size, size), dev, channels_last)
-    train_loss, score_loss = MKDLoss(TRAIN_LAYERS), MKDLoss(SCORE_LAYERS)
-    opt = torch.optim.Adam(cloner.parameters(), lr=1e-3)
-    n_images = batch
-
-    def forward(target):
-        with autocast(dev, amp):
-            return train_loss(cloner(x), target)
-
-    compiled = torch.compile(forward) if case == "train_compiled" else forward
-
-    def cloner_step(target):
-        value = compiled(target)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-
-    if case in ("train", "train_compiled"):
-        with torch.no_grad(), autocast(dev, bf16):  # not inference_mode: compiled autograd refuses its tensors
-            cached = {k: v.float().clone() for k, v in source(x).items()}
-        step = lambda: cloner_step(cached)  # noqa: E731
-    elif case == "train_uncached":
-        def step():
-            with torch.no_grad(), autocast(dev, bf16):
-                target = source(x)
-            cloner_step(target)
-    elif case == "naive_train":
-        source.requires_grad_(True)  # the released code leaves S trainable and records its graph
-        step = lambda: cloner_step(source(x))  # noqa: E731
-    elif case == "source":
-        def step():
-            with torch.no_grad(), autocast(dev, bf16):
-                source(x)
-    elif case in ("detect", "naive_detect"):
-        cloner.eval()
-        if case == "naive_detect":
-            source.requires_grad_(True)
-
-        def step():
-            ctx = torch.inference_mode() if case == "detect" else torch.enable_grad()
-            with ctx, autocast(dev, bf16):
-                score_loss(cloner(x), source(x), reduction="none").sum().item()
-    elif case in ("evaluate", "naive_evaluate"):
-        step = _evaluation_step(case, source, cloner, score_loss, x, dev, bf16, channels_last)
-        n_images = batch * EVAL_CLONERS  # image scorings: every test image by every sampled cloner
-    else:
-        step, n_images = _localization_step(case, source, cloner, score_loss, x[:LOCALIZE_BATCH])
-    if PROFILE_ENV in os.environ:
-        return {"profile": _profiled(step, int(os.environ[PROFILE_ENV]))}
-    seconds = _timed(step, steps, dev)
-    if dev.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"img_s": n_images / seconds, "peak_mb": peak_mb, "amp": amp, "bf16_inference": bf16,
-            "channels_last": channels_last}
-
-
-PROFILE_ENV = "MKDLIB_BENCH_PROFILE"  # set by --profile: the case prints its top operators instead
-
-
-def _profiled(step, top: int) -> str:
-    """torch.profiler's table of the operators taking most of one step's time (after a warm-up)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
 
 
 def _case_command(case: str, size: int, batch: int, steps: int, device: str, amp: bool, channels_last,

@@ -2,170 +2,27 @@
 
 Every subcommand is a thin shell over mkdlib functions (runs.runner.run, runs.runner.add_localization,
 predict.predict, bench.main, regenerate.main). Errors users can fix are one line on stderr, exit 2.
+The parser and its help texts are mkdlib/cli_parser.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from mkdlib import __version__
+from mkdlib.cli_parser import DATASETS, METHODS, RESULTS_ENV, VARIANTS, build_parser, key_value
 
-RESULTS_ENV = "MKDLIB_RESULTS"
+__all__ = ["DATASETS", "METHODS", "RESULTS_ENV", "VARIANTS", "build_parser", "key_value",
+           "main"]  # the parser's names stay importable from here (mkdlib.paper.regenerate: key_value)
 DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.paper.regenerate"}
-METHODS = ("gradients", "smoothgrad", "smoothgrad-reference", "guided-backprop")  # = localization.METHODS
-VARIANTS = METHODS + tuple(m + "-noblur" for m in METHODS)  # = localization.localization_variants()
-DATASETS = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder", "synthetic")
-
-EPILOG = """\
-examples:
-  mkd train --dataset synthetic --config epochs=20 --localization gradients
-  mkd train --dataset mnist --class 3 --data-root ~/data
-  mkd train --dataset mvtec --class leather --results runs/
-  mkd train --dataset mvtec --class bottle --profile fast
-  mkd evaluate runs/1a2b3c4d5e6f7a8b --localization smoothgrad
-  mkd predict runs/1a2b3c4d5e6f7a8b new_images/ --out predictions/
-  mkd demo --out demo
-  mkd bench --sizes 128 --batch 32
-  mkd regenerate --help
-
-environment: MKDLIB_DATA (data root), MKDLIB_VGG16_WEIGHTS (VGG-16 weights file),
-MKDLIB_RESULTS (default results folder for `train`, else ./runs).
-"""
-
-
-WEIGHTS_HELP = ("the source weights file on this machine (default: as the run recorded them); refused if its "
-                "SHA-256 differs from the one the run was trained with")
-
-
-def key_value(text: str) -> tuple[str, object]:
-    """KEY=VALUE (`--config`, `--option`, `mkd regenerate -p`): KEY a name ('-' read as '_'), VALUE parsed as
-    JSON when it is JSON (2, 0.5, true, null, [..], {..}), else kept a string."""
-    key, sep, value = text.partition("=")
-    key = key.replace("-", "_")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mkd", description="Multiresolution Knowledge Distillation for anomaly detection "
-        "(Salehi et al., CVPR 2021): train, evaluate and apply cached runs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"mkdlib {__version__}")
-    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    t = sub.add_parser("train", help="train and evaluate one run (cached); prints its directory",
-                       description="Train (or resume) and evaluate one run, cached in RESULTS/<hash>/. "
-                       "A finished run is not recomputed. Prints the run directory on stdout.")
-    t.add_argument("--dataset", required=True, metavar="NAME", help=f"one of: {', '.join(DATASETS)}")
-    t.add_argument("--class", dest="normal_class", metavar="C",
-                   help="normal class (mnist/fashionmnist/cifar10: index or name) or MVTec category")
-    t.add_argument("--seed", type=int, default=0, help="training seed and split seed (default 0)")
-    t.add_argument("--data-root", metavar="DIR", help="dataset root (default: $MKDLIB_DATA)")
-    t.add_argument("--weights", default="imagenet", metavar="W",
-                   help="source weights: imagenet (default; follows $MKDLIB_VGG16_WEIGHTS), a file, or none")
-    t.add_argument("--profile", choices=("paper", "fast"), default="paper",
-                   help="paper: the paper's protocol (default, the faithful reproduction); fast: ours, a fifth "
-                        "of the epochs with a warm-up + cosine learning rate (README, 'The fast profile')")
-    t.add_argument("--config", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="MKDConfig override on top of the profile's settings, e.g. epochs=51 (repeatable)")
-    t.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option passed to get_dataset (repeatable; VALUE as JSON). folder: "
-                        "normal_dir=normal, abnormal_dir=abnormal (or a list, '[\"crack\", \"scratch\"]'), "
-                        "mask_dir (none), normal_test_dir (none: a seeded test_split_ratio=0.2 of normal_dir), "
-                        "extensions (.png .jpg .jpeg .bmp .tif .tiff .webp); every dataset: image_size, "
-                        "imagenet_norm; the others: mkdlib.datasets.describe_options(NAME). Unknown keys "
-                        "are refused by name")
-    t.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
-                   help=f"pixel metrics for these methods when masks exist: {', '.join(VARIANTS)}")
-    t.add_argument("--max-train", type=int, metavar="N", help="use N training images (smoke runs)")
-    t.add_argument("--max-test", type=int, metavar="N", help="use N test images, both classes kept")
-    t.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
-    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    e = sub.add_parser("evaluate", help="show a run's metrics; add localisation metrics",
-                       description="Print the metrics of a finished run. With --localization, compute the "
-                       "pixel metrics of methods the run lacks (final cloner, test set) and store them. "
-                       "A corrupt metrics.json is re-evaluated and a lost sampled cloner recomputed "
-                       "from the run's checkpoints; nothing else is redone. A run lacking them gets the "
-                       "metrics at its threshold (precision, recall, F1, tp/fp/tn/fn; image level, and "
-                       "pixel level where the test set has masks) in metrics.json \"at_threshold\".")
-    e.add_argument("run", metavar="RUN", help="run directory")
-    e.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
-    e.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
-                   help=f"one or more of: {', '.join(VARIANTS)}")
-    e.add_argument("--figures", action="store_true", help="also write one figure per test image: image | "
-                   "ground truth | map on the run's fixed scale | predicted mask")
-    e.add_argument("--out", metavar="DIR", help="folder for --figures (default: RUN/figures), replaced whole")
-    e.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
-    e.add_argument("--device", help="default: cuda when available")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    r = sub.add_parser("predict", help="score new images with a run: CSV + a figure per image",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="""\
-Score images with a finished run's final cloner:
-  1. raw_score = the MKD loss; score = raw_score normalised so that the run's threshold (99th
-     percentile of its training images' scores, or --threshold) is 0.5 and its lowest training
-     score 0 (clipped to [0, 1]); anomalous = score > 0.5.
-  2. maps on the run's fixed scale (calibrated on its training images, RUN/calibration.json,
-     computed once if the run lacks it): pixels above 0.5 form the predicted mask.
-  3. OUT/predictions.csv (path, score, raw_score, threshold, anomalous, heatmap, error) and
-     OUT/heatmaps/*.png (image | map with colour bar | predicted mask; title: name, score,
-     decision); with --save-maps the maps as OUT/maps/*.npy. OUT is replaced whole.""")
-    r.add_argument("run", metavar="RUN", help="run directory")
-    r.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    r.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
-    r.add_argument("--threshold", type=float, help="decision threshold on the raw score (default: the run's); "
-                   "it becomes 0.5 on the normalised score")
-    r.add_argument("--method", default="gradients", choices=METHODS, metavar="METHOD",
-                   help=f"heatmap method (default gradients): {', '.join(METHODS)}")
-    r.add_argument("--no-heatmaps", action="store_true", help="scores and decisions only, no figures")
-    r.add_argument("--save-maps", action="store_true", help="also write each map as float32 .npy (fixed "
-                   "scale, not clipped; > 0.5 = predicted anomalous pixel)")
-    r.add_argument("--device", help="default: cuda when available")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    s = sub.add_parser("runs", help="list the runs in a results folder; remove runs (--rm)",
-                       description="A table of the runs in RESULTS: key, dataset, class, profile, epochs, "
-                       "status, image AUROC in percent (final (mean +- std over the sampled cloners)), pixel "
-                       "AUROC in percent (of the first localisation method the run has), created (when it "
-                       "started); oldest first. status: finished, training e/N, failed (error.txt) or corrupt "
-                       "(the reason is printed below the table), with (locked) while another process holds the "
-                       "run. profile: paper (no overrides, whole data), smoke (max-train/max-test or the smoke "
-                       "profile's epochs), fast (the fast profile's schedule) or custom.")
-    s.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
-    s.add_argument("--dataset", metavar="NAME", help="only runs of this dataset")
-    s.add_argument("--class", dest="normal_class", metavar="C", help="only runs of this normal class (index or name)")
-    s.add_argument("--status", metavar="S", help="only runs with this status: finished, training, failed, corrupt "
-                   "or locked")
-    s.add_argument("--profile", metavar="P", help="only runs of this profile: paper, smoke, fast or custom")
-    s.add_argument("--json", action="store_true", help="print the rows as JSON (numbers, run_dir, reason)")
-    s.add_argument("--rm", nargs="+", metavar="KEY", help="remove these runs (refused for an unknown key or a "
-                   "run another process holds; nothing is removed then)")
-
-    sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
-    sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
-    sub.add_parser("regenerate", add_help=False,
-                   help="regenerate the paper's tables and figures (mkd regenerate --help)")
-    return p
 
 
 def _train(a) -> int:
