@@ -1,6 +1,7 @@
 """A run's checkpoint folder: last.pt (cloner, optimizer, epoch, RNG state, history: what an exact resume
 needs), the cloner alone at each sampled epoch (cloner_eNNNN.pt), history.csv; every file written
-atomically and read tensors-only, with one-line errors for a corrupt or foreign file."""
+atomically and read tensors-only, with one-line errors for a corrupt or foreign file (`read_last` is
+the one check of last.pt before a resume)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mkdlib.config import MKDConfig
+from mkdlib.config import MKDConfig, canonical_json
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 
 
@@ -34,7 +35,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 class CheckpointError(RuntimeError):
-    """An unreadable checkpoint file; the message says what deleting it recomputes."""
+    """An unreadable or unusable checkpoint file; the message says to delete it (and what that recomputes)."""
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -47,6 +48,29 @@ def load_checkpoint(path: Path) -> dict:
             f"checkpoint {path} is unreadable ({type(err).__name__}); delete it and run the same command "
             f"again: {what}"
         ) from None
+
+
+def read_last(checkpoint_dir: str | Path, cloner: torch.nn.Module, cfg: MKDConfig | None = None) -> dict | None:
+    """checkpoint_dir/last.pt checked for a resume, with its weights loaded into `cloner`; None without one.
+
+    CheckpointError, in one line, for a last.pt that is unreadable, lacks a field a resume needs, was
+    trained with another configuration than `cfg` (MKDConfig.matches; not checked without cfg, as fit
+    does, so that a run can be trained for more epochs), or does not fit `cloner`."""
+    path = Path(checkpoint_dir) / LAST
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not {"cloner", "optimizer", "epoch", "history"} <= set(state):
+        raise CheckpointError(f"checkpoint {path} lacks fields this mkdlib needs (incompatible version); delete it")
+    if cfg is not None and state.get("config") is not None and not cfg.matches(canonical_json(state["config"])):
+        raise CheckpointError(f"checkpoint {path} was trained with another configuration; delete it or use "
+                              "another results folder")
+    try:
+        cloner.load_state_dict(state["cloner"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} does not fit this cloner ({str(err).splitlines()[0]}); "
+                              "delete it") from None
+    return state
 
 
 def cloner_path(checkpoint_dir: Path, epoch: int) -> Path:

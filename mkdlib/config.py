@@ -17,6 +17,16 @@ import numpy as np
 from mkdlib.models import CLONER_CFGS, SCORE_LAYERS, TRAIN_LAYERS, check_layers
 
 
+def canonical_json(value):
+    """`value` as plain JSON types (tuples -> lists): how spec.json and last.pt's recorded configurations
+    are compared. ValueError for NaN or infinity (spec.json is strict JSON), TypeError if it is not
+    JSON-serialisable."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except ValueError:
+        raise ValueError(f"not a finite JSON value (NaN or infinity): {value!r}") from None
+
+
 @dataclass(frozen=True)
 class MKDConfig:
     dataset: str = "mvtec"

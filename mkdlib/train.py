@@ -7,12 +7,13 @@ deterministic mode, with the source's features computed once when the data is de
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mkdlib.checkpoints import (LAST, cloner_path, load_checkpoint, missing_cloners, save_checkpoint, trained_epochs,
-                                write_history)
+from mkdlib.checkpoints import (LAST, cloner_path, load_checkpoint, missing_cloners, read_last, save_checkpoint,
+                                trained_epochs, write_history)
 from mkdlib.config import MKDConfig, learning_rate
 from mkdlib.features import FeatureStore, autocast, image_loader, to_input
 from mkdlib.losses import MKDLoss
@@ -182,43 +183,21 @@ def fit(
     if start >= cfg.epochs:
         return history
 
-    n = len(data)
-    if n == 0:
+    if len(data) == 0:
         raise ValueError("the training set is empty")
-    deterministic_data = getattr(data, "deterministic", True)
-    store = None
-    if cfg.cache_features and deterministic_data:
-        store = FeatureStore.compute(
-            source, data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=cfg.cache_dtype,
-            amp=cfg.inference_bf16, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb,
-            spill_dir=ckpt_dir / "features" if ckpt_dir is not None else None, progress=progress,
-        )
-    sampler = EpochBatches(n, cfg.batch_size, cfg.seed)
+    targets = _source_targets(source, data, loss, cfg, device, ckpt_dir, progress)
+    sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed)
     loader = image_loader(data, cfg.batch_size, batch_sampler=sampler, num_workers=num_workers)
+    on_nan = functools.partial(_stop_on_nan, history=history, ckpt_dir=ckpt_dir)
     eval_epochs = set(cfg.eval_epochs())
     cloner.train()
     bar = tqdm(range(start, cfg.epochs), desc="train", disable=not progress, initial=start, total=cfg.epochs)
     for epoch in bar:  # 0-based index; after it, epoch + 1 passes are done
-        sampler.set_epoch(epoch)
-        t0, total, seen = time.perf_counter(), 0.0, 0
-        for batch, (index, x) in enumerate(zip(sampler, loader)):
-            x = to_input(x, device, cfg.channels_last)
-            target = store.get(index, device) if store is not None else source_target(source, x, cfg, device)
-            if cfg.schedule != "constant":
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, epoch * len(sampler) + batch, len(sampler))
-            with autocast(device, cfg.amp):
-                value = loss(cloner(x), target)
-            if not torch.isfinite(value):
-                _stop_on_nan(value, epoch + 1, history, ckpt_dir)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            total += value.item() * len(x)
-            seen += len(x)
+        t0 = time.perf_counter()
+        mean_loss = _train_epoch(epoch, cloner, optimizer, loss, targets, sampler, loader, cfg, device, on_nan)
         done = epoch + 1
-        history.append({"epoch": done, "loss": total / seen, "seconds": round(time.perf_counter() - t0, 4)})
-        bar.set_postfix(loss=f"{total / seen:.4g}")
+        history.append({"epoch": done, "loss": mean_loss, "seconds": round(time.perf_counter() - t0, 4)})
+        bar.set_postfix(loss=f"{mean_loss:.4g}")
         if ckpt_dir is not None:
             _checkpoint(ckpt_dir, cloner, optimizer, cfg, done, history, sampled=done in eval_epochs)
         if on_epoch_end is not None:
@@ -227,18 +206,59 @@ def fit(
 
 
 def _resume(ckpt_dir: Path | None, cloner: Cloner, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """(epochs done, loss history) from ckpt_dir/last.pt, with the cloner, optimizer and torch RNG restored;
-    (0, []) for a new run (ckpt_dir is created) or without a checkpoint folder."""
+    """(epochs done, loss history) from ckpt_dir/last.pt (checkpoints.read_last: one-line errors for an
+    unusable one), with the cloner, optimizer and torch RNG restored; (0, []) for a new run (ckpt_dir is
+    created) or without a checkpoint folder."""
     if ckpt_dir is None:
         return 0, []
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if not (ckpt_dir / LAST).exists():
+    state = read_last(ckpt_dir, cloner)
+    if state is None:
         return 0, []
-    state = load_checkpoint(ckpt_dir / LAST)
-    cloner.load_state_dict(state["cloner"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     return state["epoch"], list(state["history"])
+
+
+def _source_targets(source: Source, data: Dataset | Tensor, loss: MKDLoss, cfg: MKDConfig, device: torch.device,
+                    ckpt_dir: Path | None, progress: bool) -> Callable[[list[int], Tensor], dict[str, Tensor]]:
+    """(batch indices, input batch) -> the source's features of that batch: computed once for the whole
+    training set (FeatureStore, spilled to ckpt_dir/features beyond cfg.memory_budget_mb) when
+    cfg.cache_features and the data is deterministic (not augmented), else by the source at each step."""
+    if not (cfg.cache_features and getattr(data, "deterministic", True)):
+        return lambda index, x: source_target(source, x, cfg, device)
+    store = FeatureStore.compute(
+        source, data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=cfg.cache_dtype,
+        amp=cfg.inference_bf16, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb,
+        spill_dir=ckpt_dir / "features" if ckpt_dir is not None else None, progress=progress,
+    )
+    return lambda index, x: store.get(index, device)
+
+
+def _train_epoch(epoch: int, cloner: Cloner, optimizer: torch.optim.Optimizer, loss: MKDLoss,
+                 targets: Callable[[list[int], Tensor], dict[str, Tensor]], sampler: EpochBatches,
+                 loader: Iterable, cfg: MKDConfig, device: torch.device,
+                 on_nan: Callable[[Tensor, int], None]) -> float:
+    """One pass over the data in the order of (cfg.seed, epoch), epoch counted from 0; returns the mean
+    loss per image. on_nan(loss, epoch + 1) is called on a non-finite loss, before its step (it raises)."""
+    sampler.set_epoch(epoch)
+    total, seen = 0.0, 0
+    for batch, (index, x) in enumerate(zip(sampler, loader)):
+        x = to_input(x, device, cfg.channels_last)
+        target = targets(index, x)
+        if cfg.schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch * len(sampler) + batch, len(sampler))
+        with autocast(device, cfg.amp):
+            value = loss(cloner(x), target)
+        if not torch.isfinite(value):
+            on_nan(value, epoch + 1)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        total += value.item() * len(x)
+        seen += len(x)
+    return total / seen
 
 
 def _checkpoint(ckpt_dir: Path, cloner: Cloner, optimizer: torch.optim.Optimizer, cfg: MKDConfig, done: int,

@@ -24,13 +24,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mkdlib.calibration import CALIBRATION, ConstantMapsError, image_calibration, map_calibration
-from mkdlib.checkpoints import LAST, CheckpointError, load_checkpoint, missing_cloners, trained_epochs, write_history
+from mkdlib.checkpoints import CheckpointError, missing_cloners, read_last, trained_epochs, write_history
 from mkdlib.config import MKDConfig
 from mkdlib.localization import GRADIENTS, check_methods
-from mkdlib.models import Cloner
 from mkdlib.runs.evaluation import add_localization, missing_maps, pixel_at_threshold, threshold_metrics, write_scores
 from mkdlib.runs.loading import build_models, check_device, load_data, load_final_cloner
-from mkdlib.runs.spec import RunResult, RunSpec, canonical_json
+from mkdlib.runs.spec import RunResult, RunSpec
 from mkdlib.runs.store import (ENV, ERROR, HISTORY, METRICS, SCORES, SPEC, CorruptMetrics, RunError, RunLock,
                                environment, load_run, read_metrics, read_spec, upgrade_root, write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, pixel_metrics, score, score_loss
@@ -39,28 +38,6 @@ from mkdlib.weights import weights_sha256
 
 LONG_RUN_PASSES = 20_000  # runs with more image passes than this print their estimated time first
 THRESHOLD_PERCENTILE = 99.0  # decision threshold: this percentile of the training images' scores
-
-
-def _check_resume(ckpt_dir: Path, cloner: Cloner, cfg: MKDConfig) -> int:
-    """Epochs already done; one-line errors for a corrupt or incompatible last checkpoint."""
-    path = ckpt_dir / LAST
-    if not path.is_file():
-        return 0
-    try:
-        state = load_checkpoint(path)
-    except RuntimeError as err:
-        raise RunError(str(err)) from None
-    if not isinstance(state, dict) or not {"cloner", "optimizer", "epoch", "history"} <= set(state):
-        raise RunError(f"checkpoint {path} lacks fields this mkdlib needs (incompatible version); delete it")
-    if state.get("config") is not None and not cfg.matches(canonical_json(state["config"])):
-        raise RunError(f"checkpoint {path} was trained with another configuration; delete it or use another "
-                       "results folder")
-    try:
-        cloner.load_state_dict(state["cloner"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise RunError(f"checkpoint {path} does not fit this cloner ({str(err).splitlines()[0]}); delete it") \
-            from None
-    return int(state["epoch"])
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -194,7 +171,8 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
                         run_dir: Path, device: str, progress: bool) -> dict:
     ckpt = run_dir / "checkpoints"
     source, cloner, loss = models
-    resumed_from = _check_resume(ckpt, cloner, cfg)
+    state = read_last(ckpt, cloner, cfg)  # checked before any time is spent; run() makes its errors RunErrors
+    resumed_from = int(state["epoch"]) if state is not None else 0
     left = cfg.epochs - resumed_from
     if progress and left * len(train) >= LONG_RUN_PASSES:  # say how long before hours are spent
         cached = cfg.cache_features and getattr(train, "deterministic", True)

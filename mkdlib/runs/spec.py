@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mkdlib.config import EXECUTION_FIELDS, MKDConfig, paper_config
+from mkdlib.config import EXECUTION_FIELDS, MKDConfig, canonical_json, paper_config
 from mkdlib.datasets import DATASET_NAMES, MVTEC_CATEGORIES
 from mkdlib.datasets.factory import ALIASES, WITH_CLASS
 from mkdlib.datasets.onecls import CLASS_NAMES, class_index
@@ -22,15 +22,6 @@ from mkdlib.localization import check_methods
 FORMAT_VERSION = 1  # bump when the run directory layout or the key's recipe changes
 _RESERVED_CONFIG = {"dataset": "RunSpec.dataset", "seed": "RunSpec.seed"}
 _RESERVED_OPTIONS = ("root", "split", "normal_class", "seed", "download")
-
-
-def canonical_json(value):
-    """`value` as plain JSON types (tuples -> lists); ValueError for NaN or infinity (spec.json is
-    strict JSON), TypeError if it is not JSON-serialisable."""
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except ValueError:
-        raise ValueError(f"not a finite JSON value (NaN or infinity): {value!r}") from None
 
 
 @dataclass(frozen=True)
