@@ -1,4 +1,5 @@
 """Heatmap rows (Figures 1, 6) and mean-AUROC bars (Figures 3-5): drawn without a display, written as PNG."""
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from mkdlib.paper import figures, items, tabulation
 from mkdlib.paper.markdown import comparison_table
 from mkdlib.paper.numbers import MVTEC_CATEGORIES
 from mkdlib.plots import decision_figure, heat_overlay, heatmap_rows, means_figure, save_figure
+from mkdlib.runs import RunSpec, run
 from mkdlib.runs.spec import RunResult
 
 
@@ -98,3 +100,15 @@ def test_save_heatmaps_lists_runs_that_did_not_finish(tmp_path, capsys):
                        "DatasetNotFoundError")
     assert figures.save_heatmaps("figure6", [failed], tmp_path) == []
     assert "figure6_mvtec_leather: not run: mvtec data not found: expected /x." in capsys.readouterr().out
+
+
+def test_save_heatmaps_lists_a_record_without_its_final_cloner(tmp_path, capsys):
+    """Committed run records keep no checkpoints: the figure says what is missing; the notebook goes on."""
+    spec = RunSpec("synthetic", config=dict(image_size=32, epochs=2, eval_every=1, sample_last=1, batch_size=4,
+                                           cloner="small"),
+                   data_root=str(tmp_path / "data"), weights=None,
+                   dataset_options=dict(size=32, n_train=4, n_test_good=2, n_test_defect=2))
+    result = run(spec, tmp_path / "runs", progress=False)
+    shutil.rmtree(result.run_dir / "checkpoints")
+    assert figures.save_heatmaps("figure6", [result], tmp_path) == []
+    assert "figure6_synthetic: not drawn: missing final cloner" in capsys.readouterr().out
