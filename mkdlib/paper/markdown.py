@@ -180,9 +180,10 @@ PROVENANCE = ("How these results were produced: the tables here are written only
 
 
 def _read_csv(csv: Path) -> pd.DataFrame | None:
-    """A written table as strings; None when missing, empty or malformed."""
+    """A written table as strings, indexed by its first column (the rows' names); None when missing, empty
+    or malformed."""
     try:
-        return pd.read_csv(csv, dtype=str)
+        return pd.read_csv(csv, dtype=str, index_col=0)
     except (OSError, ValueError):
         return None
 

@@ -271,7 +271,7 @@ def weights_used(results_dir: str | Path, results: Iterable[RunResult] = ()) -> 
     seen = {_weights(r) for r in results}
     for csv in Path(results_dir).glob("*.csv"):
         column = pd.read_csv(csv).get("weights")
-        seen |= set() if column is None else {str(w) for w in column.dropna()}
+        seen |= set() if column is None else {w for v in column.dropna() for w in str(v).split("; ")}
     ran = {w for w in seen if not w.endswith("(requested)")}
     return "; ".join(sorted(ran or seen)) or "unknown (no runs)"
 
