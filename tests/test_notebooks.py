@@ -73,41 +73,34 @@ def test_committed_thin_and_without_outputs(name):
     assert params["profile"] == "paper" and params["device"] == "cpu"
 
 
-def _sections(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
-    """(the first word of the nearest `## ` heading above, source) of every code cell ("" above any)."""
-    heading, out = "", []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.source.startswith("## "):
-            heading = cell.source.split()[1].rstrip(":")
-        elif cell.cell_type == "code":
-            out.append((heading, cell.source))
-    return out
+REPRODUCED = [n for n in notebook.NOTEBOOKS if n != "00_quickstart"]
 
 
-# which section a cell doing this belongs in: (what the cell calls, the headings it may sit under)
-STEPS = (("run_many(", ("Runs",)), ("quick_demo(", ("Runs",)),
-         ("planning.plan(", ("Runs",)), ("tabulation.tables(", ("Tables",)), ("to_markdown(", ("Tables",)),
-         ("comparison_markdown(", ("The",)), ("Image(", ("Figures",)))
+@pytest.mark.parametrize("name", REPRODUCED)
+def test_a_paper_notebook_is_its_introduction_parameters_one_call_and_a_display(name):
+    """Issue 13: the introduction, the parameters, `reproduce(<this notebook>, <every parameter>)` and
+    `display(reproduction)`; the steps' headings come from the call's output (checked in test_smoke_run)."""
+    nb = _read(name)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code", "code"], name
+    assert "parameters" in nb.cells[1].metadata.get("tags", [])
+    tree = ast.parse(nb.cells[2].source)
+    assert ast.unparse(tree.body[0]) == "from mkdlib.paper import reproduce"
+    call = tree.body[-1].value
+    assert ast.unparse(call.func) == "reproduce" and ast.literal_eval(call.args[0]) == name
+    assert {k.arg: ast.unparse(k.value) for k in call.keywords} == {p: p for p in COMMON}, "every parameter, as is"
+    assert nb.cells[3].source == "display(reproduction)"
 
 
-@pytest.mark.parametrize("name", list(notebook.NOTEBOOKS))
-def test_a_heading_before_each_step(name):
-    """Setup, Runs, Tables (or the comparison), Figures: a `## ` section for each step, in that order (issue 16)."""
-    sections = _sections(_read(name))
-    assert sections[0][0] == "Setup" and sections[0][1].startswith("import "), name  # the imports
-    for call, headings in STEPS:
-        for heading, source in sections:
-            if call in source:
-                assert heading in headings, (name, call, heading)
-    order = list(dict.fromkeys(h for h, _ in sections))
-    assert order[:2] == ["Setup", "Runs"] and order == sorted(order, key=["Setup", "Runs", "Tables", "The",
-                                                                         "Figures"].index), (name, order)
+def test_the_quickstart_has_a_heading_before_each_step():
+    """Setup, Runs, Figures: a `## ` section for each step of the demo, in that order (issue 16)."""
+    headings = [c.source.split()[1] for c in _read("00_quickstart").cells
+                if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert headings == ["Setup", "Runs", "Figures"]
 
 
 @pytest.mark.parametrize("name", list(notebook.NOTEBOOKS))
-def test_no_cell_leaves_a_value_and_tables_are_sections(name):
-    """A cell's last statement is never a bare value (Jupyter would print it, e.g. `Out: [PosixPath(...)]`);
-    tables are shown under a section-sized heading (### title), not a second page title (issue 16)."""
+def test_no_cell_leaves_a_value(name):
+    """A cell's last statement is never a bare value (Jupyter would print it, e.g. `Out: [PosixPath(...)]`)."""
     for cell in _read(name).cells:
         if cell.cell_type != "code":
             continue
@@ -117,20 +110,14 @@ def test_no_cell_leaves_a_value_and_tables_are_sections(name):
         if isinstance(last, ast.Expr) and not quiet:
             assert isinstance(last.value, ast.Call) and ast.unparse(last.value.func) in ("display", "print"), \
                 (name, ast.unparse(last))
-        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-            if ast.unparse(call.func).endswith("to_markdown"):
-                assert [ast.unparse(k) for k in call.keywords] == ["level=3"], (name, ast.unparse(call))
 
 
-@pytest.mark.parametrize("name", [n for n in notebook.NOTEBOOKS if n != "00_quickstart"])
-def test_the_plan_is_printed_before_the_runs_and_the_intro_says_paper_trains_for_hours(name):
-    """'Run All' on the default profile starts hours of training: the intro says so in bold and the plan
-    (planning.plan: cached, passes left, time) is printed in a cell before the one that trains."""
-    nb = _read(name)
-    assert '**The default `profile = "paper"` trains' in nb.cells[0].source and "hours" in nb.cells[0].source
-    code = [c.source for c in nb.cells if c.cell_type == "code"]
-    runs = next(i for i, s in enumerate(code) if "run_many(" in s)
-    assert any("print(" in s and "planning.plan(" in s for s in code[:runs]), name
+@pytest.mark.parametrize("name", REPRODUCED)
+def test_the_intro_says_paper_trains_for_hours_and_the_plan_comes_first(name):
+    """'Run All' on the default profile starts hours of training: the intro says so in bold, and reproduce
+    prints the plan (planning.plan: cached, passes left, time) before it trains (test_paper_reproduction)."""
+    intro = _read(name).cells[0].source
+    assert '**The default `profile = "paper"` trains' in intro and "hours" in intro and "the plan" in intro
 
 
 # ------------------------------------------------------------------------------------------- smoke runs
@@ -193,6 +180,14 @@ def _check_outputs(executed: nbformat.NotebookNode, name: str) -> None:
             assert out.output_type == "stream" or (out.output_type == "display_data" and set(out.data) <= SHOWN
                                                    and set(out.data) != {"text/plain"}), (name, cell.source, out)
             assert "PosixPath(" not in json.dumps(out), (name, cell.source)
+    shown = [out.data["text/markdown"] for c in executed.cells for out in c.get("outputs", [])
+             if out.output_type == "display_data" and "text/markdown" in out.data]
+    headings = [text for text in shown if text.startswith("## ")]
+    if name != "00_quickstart":  # reproduce's sections, in order; each table under a ### heading
+        want = ["## Runs"] + ["## Tables"] * bool(notebook.outputs(name) or name == "fast_vs_paper")
+        assert headings[:len(want)] == want, (name, headings)
+        tables = [text for text in shown if text.startswith("### ")]
+        assert len(tables) == len(notebook.outputs(name)), (name, len(tables))
 
 
 @pytest.mark.slow

@@ -1,0 +1,38 @@
+"""reproduce: one notebook's work as one call (the plan printed first, then runs, tables, index, figures);
+Reproduction shows what it wrote under section headings. The full notebooks run in test_notebooks."""
+
+from __future__ import annotations
+
+import pytest
+
+from mkdlib.paper import reproduce, tabulation
+from mkdlib.paper.reproduction import Reproduction
+
+
+def test_an_unknown_notebook_names_the_ones_there_are(tmp_path):
+    with pytest.raises(KeyError, match="table3_mvtec_detection"):
+        reproduce("table3_mvtec", results_dir=tmp_path)
+    with pytest.raises(KeyError, match="unknown notebook '00_quickstart'"):  # the demo is not a paper item
+        reproduce("00_quickstart", results_dir=tmp_path)
+
+
+def test_a_notebook_without_its_data_writes_not_run_tables_after_the_plan(tmp_path, capsys):
+    """Retinal OCT is absent: nothing trains, and the table, its Markdown and the index are still written."""
+    out = reproduce("table5_retinal_oct", profile="smoke", results_dir=tmp_path, executor="sequential",
+                    data_roots='{"retina": "%s"}' % (tmp_path / "no_oct"), progress=False)
+    printed = capsys.readouterr().out
+    assert printed.startswith("## Runs\n") and "1 run" in printed.splitlines()[1]  # the plan, before any run
+    assert {"table5.csv", "table5.md", "README.md"} <= {p.name for p in tmp_path.iterdir()}
+    assert list(out.tables) == ["table5"] and not out.results[0].ok and out.figures == []
+    assert str(tmp_path / "no_oct") in out.tables["table5"].at["retinal_oct", "note"]
+    text = str(out)
+    assert text.startswith("## Tables\n\n### Table 5") and "## Figures" not in text
+
+
+def test_the_display_is_tables_then_figures_each_under_its_heading(tmp_path):
+    tables = tabulation.tables("table9", [], profile="paper", settings=["equal_net"])  # every row not run
+    shown = Reproduction("figure4_tables9_10_cloner_size", tmp_path, tables=tables,
+                         figures=[tmp_path / "a.png", tmp_path / "b.png"], shown_figures=[tmp_path / "a.png"])
+    kinds = [(kind, str(value).splitlines()[0]) for kind, value in shown.blocks()]
+    assert kinds == [("markdown", "## Tables"), ("markdown", "### " + tables["table9_equal_net"].attrs["title"]),
+                     ("markdown", "## Figures"), ("image", str(tmp_path / "a.png"))]
