@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,15 @@ def canonical_json(value):
         return json.loads(json.dumps(value, allow_nan=False))
     except ValueError:
         raise ValueError(f"not a finite JSON value (NaN or infinity): {value!r}") from None
+
+
+def check_fields(cls: type, d: Mapping[str, Any], what: str, exclude: Iterable[str] = ()) -> None:
+    """ValueError naming the keys of `d` that are not fields of the dataclass `cls` (less `exclude`), with
+    the valid ones: the one check of MKDConfig, RunSpec and config-override dicts."""
+    valid = sorted({f.name for f in fields(cls)} - set(exclude))
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid: {valid}")
 
 
 @dataclass(frozen=True)
@@ -105,10 +114,7 @@ class MKDConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MKDConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MKDConfig field(s) {unknown}; valid: {sorted(known)}")
+        check_fields(cls, d, "MKDConfig")
         return cls(**d)
 
     def experiment(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mkdlib.config import EXECUTION_FIELDS, MKDConfig, canonical_json, paper_config
+from mkdlib.config import EXECUTION_FIELDS, MKDConfig, canonical_json, check_fields, paper_config
 from mkdlib.datasets import DATASET_NAMES, MVTEC_CATEGORIES
 from mkdlib.datasets.factory import ALIASES, WITH_CLASS
 from mkdlib.datasets.onecls import CLASS_NAMES, class_index
@@ -81,12 +81,11 @@ class RunSpec:
     @staticmethod
     def _check_config(dataset: str, overrides: dict) -> dict:
         defaults = {f.name: f.default for f in fields(MKDConfig)}
-        for k in overrides:
-            if k in _RESERVED_CONFIG:
-                raise ValueError(f"config[{k!r}] is set by {_RESERVED_CONFIG[k]}, not by a config override")
-            if k not in defaults:
-                valid = sorted(set(defaults) - set(_RESERVED_CONFIG))
-                raise ValueError(f"unknown config field {k!r}; valid: {valid}")
+        reserved = sorted(set(overrides) & set(_RESERVED_CONFIG))
+        if reserved:
+            raise ValueError(f"config[{reserved[0]!r}] is set by {_RESERVED_CONFIG[reserved[0]]}, not by a config "
+                             "override")
+        check_fields(MKDConfig, overrides, "config", exclude=_RESERVED_CONFIG)
         out = {}
         for k, v in canonical_json(overrides).items():  # 1 and 1.0 are the same learning rate
             if isinstance(defaults[k], float) and isinstance(v, int) and not isinstance(v, bool):
@@ -103,10 +102,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown RunSpec field(s) {unknown}; valid: {sorted(known)}")
+        check_fields(cls, d, "RunSpec")
         d = dict(d)
         if "localization" in d and not isinstance(d["localization"], str):
             d["localization"] = tuple(d["localization"])
