@@ -96,7 +96,7 @@ def _paper_tables(results: Path) -> dict[str, str]:
     tabs = {k: v for item in ("table2_mnist", "table2_fashionmnist", "table2_cifar10")
             for k, v in tabulation.tables(item, [], profile="paper").items()}
     tabulation.save_tables(tabs, results)
-    tabulation.write_index(results, profile="paper")
+    tabulation.update_index(results, profile="paper")
     return {p.name: p.read_text() for p in results.iterdir()}
 
 

@@ -158,7 +158,7 @@ def test_saved_files_index_and_figure(tmp_path):
     assert {p.name for p in paths} >= {"table7_last_1.csv", "table8_last_3.md"}
     csv = pd.read_csv(tmp_path / "table8_last_3.csv", index_col=0)
     assert csv.at["0", "ours_final"] == pytest.approx(75.0) and (csv["profile"] == "smoke").all()
-    index = tabulation.write_index(tmp_path, profile="smoke", results=results).read_text()
+    index = tabulation.update_index(tmp_path, profile="smoke", results=results).read_text()
     assert "NOT paper numbers" in index and "test-weights" in index and "table7_last_2" in index
     assert "| table8_last_3 | " in index and "| smoke | test-weights |" in index  # per table
 

@@ -140,6 +140,6 @@ def reproduce(notebook: str, *, profile: str = "paper", results_dir: str | Path 
     specs = [s for specs in notebook_specs(notebook, profile, **options).values() for s in specs]
     out.results = _train(specs, runs, **run)
     _tables(out, profile, device, progress)
-    tabulation.write_index(out.results_dir, profile=profile, results=out.results)
+    tabulation.update_index(out.results_dir, profile=profile, results=out.results)
     _figures(out, device)
     return out

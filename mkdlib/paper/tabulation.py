@@ -1,6 +1,6 @@
 """The paper's tables from finished runs: `collect` reads each item's runs back (by row, setting and
 seed), `tables` lines them up with the paper (`mkdlib.paper.markdown.comparison_table`), `save_tables` writes
-`results/<name>.csv|md` and `write_index` the index `results/README.md`. `add_maps` adds the saliency
+`results/<name>.csv|md` and `update_index` the index `results/README.md`. `add_maps` adds the saliency
 maps a table reads to runs that lack them. Which runs an item needs is `mkdlib.paper.items`.
 """
 
@@ -276,7 +276,7 @@ def weights_used(results_dir: str | Path, results: Iterable[RunResult] = ()) -> 
     return "; ".join(sorted(ran or seen)) or "unknown (no runs)"
 
 
-def write_index(results_dir: str | Path, *, profile: str, results: Iterable[RunResult] = ()) -> Path:
+def update_index(results_dir: str | Path, *, profile: str, results: Iterable[RunResult] = ()) -> Path:
     """Regenerate `<results_dir>/README.md`: every table there, the profile, the weights the runs used."""
     commit = markdown.commit_text(Path(__file__).resolve().parent)
     return markdown.write_index(results_dir, profile=profile_of(profile).label,
