@@ -42,10 +42,10 @@ if base.ok:
     print(f"unchanged (split {args.seed}, record {base.run_dir.name}): final {pct(a['final'])}, "
           f"mean {pct(a['mean'])} ± {pct(a['std'])} over the last 100 epochs' cloners")
 for name in args.variants:
-    result = run(headct(VARIANTS[name]), args.runs_dir, device="cpu")
+    result = run(headct(VARIANTS[name]), args.runs_dir, device="cpu", progress=False)
     a = result.metrics["image_auroc"]
     print(f"{name} {VARIANTS[name]} (record {result.run_dir.name}): final {pct(a['final'])}, "
           f"mean {pct(a['mean'])} ± {pct(a['std'])} over the sampled cloners")
     if name == "epochs":
-        curve = a["per_epoch"]
-        print("  AUROC by epoch: " + ", ".join(f"{e}: {pct(curve[str(e)])}" for e in CURVE if str(e) in curve))
+        curve = {int(e): v for e, v in a["per_epoch"].items()}  # int keys in memory, str in metrics.json
+        print("  AUROC by epoch: " + ", ".join(f"{e}: {pct(curve[e])}" for e in CURVE if e in curve))
