@@ -25,17 +25,26 @@ from mkdlib.runs.spec import RunResult, RunSpec
 HEATMAPS = {"figure1": (2, None), "figure6": (3, 2)}  # heatmap figure -> (test images a row, figures shown)
 
 
-def _show(kind: str, value: str | Path) -> None:
-    """Markdown text or an image file: displayed in a notebook, printed (text, path) elsewhere."""
+def _as_text(kind: str, value: str | Path) -> str:
+    return str(value) if kind == "markdown" else f"[figure] {value}"
+
+
+def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
-        from IPython.display import Image, Markdown, display
     except ImportError:
-        get_ipython = None  # noqa: N806  (the plain-Python fallback below)
-    if get_ipython is None or get_ipython() is None:
-        print(value if kind == "markdown" else f"[figure] {value}", flush=True)
-    else:
-        display(Markdown(str(value)) if kind == "markdown" else Image(filename=str(value)))
+        return False
+    return get_ipython() is not None
+
+
+def _show(kind: str, value: str | Path) -> None:
+    """Markdown text or an image file: displayed in a notebook, printed (text, path) elsewhere."""
+    if not _in_notebook():
+        print(_as_text(kind, value), flush=True)
+        return
+    from IPython.display import Image, Markdown, display
+
+    display(Markdown(str(value)) if kind == "markdown" else Image(filename=str(value)))
 
 
 @dataclass
@@ -67,7 +76,7 @@ class Reproduction:
             _show(kind, value)
 
     def __str__(self) -> str:
-        return "\n\n".join(str(v) if k == "markdown" else f"[figure] {v}" for k, v in self.blocks())
+        return "\n\n".join(_as_text(kind, value) for kind, value in self.blocks())
 
 
 def _train(specs: list[RunSpec], runs: Path, device: str, executor: str, workers: int | None,
