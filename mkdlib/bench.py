@@ -49,7 +49,8 @@ def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool = F
                      "channels_last": hardware.chosen("channels_last", channels_last, device),
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": hardware.cpu_name(),
                      "isa": hardware.cpu_isa(), "native_bf16": hardware.native_bf16(),
-                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "sizes": {}}
+                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "kernel_limits": hardware.kernel_limits(), "sizes": {}}
     for size in sizes:
         row = {}
         for case in cases:
@@ -111,7 +112,8 @@ def format_table(results: dict) -> str:
              f"{results['channels_last']} torch={results['torch']} threads={results['threads']}",
              f"cpu: {results.get('cpu')} (ISA: {', '.join(results.get('isa') or []) or 'no AVX2'}; "
              f"native bf16: {'yes' if results.get('native_bf16') else 'no'}; torch kernels: "
-             f"{results.get('torch_cpu_capability')})",
+             f"{results.get('torch_cpu_capability')}"
+             + "".join(f"; capped by {k}={v}" for k, v in (results.get("kernel_limits") or {}).items()) + ")",
              f"{'figure':<28}" + "".join(f"{s + ' px':>14}" for s in sizes)]
     for k in keys:
         lines.append(f"{k:<28}" + "".join(f"{results['sizes'][s].get(k, float('nan')):>14}" for s in sizes))

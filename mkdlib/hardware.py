@@ -44,15 +44,30 @@ def cpu_isa() -> list[str]:
     return [name for flag, name in ISA_FLAGS.items() if flag in flags]
 
 
+# Environment variables that cap the kernels torch picks below what the CPU has (e.g. to try an AVX2-only
+# machine's paths on an AVX-512 one). oneDNN's ISA names with native bf16 contain one of BF16_ISAS.
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+BF16_ISAS = ("BF16", "AMX", "FP16", "AVX10")
+
+
+def kernel_limits() -> dict[str, str]:
+    """The KERNEL_LIMITS set in this process's environment, e.g. {'ONEDNN_MAX_CPU_ISA': 'AVX2'}."""
+    return {name: os.environ[name] for name in KERNEL_LIMITS if os.environ.get(name)}
+
+
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), and oneDNN is not capped below it."""
+    cap = kernel_limits().get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap != "ALL" and not any(isa in cap for isa in BF16_ISAS):
+        return False
     return bool({"AVX-512 BF16", "AMX"} & set(cpu_isa()))
 
 
 def describe_cpu() -> str:
-    """One line for reports, e.g. 'AMD EPYC (AVX2; bf16 emulated, not native)'."""
+    """One line for reports, e.g. 'AMD EPYC (AVX2; bf16 emulated, not native)', plus the kernel caps set."""
     isa = ", ".join(cpu_isa()) or "no AVX2"
-    return f"{cpu_name()} ({isa}; bf16 {'native' if native_bf16() else 'emulated, not native'})"
+    limits = "".join(f"; kernels capped by {k}={v}" for k, v in kernel_limits().items())
+    return f"{cpu_name()} ({isa}; bf16 {'native' if native_bf16() else 'emulated, not native'}{limits})"
 
 
 def bf16_native(device: str | torch.device = "cpu") -> bool:
