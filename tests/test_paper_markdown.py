@@ -10,8 +10,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from mkdlib.paper.markdown import (COLUMNS, PROVENANCE, UNKNOWN, commit_text, comparison_table, not_run, to_markdown,
-                                   write_index, write_table, written_profile)
+from mkdlib.paper.markdown import (COLUMNS, NOT_ASKED, PROVENANCE, UNKNOWN, commit_text, comparison_table, not_run,
+                                   to_markdown, write_index, write_table, written_profile)
 from mkdlib.paper.numbers import MVTEC_CATEGORIES, PAPER, paper_value
 
 
@@ -56,7 +56,7 @@ def test_not_run_classes_get_nan_and_a_note(tmp_path):
                           notes={"screw": not_run(looked)})
     assert df.loc["screw", ["ours_final", "ours_mean", "ours_std", "diff"]].isna().all()
     assert df.at["screw", "note"] == f"not run: {looked}"
-    assert df.at["zipper", "note"] == "not run"
+    assert df.at["zipper", "note"] == NOT_ASKED
     assert "13 of 15" in df.at["mean", "note"] and math.isnan(df.at["mean", "diff"])
     empty = comparison_table("table3", _final({}), notes={c: not_run(tmp_path) for c in MVTEC_CATEGORIES})
     assert empty["ours_final"].isna().all() and empty.at["mean", "paper"] == 87.74
@@ -76,7 +76,7 @@ def test_ours_is_validated():
 def test_tables_without_printed_mean_or_rows():
     df = comparison_table("table6", _final({"brainmri": 94.0, "headct": 77.0}))
     assert list(df.index) == ["brainmri", "headct", "headct_aug"]  # no printed mean: no mean row
-    assert df.at["headct_aug", "note"] == "not run" and df.at["headct_aug", "paper"] == 80.42
+    assert df.at["headct_aug", "note"] == NOT_ASKED and df.at["headct_aug", "paper"] == 80.42
     df = comparison_table("table1", _final({c: 90.0 for c in MVTEC_CATEGORIES}))  # the paper prints means only
     assert df["paper"].iloc[:-1].isna().all() and df.at["mean", "paper"] == 90.51
 

@@ -13,7 +13,7 @@ import pytest
 
 from mkdlib.localization import GRADIENTS, GUIDED_BACKPROP, SMOOTHGRAD_REFERENCE
 from mkdlib.paper import items, tabulation
-from mkdlib.paper.markdown import COLUMNS
+from mkdlib.paper.markdown import COLUMNS, NOT_ASKED
 from mkdlib.paper.numbers import MVTEC_CATEGORIES, paper_value
 from mkdlib.runs.spec import RunResult, RunSpec
 
@@ -92,7 +92,7 @@ def test_tables_put_the_paper_beside_ours_with_not_run_notes():
     assert df.at["bottle", "ours_final"] == pytest.approx(95.0) and df.at["bottle", "ours_std"] == pytest.approx(0.5)
     assert df.at["bottle", "paper"] == paper_value("table3", "bottle")
     assert df.at["screw", "note"] == "not run: mvtec data not found: expected /data/mvtec/screw/train."
-    assert math.isnan(df.at["screw", "ours_final"]) and df.at["zipper", "note"] == "not run"
+    assert math.isnan(df.at["screw", "ours_final"]) and df.at["zipper", "note"] == NOT_ASKED
     assert df.at["mean", "paper"] == 87.74 and "1 of 15" in df.at["mean", "note"]
     assert "[profile" not in df.attrs["title"] and (df["profile"] == "paper").all()
 
@@ -115,7 +115,7 @@ def test_seeds_give_mean_and_std_over_splits():
     assert by.at["headct", "final"] == pytest.approx(75.0) and by.at["headct", "std"] == pytest.approx(5.0)
     assert by.at["headct_aug", "mean"] == pytest.approx(55.0) and by.at["headct_aug", "n"] == 2
     assert by.at["headct", "note"] == "mean ± std over 2 seeds"
-    assert "brainmri" not in by.index  # not requested: left to the table's default "not run"
+    assert "brainmri" not in by.index  # not requested: left to the table's default NOT_ASKED
 
 
 def test_settings_read_their_runs_and_the_shared_ones():

@@ -22,6 +22,7 @@ from mkdlib.paper.numbers import PAPER
 COLUMNS = ["paper", "paper_pm", "ours_final", "ours_mean", "ours_std", "diff", "note"]
 INDEX_PROFILE = "profile of the run writing this index"  # a line of the index, read back by written_profile
 UNKNOWN = "unknown"  # the profile of a results file that records none
+NOT_ASKED = "not run: not among the classes asked for (`classes`)"  # a paper class no run was requested for
 
 
 def not_run(path: str | Path) -> str:
@@ -49,7 +50,7 @@ def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None
 
     Rows are the paper table's classes (or ours' classes, for a table printing only means), then a
     "mean" row when the paper prints a mean: mean over classes of each column, with the paper's
-    printed mean. A paper class missing from `ours` gets NaN and a note ("not run" unless `notes` says).
+    printed mean. A paper class missing from `ours` gets NaN and a note (NOT_ASKED unless `notes` says why).
     """
     t = PAPER[item]
     col = column or t.default_column
@@ -71,7 +72,7 @@ def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None
     num = COLUMNS[:-1]
     df[num] = df[num].astype(float)
     df["diff"] = df["ours_final"] - df["paper"]
-    df["note"] = [notes.get(c, "" if c in o.index and not math.isnan(o.at[c, "final"]) else "not run")
+    df["note"] = [notes.get(c, "" if c in o.index and not math.isnan(o.at[c, "final"]) else NOT_ASKED)
                   for c in classes]
 
     printed = t.printed_mean.get(col)
