@@ -111,6 +111,7 @@ class _GuidedReLUs:
         if not self.relus:
             raise ValueError("guided backprop: the cloner has no nn.ReLU modules to guide")
         self.handles: list = []
+        self.inplace: list[bool] = []
 
     @staticmethod
     def _hook(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
@@ -118,6 +119,9 @@ class _GuidedReLUs:
         return (grad_input[0].clamp(min=0),)
 
     def __enter__(self) -> _GuidedReLUs:
+        self.inplace = [m.inplace for m in self.relus]
+        for m in self.relus:  # a full backward hook cannot see through an in-place op
+            m.inplace = False
         self.handles = [m.register_full_backward_hook(self._hook) for m in self.relus]
         return self
 
@@ -125,6 +129,8 @@ class _GuidedReLUs:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        for m, inplace in zip(self.relus, self.inplace, strict=True):
+            m.inplace = inplace
 
 
 def attribution_maps(images: Tensor, source: nn.Module, cloner: nn.Module, loss: nn.Module, *,

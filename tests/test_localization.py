@@ -117,8 +117,9 @@ def test_guided_backprop_equals_custom_function_restatement(nets64, images64):
     _close(maps, expected)
     vanilla = loc.attribution_maps(images, source, cloner, loss)
     assert not torch.allclose(maps, vanilla, rtol=1e-2)
-    # The hooks are gone: vanilla gradients are unchanged afterwards.
+    # The hooks are gone and the ReLUs in place again: vanilla gradients are unchanged afterwards.
     assert all(not m._backward_hooks for m in cloner.modules())
+    assert all(m.inplace for m in cloner.modules() if isinstance(m, torch.nn.ReLU))
     _close(vanilla, pp.grey(_loop_grads(images, source, cloner.eval(), loss).numpy()))
 
 
