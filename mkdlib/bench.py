@@ -112,8 +112,7 @@ def format_table(results: dict) -> str:
              f"{results['channels_last']} torch={results['torch']} threads={results['threads']}",
              f"cpu: {results.get('cpu')} (ISA: {', '.join(results.get('isa') or []) or 'no AVX2'}; "
              f"native bf16: {'yes' if results.get('native_bf16') else 'no'}; torch kernels: "
-             f"{results.get('torch_cpu_capability')}"
-             + "".join(f"; capped by {k}={v}" for k, v in (results.get("kernel_limits") or {}).items()) + ")",
+             f"{results.get('torch_cpu_capability')}{hardware.limits_text(results.get('kernel_limits') or {})})",
              f"{'figure':<28}" + "".join(f"{s + ' px':>14}" for s in sizes)]
     for k in keys:
         lines.append(f"{k:<28}" + "".join(f"{results['sizes'][s].get(k, float('nan')):>14}" for s in sizes))

@@ -55,6 +55,11 @@ def kernel_limits() -> dict[str, str]:
     return {name: os.environ[name] for name in KERNEL_LIMITS if os.environ.get(name)}
 
 
+def limits_text(limits: dict[str, str]) -> str:
+    """'; kernels capped by ONEDNN_MAX_CPU_ISA=AVX2' for each kernel cap (kernel_limits()), '' for none."""
+    return "".join(f"; kernels capped by {name}={value}" for name, value in limits.items())
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), and oneDNN is not capped below it."""
     cap = kernel_limits().get("ONEDNN_MAX_CPU_ISA", "").upper()
@@ -66,8 +71,8 @@ def native_bf16() -> bool:
 def describe_cpu() -> str:
     """One line for reports, e.g. 'AMD EPYC (AVX2; bf16 emulated, not native)', plus the kernel caps set."""
     isa = ", ".join(cpu_isa()) or "no AVX2"
-    limits = "".join(f"; kernels capped by {k}={v}" for k, v in kernel_limits().items())
-    return f"{cpu_name()} ({isa}; bf16 {'native' if native_bf16() else 'emulated, not native'}{limits})"
+    bf16 = "native" if native_bf16() else "emulated, not native"
+    return f"{cpu_name()} ({isa}; bf16 {bf16}{limits_text(kernel_limits())})"
 
 
 def bf16_native(device: str | torch.device = "cpu") -> bool:
