@@ -92,7 +92,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "normal_dir=normal, abnormal_dir=abnormal (or a list, '[\"crack\", \"scratch\"]'), "
                         "mask_dir (none), normal_test_dir (none: a seeded test_split_ratio=0.2 of normal_dir), "
                         "extensions (.png .jpg .jpeg .bmp .tif .tiff .webp); every dataset: image_size, "
-                        "imagenet_norm; the others: mkdlib.datasets.describe_options(NAME). Unknown keys "
+                        "imagenet_norm, grey (true: each image's luma in all 3 channels); the others: mkdlib.datasets.describe_options(NAME). Unknown keys "
                         "are refused by name")
     t.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
                    help=f"pixel metrics for these methods when masks exist: {', '.join(VARIANTS)}")

@@ -55,13 +55,14 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagenet_norm: bool | None):
+def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagenet_norm: bool | None,
+                    grey: bool = False):
     """(positions of the files that load, their (inputs, display) tensors, {position: error} of the others):
     one bad file does not stop the rest."""
     good, inputs, display, bad = [], [], [], {}
     for i, f in enumerate(files):
         try:
-            x, d = load_images([f], dataset, image_size, imagenet_norm=imagenet_norm)
+            x, d = load_images([f], dataset, image_size, imagenet_norm=imagenet_norm, grey=grey)
         except Exception as err:  # any decoding failure: listed, the other images still scored
             bad[i] = " ".join(str(err).split()) or type(err).__name__
             continue
@@ -156,12 +157,13 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
     run = _Scorer(run_dir, method if with_maps else None, device, weights, threshold)
     spec, cfg = run.result.spec, run.cfg
     imagenet_norm = spec.dataset_options.get("imagenet_norm")  # None: the dataset's own choice
+    grey = spec.dataset_options.get("grey", False)  # images prepared as the run's training images were
     rows = [{"path": str(f), "score": np.nan, "raw_score": np.nan, "heatmap": "", "map": "", "error": ""}
             for f in files]
     with fresh_folder(Path(out_dir).expanduser()) as out:
         for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
             chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], spec.dataset,
-                                                          cfg.image_size, imagenet_norm)
+                                                          cfg.image_size, imagenet_norm, grey)
             for i, error in bad.items():
                 rows[start + i]["error"] = error
                 print(f"mkd predict: skipped unreadable image {files[start + i]}: {error}", file=sys.stderr)

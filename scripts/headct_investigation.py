@@ -6,16 +6,21 @@ Variants (each its own run key, so each its own record; bf16 `amp` by default, a
             effect of the number of epochs, read off one run
   lambda    lambda (value_weight, on the value term) 0.5, the MVTec value, instead of HeadCT's 0.01
   size256   256 px instead of 128 (about 4x the compute)
+  grey      every image its luma in all three channels (65 of HeadCT's files carry a colour cast)
+  imagenet  ImageNet mean / std normalisation of the inputs (the reference gave HeadCT [0, 1] inputs)
 
     python scripts/headct_investigation.py [--variants epochs lambda] [--seed 0] [--runs-dir ~/mkd-runs]
 """
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from mkdlib.paper import items
 from mkdlib.runs.runner import finished_runs, run
 
-VARIANTS = {"epochs": {"sample_last": 600}, "lambda": {"value_weight": 0.5}, "size256": {"image_size": 256}}
+VARIANTS = {"epochs": {"sample_last": 600}, "lambda": {"value_weight": 0.5}, "size256": {"image_size": 256},
+            "grey": {}, "imagenet": {}}  # config overrides
+OPTIONS = {"grey": {"grey": True}, "imagenet": {"imagenet_norm": True}}  # dataset options
 CURVE = (1, 11, 31, 51, 101, 201, 301, 401, 501, 601)  # epochs printed from the epoch curve
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,10 +31,10 @@ parser.add_argument("--fp32", action="store_true", help="train in fp32 (default:
 args = parser.parse_args()
 
 
-def headct(config: dict):
+def headct(config: dict, options: dict | None = None):
     spec, = items.specs_for("table6", "paper", config={**config, "amp": not args.fp32},
                             classes={"table6": ["headct"]}, seeds=[args.seed])
-    return spec
+    return replace(spec, dataset_options={**spec.dataset_options, **options}) if options else spec
 
 
 def pct(x: float) -> str:
@@ -42,9 +47,9 @@ if base.ok:
     print(f"unchanged (split {args.seed}, record {base.run_dir.name}): final {pct(a['final'])}, "
           f"mean {pct(a['mean'])} ± {pct(a['std'])} over the last 100 epochs' cloners")
 for name in args.variants:
-    result = run(headct(VARIANTS[name]), args.runs_dir, device="cpu", progress=False)
+    result = run(headct(VARIANTS[name], OPTIONS.get(name)), args.runs_dir, device="cpu", progress=False)
     a = result.metrics["image_auroc"]
-    print(f"{name} {VARIANTS[name]} (record {result.run_dir.name}): final {pct(a['final'])}, "
+    print(f"{name} {VARIANTS[name] or OPTIONS[name]} (record {result.run_dir.name}): final {pct(a['final'])}, "
           f"mean {pct(a['mean'])} ± {pct(a['std'])} over the sampled cloners")
     if name == "epochs":
         curve = {int(e): v for e, v in a["per_epoch"].items()}  # int keys in memory, str in metrics.json

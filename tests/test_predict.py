@@ -215,3 +215,17 @@ def test_evaluate_figures_one_png_per_test_image(trained, tmp_path, capsys):
     assert len(list((tmp_path / "figs").glob("*.png"))) == result.metrics["n_test"]
     assert main(["evaluate", str(old), "--out", str(tmp_path / "x")]) == 2
     assert "--figures" in capsys.readouterr().err
+
+
+def test_a_run_trained_on_grey_images_scores_new_images_in_grey(tmp_path):
+    """dataset_options grey=True: predict prepares a coloured file as training did, so it scores as the
+    file's own grey copy does."""
+    spec = RunSpec("synthetic", config=dict(image_size=48, epochs=1, eval_every=1, sample_last=1,
+                                            checkpoint_every=1, batch_size=12),
+                   data_root=str(tmp_path / "data"), weights=None, dataset_options={**DATA, "grey": True})
+    result = run(spec, tmp_path / "runs", progress=False)
+    coloured = sorted(next((tmp_path / "data").iterdir()).glob("test/scratch/*"))[0]
+    grey_copy = tmp_path / "grey.png"
+    Image.open(coloured).convert("L").convert("RGB").save(grey_copy)
+    table = predict(result.run_dir, [coloured, grey_copy], tmp_path / "out", heatmaps=False, progress=False)
+    assert table["raw_score"].iloc[0] == pytest.approx(table["raw_score"].iloc[1], rel=1e-6)

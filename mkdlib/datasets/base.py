@@ -4,6 +4,7 @@ Images and masks are decoded and resized once into uint8 tensors; each item is t
 [0, 1], optionally augmented (train split) and ImageNet-normalised. An item is a dict:
 `image` (3,H,W) float, `label` (0 normal, 1 anomalous), `path`, `index`, and `mask` (1,H,W) in [0, 1]
 on datasets with masks (zeros for normal images); datasets without masks have no `mask` key.
+`grey=True` replaces every image by its luma in all three channels (e.g. scans saved with a colour cast).
 """
 
 import os
@@ -31,6 +32,14 @@ def resize_to_uint8(size: int) -> T.Compose:
     return T.Compose([T.Resize((size, size), interpolation=BILINEAR), T.PILToTensor()])
 
 
+def grey_rgb(img: Tensor) -> Tensor:
+    """(..., 3, H, W) uint8 RGB -> the same shape, each pixel its luma (ITU-R 601: 299 R + 587 G + 114 B,
+    rounded; Pillow's 'L') repeated in all three channels. An image that is already grey is unchanged."""
+    r, g, b = img.to(torch.int32).unbind(-3)
+    luma = ((299 * r + 587 * g + 114 * b + 500) // 1000).to(torch.uint8)
+    return luma.unsqueeze(-3).expand_as(img).contiguous()
+
+
 def paper_augmentation() -> T.RandomAffine:
     """HeadCT augmentation of the paper (Sec. 4.4): rotation up to 20 degrees, scale in [0.9, 1.05]."""
     return T.RandomAffine(degrees=20, scale=(0.9, 1.05), interpolation=BILINEAR)
@@ -49,7 +58,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, *, name: str, split: str, paths: list[str], labels: list[int] | np.ndarray,
                  groups: list[str], has_masks: bool, image_size: int, normalize: bool = False,
-                 augment: bool = False, cache: bool = True) -> None:
+                 augment: bool = False, cache: bool = True, grey: bool = False) -> None:
         if len(paths) == 0:
             raise ValueError(f"{name} {split}: no images")
         self.name, self.split = name, split
@@ -60,6 +69,7 @@ class ImageDataset(Dataset):
         self.image_size = image_size  # items are (3, image_size, image_size)
         self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if normalize else (None, None)
         self.augment = paper_augmentation() if augment else None
+        self.grey = bool(grey)
         self._images: Tensor | None = None  # (N, 3, H, W) uint8 once cached
         self._masks: Tensor | None = None  # (N, 1, H, W) uint8, 255 = defect
         if cache:
@@ -69,12 +79,16 @@ class ImageDataset(Dataset):
         """Decoded, resized uint8 image (3,H,W) and mask (1,H,W) or None of item i."""
         raise NotImplementedError
 
+    def _prepared(self, i: int) -> tuple[Tensor, Tensor | None]:
+        img, mask = self._prepare(i)
+        return (grey_rgb(img) if self.grey else img), mask
+
     def _load_all(self) -> tuple[Tensor, Tensor | None]:
         n = len(self.paths)
         images = masks = None
         # PIL decodes and resizes outside the GIL, so threads overlap the work
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            done = pool.map(self._prepare, range(n))
+            done = pool.map(self._prepared, range(n))
             for i, (img, mask) in enumerate(tqdm(done, total=n, delay=2,  # shown only if slow
                                                  desc=f"{self.name} {self.split}: decoding")):
                 if images is None:
@@ -92,7 +106,7 @@ class ImageDataset(Dataset):
         if self._images is not None:
             img, mask = self._images[i], None if self._masks is None else self._masks[i]
         else:
-            img, mask = self._prepare(i)
+            img, mask = self._prepared(i)
         x = img.float().div(255)  # (3, H, W) in [0, 1]
         if self.augment is not None:
             x = self.augment(x)
@@ -122,7 +136,7 @@ class ImageDataset(Dataset):
         n_anom = int(self.labels.sum())
         return (f"{type(self).__name__}({self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"normal={len(self) - n_anom}, anomalous={n_anom}, masks={self.has_masks}, "
-                f"normalized={self.mean is not None}, deterministic={self.deterministic})")
+                f"normalized={self.mean is not None}, grey={self.grey}, deterministic={self.deterministic})")
 
 
 class FileDataset(ImageDataset):

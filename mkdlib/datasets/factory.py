@@ -2,7 +2,7 @@
 
 Defaults follow the reference code's preprocessing per dataset (reference-implementation.md,
 "Preprocessing"); `imagenet_norm=True` on a dataset where the reference did not normalise, or False on
-CIFAR-10, is a deviation from it.
+CIFAR-10, is a deviation from it, and so is `grey=True` (every image its luma in all three channels).
 """
 
 import inspect
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.functional as TF
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, resize_to_uint8
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, grey_rgb, resize_to_uint8
 from .folder import build_folder
 from .io import open_image
 from .medical import build_brainmri, build_headct, build_retina
@@ -46,7 +46,8 @@ BUILDERS = {
 
 
 # keyword arguments get_dataset passes to every builder itself: not dataset options
-_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download", "normalize", "augment", "cache"}
+_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download", "normalize", "augment", "cache",
+                       "grey"}
 
 
 def dataset_options(key: str) -> tuple[str, ...]:
@@ -73,14 +74,15 @@ def _check_options(key: str, options: dict) -> None:
 
 def get_dataset(name: str, root: str | Path | None = None, *, split: str,
                 normal_class: int | str | None = None, seed: int = 0, image_size: int | None = None,
-                imagenet_norm: bool | None = None, augment: bool = False, cache: bool = True,
-                download: bool = False, **options) -> ImageDataset:
+                imagenet_norm: bool | None = None, grey: bool = False, augment: bool = False,
+                cache: bool = True, download: bool = False, **options) -> ImageDataset:
     """The `split` ("train" | "test") of dataset `name`, preprocessed as the reference did.
 
     root: the dataset's folder or its parent; None = `$MKDLIB_DATA` (synthetic: a cache folder).
     normal_class: the class (mnist, fashionmnist, cifar10) or category (mvtec); None elsewhere.
     seed: the split (headct, brainmri, folder) or the generated data (synthetic).
     image_size: overrides the reference's input size. imagenet_norm: None = the reference's choice.
+    grey: replace each image by its luma, repeated to three channels (not the reference's preprocessing).
     augment: the paper's HeadCT augmentation, applied per item to the train split only.
     cache: decode and resize every image once, at construction (False: per item).
     options: dataset specific, e.g. folder's normal_dir / abnormal_dir / mask_dir, headct's n_test_normal.
@@ -106,19 +108,28 @@ def get_dataset(name: str, root: str | Path | None = None, *, split: str,
         options["seed"] = seed
     normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
     return BUILDERS[key](root, split=split, image_size=image_size, normalize=normalize,
-                         augment=augment and split == "train", cache=cache, **options)
+                         augment=augment and split == "train", cache=cache, grey=_flag("grey", grey), **options)
+
+
+def _flag(name: str, value) -> bool:
+    """A boolean option as given by a caller or a spec's JSON (True / False only, not "yes" or 1.5)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def load_images(files: Sequence[str | Path], name: str, image_size: int, *,
-                imagenet_norm: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                imagenet_norm: bool | None = None, grey: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """New image files prepared as dataset `name` prepares its own: (inputs, display), both (N, 3, S, S)
     float; inputs as the networks take them (ImageNet-normalised where the dataset is, see
-    get_dataset's imagenet_norm), display the same images in [0, 1]. Errors name an unreadable file."""
+    get_dataset's imagenet_norm and grey), display the same images in [0, 1]. Errors name an unreadable
+    file."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
     # mnist, fashionmnist, cifar10: the reference's resize (and crop); the others a square resize
     transform = reference_transform(key, image_size)[0] if key in TORCHVISION else resize_to_uint8(image_size)
-    display = torch.stack([transform(open_image(f)) for f in files]).float().div(255)
+    images = torch.stack([transform(open_image(f)) for f in files])  # (N, 3, S, S) uint8
+    display = (grey_rgb(images) if _flag("grey", grey) else images).float().div(255)
     normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
     return (TF.normalize(display, IMAGENET_MEAN, IMAGENET_STD) if normalize else display), display
