@@ -2,6 +2,7 @@
 profile's HeadCT split with one thing changed at a time and prints image AUROC beside the unchanged run.
 
 Variants (each its own run key, so each its own record; bf16 `amp` by default, as the Table 6 runs):
+  unchanged the paper profile's own run, for the per-split spread (e.g. --seeds 5 6 ... 19)
   epochs    the unchanged protocol, every 10th cloner scored from epoch 1 (sample_last=600): the
             effect of the number of epochs, read off one run
   lambda    lambda (value_weight, on the value term) 0.5, the MVTec value, instead of HeadCT's 0.01
@@ -9,7 +10,7 @@ Variants (each its own run key, so each its own record; bf16 `amp` by default, a
   grey      every image its luma in all three channels (65 of HeadCT's files carry a colour cast)
   imagenet  ImageNet mean / std normalisation of the inputs (the reference gave HeadCT [0, 1] inputs)
 
-    python scripts/headct_investigation.py [--variants epochs lambda] [--seed 0] [--runs-dir ~/mkd-runs]
+    python scripts/headct_investigation.py [--variants epochs lambda] [--seeds 0 1] [--runs-dir ~/mkd-runs]
 """
 import argparse
 from dataclasses import replace
@@ -18,22 +19,22 @@ from pathlib import Path
 from mkdlib.paper import items
 from mkdlib.runs.runner import finished_runs, run
 
-VARIANTS = {"epochs": {"sample_last": 600}, "lambda": {"value_weight": 0.5}, "size256": {"image_size": 256},
+VARIANTS = {"unchanged": {}, "epochs": {"sample_last": 600}, "lambda": {"value_weight": 0.5}, "size256": {"image_size": 256},
             "grey": {}, "imagenet": {}}  # config overrides
 OPTIONS = {"grey": {"grey": True}, "imagenet": {"imagenet_norm": True}}  # dataset options
 CURVE = (1, 11, 31, 51, 101, 201, 301, 401, 501, 601)  # epochs printed from the epoch curve
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["epochs", "lambda"])
-parser.add_argument("--seed", type=int, default=0, help="the split (Table 6's seeds 0-4)")
+parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the splits (Table 6's are seeds 0-4)")
 parser.add_argument("--runs-dir", type=Path, default=Path.home() / "mkd-runs")
 parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 amp, as Table 6's runs)")
 args = parser.parse_args()
 
 
-def headct(config: dict, options: dict | None = None):
+def headct(seed: int, config: dict, options: dict | None = None):
     spec, = items.specs_for("table6", "paper", config={**config, "amp": not args.fp32},
-                            classes={"table6": ["headct"]}, seeds=[args.seed])
+                            classes={"table6": ["headct"]}, seeds=[seed])
     return replace(spec, dataset_options={**spec.dataset_options, **options}) if options else spec
 
 
@@ -41,16 +42,19 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-base, = finished_runs([headct({})], args.runs_dir)
-if base.ok:
-    a = base.metrics["image_auroc"]
-    print(f"unchanged (split {args.seed}, record {base.run_dir.name}): final {pct(a['final'])}, "
-          f"mean {pct(a['mean'])} ± {pct(a['std'])} over the last 100 epochs' cloners")
-for name in args.variants:
-    result = run(headct(VARIANTS[name], OPTIONS.get(name)), args.runs_dir, device="cpu", progress=False)
+def report(label: str, result, sampled: str) -> None:
     a = result.metrics["image_auroc"]
-    print(f"{name} {VARIANTS[name] or OPTIONS[name]} (record {result.run_dir.name}): final {pct(a['final'])}, "
-          f"mean {pct(a['mean'])} ± {pct(a['std'])} over the sampled cloners")
-    if name == "epochs":
-        curve = {int(e): v for e, v in a["per_epoch"].items()}  # int keys in memory, str in metrics.json
-        print("  AUROC by epoch: " + ", ".join(f"{e}: {pct(curve[e])}" for e in CURVE if e in curve))
+    print(f"{label} (record {result.run_dir.name}): final {pct(a['final'])}, "
+          f"mean {pct(a['mean'])} ± {pct(a['std'])} over {sampled}", flush=True)
+
+
+for seed in args.seeds:
+    base, = finished_runs([headct(seed, {})], args.runs_dir)
+    if base.ok:
+        report(f"split {seed} unchanged", base, "the last 100 epochs' cloners")
+    for name in (v for v in args.variants if v != "unchanged" or not base.ok):
+        result = run(headct(seed, VARIANTS[name], OPTIONS.get(name)), args.runs_dir, device="cpu", progress=False)
+        report(f"split {seed} {name} {VARIANTS[name] or OPTIONS.get(name, '')}", result, "the sampled cloners")
+        if name == "epochs":
+            curve = {int(e): v for e, v in result.metrics["image_auroc"]["per_epoch"].items()}  # str keys on disk
+            print("  AUROC by epoch: " + ", ".join(f"{e}: {pct(curve[e])}" for e in CURVE if e in curve))
