@@ -10,7 +10,8 @@ Variants (each its own run key, so each its own record; bf16 `amp` by default, a
   grey      every image its luma in all three channels (65 of HeadCT's files carry a colour cast)
   imagenet  ImageNet mean / std normalisation of the inputs (the reference gave HeadCT [0, 1] inputs)
 
-    python scripts/headct_investigation.py [--variants epochs lambda] [--seeds 0 1] [--runs-dir ~/mkd-runs]
+    python scripts/headct_investigation.py [--variants epochs lambda] [--seeds 0 1] [--profile paper]
+                                           [--runs-dir ~/mkd-runs]
 """
 import argparse
 from dataclasses import replace
@@ -27,13 +28,15 @@ CURVE = (1, 11, 31, 51, 101, 201, 301, 401, 501, 601)  # epochs printed from the
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["epochs", "lambda"])
 parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the splits (Table 6's are seeds 0-4)")
+parser.add_argument("--profile", choices=("paper", "fast"), default="paper",
+                    help="fast: ours, a fifth of the epochs (README, 'The fast profile'), for a cheap spread")
 parser.add_argument("--runs-dir", type=Path, default=Path.home() / "mkd-runs")
 parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 amp, as Table 6's runs)")
 args = parser.parse_args()
 
 
 def headct(seed: int, config: dict, options: dict | None = None):
-    spec, = items.specs_for("table6", "paper", config={**config, "amp": not args.fp32},
+    spec, = items.specs_for("table6", args.profile, config={**config, "amp": not args.fp32},
                             classes={"table6": ["headct"]}, seeds=[seed])
     return replace(spec, dataset_options={**spec.dataset_options, **options}) if options else spec
 
@@ -51,7 +54,7 @@ def report(label: str, result, sampled: str) -> None:
 for seed in args.seeds:
     base, = finished_runs([headct(seed, {})], args.runs_dir)
     if base.ok:
-        report(f"split {seed} unchanged", base, "the last 100 epochs' cloners")
+        report(f"split {seed} unchanged ({args.profile})", base, "the sampled cloners")
     for name in (v for v in args.variants if v != "unchanged" or not base.ok):
         result = run(headct(seed, VARIANTS[name], OPTIONS.get(name)), args.runs_dir, device="cpu", progress=False)
         report(f"split {seed} {name} {VARIANTS[name] or OPTIONS.get(name, '')}", result, "the sampled cloners")
