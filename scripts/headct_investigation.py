@@ -11,11 +11,17 @@ Variants (each its own run key, so each its own record; bf16 `amp` by default, a
   imagenet  ImageNet mean / std normalisation of the inputs (the reference gave HeadCT [0, 1] inputs)
 
     python scripts/headct_investigation.py [--variants epochs lambda] [--seeds 0 1] [--profile paper]
-                                           [--runs-dir ~/mkd-runs]
+                                           [--runs-dir ~/mkd-runs] [--table results/headct_splits.md]
+
+--table reads (never trains) the unchanged runs of --seeds in both profiles and writes one row per split
+with a summary over the splits: `--variants --seeds $(seq 0 19) --table results/headct_splits.md`.
 """
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from mkdlib.paper import items
 from mkdlib.runs.runner import finished_runs, run
@@ -26,17 +32,18 @@ OPTIONS = {"grey": {"grey": True}, "imagenet": {"imagenet_norm": True}}  # datas
 CURVE = (1, 11, 31, 51, 101, 201, 301, 401, 501, 601)  # epochs printed from the epoch curve
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["epochs", "lambda"])
+parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["epochs", "lambda"])
 parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the splits (Table 6's are seeds 0-4)")
 parser.add_argument("--profile", choices=("paper", "fast"), default="paper",
                     help="fast: ours, a fifth of the epochs (README, 'The fast profile'), for a cheap spread")
 parser.add_argument("--runs-dir", type=Path, default=Path.home() / "mkd-runs")
+parser.add_argument("--table", type=Path, help="write the per-split table of the finished unchanged runs here")
 parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 amp, as Table 6's runs)")
 args = parser.parse_args()
 
 
-def headct(seed: int, config: dict, options: dict | None = None):
-    spec, = items.specs_for("table6", args.profile, config={**config, "amp": not args.fp32},
+def headct(seed: int, config: dict, options: dict | None = None, profile: str | None = None):
+    spec, = items.specs_for("table6", profile or args.profile, config={**config, "amp": not args.fp32},
                             classes={"table6": ["headct"]}, seeds=[seed])
     return replace(spec, dataset_options={**spec.dataset_options, **options}) if options else spec
 
@@ -61,3 +68,45 @@ for seed in args.seeds:
         if name == "epochs":
             curve = {int(e): v for e, v in result.metrics["image_auroc"]["per_epoch"].items()}  # str keys on disk
             print("  AUROC by epoch: " + ", ".join(f"{e}: {pct(curve[e])}" for e in CURVE if e in curve))
+
+
+def trained_in(result) -> str:
+    """bf16 or fp32: how the record's cloner was trained (`amp` is not part of the run key)."""
+    if not result.ok:
+        return "-"
+    return "bf16" if json.loads((result.run_dir / "spec.json").read_text())["config"]["amp"] else "fp32"
+
+
+def split_table(seeds: list[int]) -> str:
+    """Markdown: each split's final AUROC and mean ± std over its sampled cloners, per profile, and the
+    spread over the splits (std with ddof 0, as Table 6's)."""
+    runs = {p: finished_runs([headct(seed, {}, profile=p) for seed in seeds], args.runs_dir) for p in ("paper", "fast")}
+    lines = ["# HeadCT: image AUROC (%) per seeded split (10 random normals + the 100 hemorrhages as the test set)", "",
+             "Written by `python scripts/headct_investigation.py --variants --seeds ... --table ...` from the finished "
+             "runs (records in `results/runs/`). paper: 601 epochs; fast: ours, 120 epochs with warm-up + cosine "
+             "(README, 'The fast profile'). Paper (Table 6): 78.04 ± 0.23.", "",
+             "| split | paper final | paper mean ± std (sampled cloners) | fast final | fast mean ± std | training | records |",
+             "|---|---|---|---|---|---|---|"]
+    for i, seed in enumerate(seeds):
+        cells, names, precision = [], [], []
+        for p in ("paper", "fast"):
+            r = runs[p][i]
+            a = r.metrics["image_auroc"] if r.ok else None
+            cells += [pct(a["final"]), f"{pct(a['mean'])} ± {pct(a['std'])}"] if a else ["not run", ""]
+            names.append(r.run_dir.name if r.ok else "-")
+            precision.append(trained_in(r))
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {' / '.join(precision)} | {' / '.join(names)} |")
+    lines.append("")
+    for p in ("paper", "fast"):
+        done = [(seed, r.metrics["image_auroc"]["final"]) for seed, r in zip(seeds, runs[p]) if r.ok]
+        if done:
+            v = np.array([x for _, x in done])
+            lines.append(f"- {p}: {len(v)} splits, final AUROC {pct(v.mean())} ± {pct(v.std())} over the splits, "
+                         f"range {pct(v.min())}-{pct(v.max())}; below 80 on "
+                         f"{', '.join(str(s) for s, x in done if x < 0.8) or 'none'}.")
+    return "\n".join(lines) + "\n"
+
+
+if args.table:
+    args.table.write_text(split_table(args.seeds))
+    print(f"wrote {args.table}")
