@@ -64,7 +64,8 @@ for seed in args.seeds:
         report(f"split {seed} unchanged ({args.profile})", base, "the sampled cloners")
     for name in (v for v in args.variants if v != "unchanged" or not base.ok):
         result = run(headct(seed, VARIANTS[name], OPTIONS.get(name)), args.runs_dir, device="cpu", progress=False)
-        report(f"split {seed} {name} {VARIANTS[name] or OPTIONS.get(name, '')}", result, "the sampled cloners")
+        changed = VARIANTS[name] or OPTIONS.get(name, "")
+        report(f"split {seed} {name} {changed} ({args.profile})".replace("  ", " "), result, "the sampled cloners")
         if name == "epochs":
             curve = {int(e): v for e, v in result.metrics["image_auroc"]["per_epoch"].items()}  # str keys on disk
             print("  AUROC by epoch: " + ", ".join(f"{e}: {pct(curve[e])}" for e in CURVE if e in curve))
@@ -104,7 +105,25 @@ def split_table(seeds: list[int]) -> str:
             lines.append(f"- {p}: {len(v)} splits, final AUROC {pct(v.mean())} ± {pct(v.std())} over the splits, "
                          f"range {pct(v.min())}-{pct(v.max())}; below 80 on "
                          f"{', '.join(str(s) for s, x in done if x < 0.8) or 'none'}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + variant_rows(seeds)) + "\n"
+
+
+def variant_rows(seeds: list[int]) -> list[str]:
+    """One row per finished variant run (one thing changed) beside the same split's unchanged run."""
+    rows = []
+    for p in ("paper", "fast"):
+        for name in (v for v in VARIANTS if v not in ("unchanged", "epochs")):
+            for seed in seeds:
+                base, r = finished_runs([headct(seed, {}, profile=p),
+                                         headct(seed, VARIANTS[name], OPTIONS.get(name), profile=p)], args.runs_dir)
+                if r.ok:
+                    a, b = r.metrics["image_auroc"], base.metrics["image_auroc"] if base.ok else None
+                    rows.append(f"| {p} | {name} | {seed} | {pct(a['final'])} | {pct(a['mean'])} ± {pct(a['std'])} | "
+                                f"{pct(b['final']) if b else 'not run'} | {trained_in(r)} | {r.run_dir.name} |")
+    head = ["", "One thing changed (variants: see the script's docstring), beside the same split's unchanged run:", "",
+            "| profile | variant | split | final | mean ± std | unchanged final | training | record |",
+            "|---|---|---|---|---|---|---|---|"]
+    return head + rows if rows else []
 
 
 if args.table:
