@@ -12,10 +12,10 @@ Variants (each its own run key, so each its own record; bf16 `amp` by default, a
   imagenet  ImageNet mean / std normalisation of the inputs (the reference gave HeadCT [0, 1] inputs)
 
     python scripts/headct_investigation.py [--variants epochs lambda] [--seeds 0 1] [--profile paper]
-                                           [--dataset headct] [--runs-dir ~/mkd-runs] [--table results/headct_splits.md]
+                                           [--dataset headct] [--runs-dir ~/mkd-runs] [--table results/checks/headct_splits.md]
 
 --table reads (never trains) the unchanged runs of --seeds in both profiles and writes one row per split
-with a summary over the splits: `--variants --seeds $(seq 0 19) --table results/headct_splits.md`.
+with a summary over the splits: `--variants --seeds $(seq 0 19) --table results/checks/headct_splits.md`.
 """
 import argparse
 import json
