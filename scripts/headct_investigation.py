@@ -88,9 +88,9 @@ def split_table(seeds: list[int]) -> str:
     runs = {p: finished_runs([medical(seed, {}, profile=p) for seed in seeds], args.runs_dir) for p in ("paper", "fast")}
     name, anomalies, paper = DATASETS[args.dataset]
     lines = [f"# {name}: image AUROC (%) per seeded split (10 random normals + {anomalies} as the test set)", "",
-             f"Written by `python scripts/headct_investigation.py --dataset {args.dataset} --variants --seeds ... --table ...` from the finished "
-             "runs (records in `results/runs/`). paper: 601 epochs; fast: ours, 120 epochs with warm-up + cosine "
-             "(README, 'The fast profile'). "f"Paper (Table 6): {paper}.", "",
+             f"Written by `python scripts/headct_investigation.py --dataset {args.dataset} --variants --seeds ... "
+             "--table ...` from the finished runs (records in `results/runs/`). paper: 601 epochs; fast: ours, 120 "
+             f"epochs with warm-up + cosine (README, 'The fast profile'). Paper (Table 6): {paper}.", "",
              "| split | paper final | paper mean ± std (sampled cloners) | fast final | fast mean ± std | training | records |",
              "|---|---|---|---|---|---|---|"]
     for i, seed in enumerate(seeds):
