@@ -110,17 +110,18 @@ def split_table(seeds: list[int]) -> str:
             lines.append(f"- {p}: {len(v)} splits, final AUROC {pct(v.mean())} ± {pct(v.std())} over the splits, "
                          f"range {pct(v.min())}-{pct(v.max())}; below 80 on "
                          f"{', '.join(str(s) for s, x in done if x < 0.8) or 'none'}.")
-    return "\n".join(lines + variant_rows(seeds)) + "\n"
+    return "\n".join(lines + variant_rows(seeds, runs)) + "\n"
 
 
-def variant_rows(seeds: list[int]) -> list[str]:
-    """One row per finished variant run (one thing changed) beside the same split's unchanged run."""
+def variant_rows(seeds: list[int], unchanged: dict) -> list[str]:
+    """One row per finished variant run (one thing changed) beside the same split's unchanged run
+    (`unchanged`: split_table's finished runs per profile, in the order of `seeds`)."""
     rows = []
     for p in ("paper", "fast"):
         for name in (v for v in VARIANTS if v not in ("unchanged", "epochs")):
-            for seed in seeds:
-                base, r = finished_runs([medical(seed, {}, profile=p),
-                                         medical(seed, VARIANTS[name], OPTIONS.get(name), profile=p)], args.runs_dir)
+            variants = finished_runs([medical(seed, VARIANTS[name], OPTIONS.get(name), profile=p) for seed in seeds],
+                                     args.runs_dir)
+            for seed, base, r in zip(seeds, unchanged[p], variants):
                 if r.ok:
                     a, b = r.metrics["image_auroc"], base.metrics["image_auroc"] if base.ok else None
                     rows.append(f"| {p} | {name} | {seed} | {pct(a['final'])} | {pct(a['mean'])} ± {pct(a['std'])} | "
