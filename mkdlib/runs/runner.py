@@ -43,7 +43,7 @@ THRESHOLD_PERCENTILE = 99.0  # decision threshold: this percentile of the traini
 # ------------------------------------------------------------------------------------------ run
 
 def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progress: bool = True,
-        weights: str | Path | None = None) -> RunResult:
+        weights: str | Path | None = None, on_epoch_end=None) -> RunResult:
     """Train (or resume), evaluate and cache one run in results_root/<spec.key()>/.
 
     A finished run is returned as it is, with the maps spec.localization asks for added; a lost
@@ -51,7 +51,8 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
     the source weights are on this machine (default spec.weights), checked against the run's record.
 
     metrics.json is written last, atomically: its presence marks a finished run, which is returned
-    as it is. Raises the datasets' errors (e.g. DatasetNotFoundError) and RunError."""
+    as it is. on_epoch_end(epoch, cloner): called after each training epoch (train.fit), e.g. to keep
+    more cloners for a curve over epochs. Raises the datasets' errors (e.g. DatasetNotFoundError) and RunError."""
     if isinstance(spec, dict):
         spec = RunSpec.from_dict(spec)
     _upgrade_once(Path(results_root).expanduser().resolve())
@@ -78,7 +79,7 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
                             progress=progress)
         if not (run_dir / METRICS).is_file():
             write_json(run_dir / ENV, environment(device))
-            metrics = _train_and_evaluate(spec, cfg, models, train, test, run_dir, device, progress)
+            metrics = _train_and_evaluate(spec, cfg, models, train, test, run_dir, device, progress, on_epoch_end)
             metrics["timing_s"]["data"] = round(t_data, 3)
             write_json(run_dir / METRICS, metrics)
             (run_dir / ERROR).unlink(missing_ok=True)
@@ -168,7 +169,7 @@ def evaluate(run_dir: str | Path, methods: Iterable[str] = (), *, device: str = 
 
 
 def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dataset, test: Dataset,
-                        run_dir: Path, device: str, progress: bool) -> dict:
+                        run_dir: Path, device: str, progress: bool, on_epoch_end=None) -> dict:
     ckpt = run_dir / "checkpoints"
     source, cloner, loss = models
     state = read_last(ckpt, cloner, cfg)  # checked before any time is spent; run() makes its errors RunErrors
@@ -179,7 +180,8 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, models: tuple, train: Dat
         img_s = measure_speed(cloner, source, cfg, loss, cached=cached, device=device)
         print(f"mkdlib: {spec.label()}: {plan_text(left, len(train), img_s)}", file=sys.stderr)
     t0 = time.perf_counter()
-    history = fit(cloner, source, train, cfg, loss, device=device, checkpoint_dir=ckpt, progress=progress)
+    history = fit(cloner, source, train, cfg, loss, device=device, checkpoint_dir=ckpt, progress=progress,
+                  on_epoch_end=on_epoch_end)
     t_train = time.perf_counter() - t0
     write_history(history, run_dir / HISTORY)
 
