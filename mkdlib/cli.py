@@ -72,6 +72,10 @@ def _evaluate(a) -> int:
     device = a.device or _default_device()
     if a.out and not a.figures:
         raise ValueError("mkd evaluate --out is the folder for --figures; add --figures or drop --out")
+    if a.out:
+        from mkdlib.outputs import check_output
+
+        check_output(a.out, protect=[a.run])  # before any work: never the run, nor a folder mkdlib did not write
     evaluate(a.run, a.localization, device=device, progress=not a.quiet, weights=a.weights)
     result = add_threshold_metrics(a.run, device=device, weights=a.weights)
     print(json.dumps(result.metrics, indent=1) if a.json else

@@ -11,12 +11,8 @@ predicted mask. `evaluation_figures` draws the same figures for a run's own labe
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +27,7 @@ from mkdlib.decisions import run_calibration
 from mkdlib.features import image_loader
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 from mkdlib.localization import GRADIENTS, METHODS, attribution_maps
+from mkdlib.outputs import check_output, output_folder
 from mkdlib.plots import decision_figure, save_figure
 from mkdlib.runs.loading import load_data, load_model
 from mkdlib.scoring import score, score_loss
@@ -72,25 +69,6 @@ def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagen
     if not good:
         return good, None, None, bad
     return good, torch.cat(inputs), torch.cat(display), bad
-
-
-@contextmanager
-def fresh_folder(out: Path):
-    """A temporary sibling folder that replaces `out` whole when the block succeeds (an older output is
-    never mixed with a new one, nor lost when this one fails)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.chmod(tmp, 0o755)
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Scorer:
@@ -148,10 +126,13 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
     out_dir), map (.npy path, with save_maps), error (why an image could not be read; its scores are
     empty). threshold: a raw threshold instead of the run's own (metrics.json "threshold"). weights:
     the source weights file here (checked against the run's SHA-256). A run without a calibration
-    gets one first (calibration.json). The folder is replaced whole, atomically. ValueError when no
-    image could be read."""
+    gets one first (calibration.json). The folder is replaced whole, atomically, and only if mkdlib wrote
+    it (outputs.py: never the input images, the run, or a user's folder). ValueError when no image could be
+    read."""
     if method not in METHODS:
         raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
+    protect = [*paths, run_dir]
+    check_output(out_dir, protect=protect)  # before the run is loaded or any image read
     files = image_files(paths)
     with_maps = heatmaps or save_maps
     run = _Scorer(run_dir, method if with_maps else None, device, weights, threshold)
@@ -160,7 +141,7 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
     grey = spec.dataset_options.get("grey", False)  # images prepared as the run's training images were
     rows = [{"path": str(f), "score": np.nan, "raw_score": np.nan, "heatmap": "", "map": "", "error": ""}
             for f in files]
-    with fresh_folder(Path(out_dir).expanduser()) as out:
+    with output_folder(out_dir, writer="mkd predict", protect=protect) as out:
         for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
             chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], spec.dataset,
                                                           cfg.image_size, imagenet_norm, grey)
@@ -197,14 +178,19 @@ def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *
                        device: str = "cpu", progress: bool = True, weights: str | Path | None = None) -> Path:
     """One figure per test image of a finished run: image | ground truth (where the dataset has
     masks) | map on the run's fixed scale | predicted mask, titled with the score, the decision and
-    the truth. Written to out_dir (default <run>/figures/), replaced whole; returns the folder."""
+    the truth. Written to out_dir (default <run>/figures/), replaced whole if mkdlib wrote it (outputs.py);
+    returns the folder."""
     if method not in METHODS:
         raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
+    default = out_dir is None
+    if not default:
+        check_output(out_dir, protect=[run_dir])
     run = _Scorer(run_dir, method, device, weights)
     test = load_data(run.result.spec, run.cfg, split="test")
     masks, labels = test.masks, np.asarray(test.labels)
-    out_dir = run.result.run_dir / FIGURE_DIR if out_dir is None else Path(out_dir).expanduser()
-    with fresh_folder(out_dir) as out:
+    out_dir = run.result.run_dir / FIGURE_DIR if default else Path(out_dir).expanduser()
+    with output_folder(out_dir, writer="mkd evaluate --figures", protect=[] if default else [run_dir],
+                       ours=default) as out:
         done = 0
         for x in tqdm(image_loader(test, CHUNK), desc="figures", unit="chunk", disable=not progress):
             normalised, _ = run.scores(x)

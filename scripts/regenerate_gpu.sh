@@ -5,7 +5,7 @@
 #
 #   bash scripts/regenerate_gpu.sh [--shared DIR] [--device cuda] [--profile paper] [--out DIR] [--only ITEM...]
 #   bash scripts/regenerate_gpu.sh --render ARCHIVE [--shared DIR] [--profile paper] [--results DIR] [--only ITEM...]
-#       (CPU side: unpack into <results>/runs, default the profile's results folder, and render the notebooks)
+#       (CPU side: add the records to <results>/runs, never overwriting one, and render the notebooks)
 #   bash scripts/regenerate_gpu.sh --estimate [--profile paper] [--only ITEM...]  # image passes, expected time
 #
 # --shared: a folder holding data/ (MNIST/raw, FashionMNIST/raw, head_ct/, brain_mri/{yes,no}, OCT2017/,
@@ -115,12 +115,9 @@ render() {  # CPU side: unpack the records into the run cache the notebooks read
     locations
     local results_args=() runs
     [[ -n "$RESULTS" ]] && RESULTS="$(realpath -m "$RESULTS")" && results_args=(--results "$RESULTS")
-    runs="$(runs_of "$RESULTS")"
-    mkdir -p "$runs"
-    tar -xzf "$RENDER" -C "$runs" --no-same-owner
-    echo "unpacked $(tar -tzf "$RENDER" | cut -d/ -f1 | sort -u | wc -l) run records into $runs"
-    exec "$PY" -m mkdlib.paper.regenerate --profile "$PROFILE" --data-root "$DATA" "${WEIGHT_ARGS[@]}" "${results_args[@]}" \
-        "${ONLY_ARGS[@]}"
+    # --unpack adds the records to the run cache without overwriting any (a differing finished one is kept aside)
+    exec "$PY" -m mkdlib.paper.regenerate --profile "$PROFILE" --unpack "$RENDER" --data-root "$DATA" "${WEIGHT_ARGS[@]}" \
+        "${results_args[@]}" "${ONLY_ARGS[@]}"
 }
 
 check_device() {  # torch, CUDA and the GPU; --device cuda refused where torch sees no GPU
@@ -137,7 +134,7 @@ PYEOF
 }
 
 train() {  # GPU side; the caller tees its output into the log
-    local start code cache rel only="${ONLY[*]:+ --only ${ONLY[*]}}"
+    local start code cache only="${ONLY[*]:+ --only ${ONLY[*]}}"
     start=$(date +%s)
     locations
     check_device || exit 2
@@ -151,13 +148,11 @@ train() {  # GPU side; the caller tees its output into the log
     echo "regenerate_gpu.sh: exit $code after $(( $(date +%s) - start )) s (profile $PROFILE, device $DEVICE;" \
          "the runs with their checkpoints stay in $WORK/runs)"
     [[ -f "$OUT_DIR/runs.tar.gz" ]] || return "$code"
-    rel="$(realpath -m --relative-to="$REPO" "$cache")"
     cat <<TXT
 Render the tables on a CPU machine with papermill, from the checkout, the archive copied there (nothing retrains):
   bash scripts/regenerate_gpu.sh --render runs.tar.gz --profile $PROFILE --shared ../shared$only
 which unpacks the records into the run cache and renders the notebooks:
-  mkdir -p $rel && tar -xzf runs.tar.gz -C $rel
-  mkd regenerate --profile $PROFILE --data-root <data folder> --weights <vgg16_features.pth>$only
+  mkd regenerate --profile $PROFILE --unpack runs.tar.gz --data-root <data folder> --weights <vgg16_features.pth>$only
 TXT
     return "$code"
 }

@@ -26,7 +26,7 @@ from mkdlib.paper.numbers import paper_value
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 COMMON = {"profile", "results_dir", "runs_dir", "data_root", "data_roots", "classes", "seeds", "weights", "config",
-          "device", "executor", "workers", "threads", "progress"}
+          "device", "executor", "workers", "threads", "progress", "force"}
 QUICKSTART = {"profile", "results_dir", "data_root", "data_roots", "weights", "epochs", "image_size", "device",
               "threads", "progress"}
 DATA = Path(os.environ["MKDLIB_DATA"]) if os.environ.get("MKDLIB_DATA") else None
@@ -257,3 +257,24 @@ def test_relative_results_land_beside_the_notebooks_from_any_working_directory(t
     df = pd.read_csv(out / "table5.csv", index_col=0)
     assert str(tmp_path / "no_oct") in df.at["retinal_oct", "note"], df.at["retinal_oct", "note"]
     assert df.at["retinal_oct", "overrides"] == "lr=0.002"
+
+
+@pytest.mark.slow
+def test_a_notebook_in_another_profile_does_not_overwrite_the_paper_tables(tmp_path):
+    """Issue 29 point 2, the exact example: papermill on table3 with results_dir = a folder holding the paper
+    tables and profile smoke fails before any run and leaves table3.md / .csv and README.md as they were;
+    force=True is the way to overwrite them."""
+    import papermill as pm
+
+    results = notebook.RESULTS_DIR
+    for name in ("table3.md", "table3.csv", "README.md"):
+        (tmp_path / name).write_bytes((results / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(pm.PapermillExecutionError, match="FileExistsError"):
+        pm.execute_notebook(NOTEBOOK_DIR / "table3_mvtec_detection.ipynb", tmp_path.parent / "out.ipynb",
+                            parameters={"profile": "smoke", "results_dir": str(tmp_path), "progress": False,
+                                        "executor": "sequential",
+                                        "data_roots": {"mvtec": str(tmp_path / "no_mvtec")}},
+                            kernel_name=regenerate.kernel_name(), cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert not (tmp_path / "runs").exists(), "refused before any run"

@@ -124,10 +124,10 @@ def test_smoke_never_overwrites_paper_tables_without_force(tmp_path, papermill, 
 
 
 def test_the_committed_results_are_guarded():
-    clash = regenerate.overwrites(notebook.RESULTS_DIR, notebook.select(["table2_mnist"]), "smoke")
+    clash = notebook.overwrites(notebook.RESULTS_DIR, notebook.select(["table2_mnist"]), "smoke")
     assert {p.name for p, profile in clash if profile == "paper"} >= {"table2_mnist.csv", "table2_mnist.md",
                                                                       "README.md"}
-    assert regenerate.overwrites(notebook.RESULTS_DIR, notebook.select(None), "paper") == []
+    assert notebook.overwrites(notebook.RESULTS_DIR, notebook.select(None), "paper") == []
 
 
 def test_notebook_paths_do_not_depend_on_the_working_directory(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@ without papermill; absent data skipped, not failed; one archive of run records; 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -139,3 +140,67 @@ def test_the_gpu_script_in_smoke_mode_on_cpu(data, tmp_path):
         cuda = subprocess.run(cmd[:4] + ["--device", "cuda", *cmd[6:]], env=env, capture_output=True, text=True,
                               timeout=300)
         assert cuda.returncode == 2 and "torch sees no CUDA GPU here" in cuda.stdout + cuda.stderr
+
+
+def _archive(path: Path, runs: dict[str, dict[str, bytes]]) -> Path:
+    """A runs.tar.gz as pack_records writes it: <key>/<file> members."""
+    with tarfile.open(path, "w:gz") as tar:
+        for key, files in runs.items():
+            for name, data in files.items():
+                info = tarfile.TarInfo(f"{key}/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_unpacking_never_overwrites_a_record_here(tmp_path):
+    """Issue 29 point 3: an archive's copy of a finished run never replaces the one in the cache; it is kept
+    aside whole and said. Absent runs are added, identical ones left, missing files (the final cloner) added."""
+    runs = tmp_path / "runs"
+    for key, metrics in (("a" * 16, b'{"ours": 1}'), ("b" * 16, b'{"same": 1}'), ("c" * 16, b'{"c": 1}')):
+        (runs / key).mkdir(parents=True)
+        (runs / key / "metrics.json").write_bytes(metrics)
+    archive = _archive(tmp_path / "runs.tar.gz", {
+        "a" * 16: {"metrics.json": b'{"theirs": 1}', "checkpoints/cloner_e0601.pt": b"cloner a"},
+        "b" * 16: {"metrics.json": b'{"same": 1}'},
+        "c" * 16: {"metrics.json": b'{"c": 1}', "checkpoints/cloner_e0601.pt": b"cloner c"},
+        "d" * 16: {"metrics.json": b'{"new": 1}'}})
+    done = train_only.unpack_records(archive, runs)
+    assert (runs / ("a" * 16) / "metrics.json").read_bytes() == b'{"ours": 1}'
+    assert not (runs / ("a" * 16) / "checkpoints").exists(), "nothing of another training mixed in"
+    aside, = done["aside"]
+    assert (Path(aside) / "metrics.json").read_bytes() == b'{"theirs": 1}' and Path(aside).parent.parent == runs
+    assert done["same"] == ["b" * 16] and done["completed"] == ["c" * 16] and done["added"] == ["d" * 16]
+    assert (runs / ("c" * 16) / "checkpoints" / "cloner_e0601.pt").read_bytes() == b"cloner c"
+    assert (runs / ("d" * 16) / "metrics.json").read_bytes() == b'{"new": 1}'
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith(".unpack-")) == []
+
+
+def test_unpacking_refuses_unsafe_members(tmp_path):
+    from mkdlib.datasets.errors import ArchiveError
+
+    archive = _archive(tmp_path / "evil.tar.gz", {"../outside": {"metrics.json": b"{}"}})
+    with pytest.raises(ArchiveError, match="unsafe"):
+        train_only.unpack_records(archive, tmp_path / "runs")
+    assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_render_step_keeps_a_finished_record(tmp_path):
+    """The exact example: `regenerate_gpu.sh --render` with an archive holding another copy of a run already
+    finished in the results' run cache leaves that run's metrics.json as it was."""
+    results = tmp_path / "results"
+    key = "e" * 16
+    (results / "runs" / key).mkdir(parents=True)
+    (results / "runs" / key / "metrics.json").write_bytes(b'{"finished": "here"}')
+    archive = _archive(tmp_path / "runs.tar.gz", {key: {"metrics.json": b'{"from": "archive"}'}})
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop(WEIGHTS_ENV, None)
+    done = subprocess.run(["bash", str(SCRIPT), "--render", str(archive), "--shared", str(shared), "--profile",
+                           "smoke", "--results", str(results), "--only", "table5"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert (results / "runs" / key / "metrics.json").read_bytes() == b'{"finished": "here"}'
+    assert "differs from the finished record here, which is kept" in done.stderr, done.stdout + done.stderr

@@ -36,3 +36,16 @@ def test_the_display_is_tables_then_figures_each_under_its_heading(tmp_path):
     kinds = [(kind, str(value).splitlines()[0]) for kind, value in shown.blocks()]
     assert kinds == [("markdown", "## Tables"), ("markdown", "### " + tables["table9_equal_net"].attrs["title"]),
                      ("markdown", "## Figures"), ("image", str(tmp_path / "a.png"))]
+
+
+def test_reproduce_refuses_another_profiles_tables_before_any_run(tmp_path):
+    """The guard lives in reproduce, the one place the notebooks and `mkd regenerate` both go through."""
+    from mkdlib.paper import notebook as nb
+
+    for name in ("table3.md", "table3.csv", "README.md"):
+        (tmp_path / name).write_bytes((nb.RESULTS_DIR / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(FileExistsError, match="table3"):
+        reproduce("table3_mvtec_detection", profile="smoke", results_dir=tmp_path, progress=False,
+                  data_roots={"mvtec": str(tmp_path / "none")})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -72,6 +72,7 @@ def test_unreadable_images_are_listed_and_the_rest_scored(trained, tmp_path, cap
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
     out = tmp_path / "out"
+    predict(result.run_dir, [good[0]], out, heatmaps=False, progress=False)  # an older prediction, marked ours
     (out / "heatmaps").mkdir(parents=True)
     (out / "heatmaps" / "stale.png").write_bytes(b"from an older prediction")
     table = predict(result.run_dir, [good[0], bad, good[1]], out, progress=False)
@@ -229,3 +230,58 @@ def test_a_run_trained_on_grey_images_scores_new_images_in_grey(tmp_path):
     Image.open(coloured).convert("L").convert("RGB").save(grey_copy)
     table = predict(result.run_dir, [coloured, grey_copy], tmp_path / "out", heatmaps=False, progress=False)
     assert table["raw_score"].iloc[0] == pytest.approx(table["raw_score"].iloc[1], rel=1e-6)
+
+
+# --- --out never replaces what mkdlib did not write (issue 29, points 1 and 12) -------------------------
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_out_refuses_the_input_folder_the_run_a_users_folder_and_a_file(trained, tmp_path, capsys):
+    result, category = trained
+    images = tmp_path / "images"
+    shutil.copytree(category / "test" / "good", images)
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\section{Results}")
+    (thesis / "notes.txt").write_text("my notes")
+    results = tmp_path / "results"
+    shutil.copytree(result.run_dir, results / "runs" / result.run_dir.name)
+    csv = tmp_path / "scores.csv"
+    csv.write_text("a,b\n1,2\n")
+    cases = {images: "would replace", result.run_dir: "run directory", thesis: "did not write",
+             results: "results folder", csv: "is a file", tmp_path: "would replace"}
+    before = {p: _listing(p) if p.is_dir() else p.read_text() for p in cases}
+    run_before = _listing(result.run_dir)
+    for out, why in cases.items():
+        assert main(["predict", str(result.run_dir), str(images), "--out", str(out), "--quiet",
+                     "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and why in err, err
+        assert main(["evaluate", str(result.run_dir), "--figures", "--out", str(out), "--quiet"]) == 2
+        assert str(out) in capsys.readouterr().err
+    for p, listing in before.items():
+        assert (_listing(p) if p.is_dir() else p.read_text()) == listing, p
+    assert _listing(result.run_dir) == run_before
+    assert main(["evaluate", str(result.run_dir), "--quiet"]) == 0  # the run is still a run
+
+
+def test_out_replaces_its_own_folder_and_an_empty_one(trained, tmp_path):
+    result, category = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    predict(result.run_dir, [category / "test" / "good"], empty, heatmaps=False, progress=False)
+    assert (empty / ".mkdlib-output").is_file() and (empty / "predictions.csv").is_file()
+    predict(result.run_dir, [category / "test" / "spot"], empty, heatmaps=False, progress=False)  # ours: replaced
+    assert "/spot/" in pd.read_csv(empty / "predictions.csv")["path"].iloc[0]
+
+
+def test_a_killed_predict_leaves_nothing_the_next_one_keeps(trained, tmp_path):
+    result, category = trained
+    dead = tmp_path / ".out.tmp-999999999-abc"  # a pid no process has
+    dead.mkdir()
+    (dead / "predictions.csv").write_text("half written")
+    predict(result.run_dir, [category / "test" / "good"], tmp_path / "out", heatmaps=False, progress=False)
+    assert not dead.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

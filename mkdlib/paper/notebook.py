@@ -19,6 +19,7 @@ from mkdlib.config import profile_of
 from mkdlib.datasets import ENV_VAR as DATA_ENV
 from mkdlib.paper.fast import comparison_specs
 from mkdlib.paper.items import FIGURE1_ROWS, FIGURES, ITEMS, output_name, specs_for
+from mkdlib.paper.markdown import written_profile
 from mkdlib.runs.spec import RunSpec
 from mkdlib.weights import WEIGHTS_ENV
 
@@ -68,6 +69,34 @@ def outputs(notebook: str) -> dict[str, tuple[str, str | None]]:
         if ITEMS[item].summary:
             out[ITEMS[item].summary] = (item, None)
     return out
+
+
+def _writes_index(name: str) -> bool:
+    """Every notebook of a paper table or figure rewrites the index; the quickstart writes only its demo."""
+    return bool(outputs(name)) or any(key in FIGURES for key in NOTEBOOKS[name])
+
+
+def overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> list[tuple[Path, str]]:
+    """(file, its profile) for each table (csv, md) or index these notebooks would write in results_dir
+    that another profile wrote (markdown.written_profile). `reproduce` (every notebook, however executed)
+    and `mkd regenerate` check it before any run."""
+    results_dir = Path(results_dir)
+    files = [results_dir / f"{out}.{ext}" for name in names for out in outputs(name) for ext in ("csv", "md")]
+    if any(_writes_index(name) for name in names):
+        files.append(results_dir / "README.md")
+    found = [(path, written_profile(path)) for path in dict.fromkeys(files)]
+    return [(path, written) for path, written in found if written not in (None, profile)]
+
+
+def refuse_overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> None:
+    """Raise FileExistsError, before anything runs, if the notebooks would overwrite another profile's files."""
+    clash = overwrites(results_dir, names, profile)
+    if clash:
+        path, written = clash[0]
+        others = "".join(f"\n  {p} (profile {w!r})" for p, w in clash[1:])
+        raise FileExistsError(f"{path} was written by profile {written!r}, not {profile!r}"
+                              f"{f' (and {len(clash) - 1} more files below)' if others else ''}: pass --force "
+                              f"to overwrite, or choose another folder with --results{others}")
 
 
 def select(only: Sequence[str] | None = None) -> list[str]:

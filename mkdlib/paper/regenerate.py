@@ -27,8 +27,8 @@ from mkdlib.cli import key_value
 from mkdlib.config import PROFILES
 from mkdlib.paper import train_only
 from mkdlib.paper.items import FIGURES
-from mkdlib.paper.markdown import written_profile
-from mkdlib.paper.notebook import NOTEBOOK_DIR, NOTEBOOKS, outputs, RESULTS_DIR, default_results, select, use_locations
+from mkdlib.paper.notebook import (NOTEBOOK_DIR, NOTEBOOKS, outputs, RESULTS_DIR, default_results, refuse_overwrites,
+                                   select, use_locations)
 
 KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
@@ -52,33 +52,6 @@ def kernel_name() -> str:
 
     install(kernel_name=OWN_KERNEL, display_name=f"Python ({sys.prefix})", prefix=sys.prefix)
     return OWN_KERNEL
-
-
-def _writes_index(name: str) -> bool:
-    """Every notebook of a paper table or figure rewrites the index; the quickstart writes only its demo."""
-    return bool(outputs(name)) or any(key in FIGURES for key in NOTEBOOKS[name])
-
-
-def overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> list[tuple[Path, str]]:
-    """(file, its profile) for each table (csv, md) or index these notebooks would write in results_dir
-    that another profile wrote (markdown.written_profile)."""
-    results_dir = Path(results_dir)
-    files = [results_dir / f"{out}.{ext}" for name in names for out in outputs(name) for ext in ("csv", "md")]
-    if any(_writes_index(name) for name in names):
-        files.append(results_dir / "README.md")
-    found = [(path, written_profile(path)) for path in dict.fromkeys(files)]
-    return [(path, written) for path, written in found if written not in (None, profile)]
-
-
-def refuse_overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> None:
-    """Raise FileExistsError, before anything runs, if the notebooks would overwrite another profile's files."""
-    clash = overwrites(results_dir, names, profile)
-    if clash:
-        path, written = clash[0]
-        others = "".join(f"\n  {p} (profile {w!r})" for p, w in clash[1:])
-        raise FileExistsError(f"{path} was written by profile {written!r}, not {profile!r}"
-                              f"{f' (and {len(clash) - 1} more files below)' if others else ''}: pass --force "
-                              f"to overwrite, or choose another folder with --results{others}")
 
 
 def _has_value(csv: Path) -> bool:
@@ -117,17 +90,17 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
     """
     import papermill as pm
 
-    fixed = sorted({"profile", "results_dir"} & set(parameters or {}))
+    fixed = sorted({"profile", "results_dir", "force"} & set(parameters or {}))
     if fixed:
-        raise ValueError(f"parameters {fixed} are set by --profile and --results; drop them from -p")
+        raise ValueError(f"parameters {fixed} are set by --profile, --results and --force; drop them from -p")
     results_dir = default_results(profile) if results_dir is None else Path(results_dir).resolve()
     notebook_dir = Path(notebook_dir).resolve()
-    if not force:
+    if not force:  # every notebook checked before the first runs (each checks itself again: reproduce)
         refuse_overwrites(results_dir, names, profile)
     executed = results_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
-    params = {"profile": profile, "results_dir": str(results_dir), **(parameters or {})}
+    params = {"profile": profile, "results_dir": str(results_dir), "force": force, **(parameters or {})}
     status: dict[str, str | None] = {}
     for name in names:
         start, since = time.perf_counter(), time.time()
@@ -146,6 +119,17 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
         took = time.perf_counter() - start
         print(f"mkd regenerate: {name} {'ok' if status[name] is None else 'FAILED'} in {took:.0f} s", flush=True)
     return status
+
+
+def _unpack(archive: str, runs: Path) -> None:
+    if not Path(archive).is_file():
+        raise ValueError(f"--unpack {archive}: no such file; pass the runs.tar.gz a --train-only run wrote")
+    done = train_only.unpack_records(archive, runs)
+    print(f"mkd regenerate: {archive} into {runs}: {len(done['added'])} runs added, {len(done['completed'])} "
+          f"completed with files they lacked, {len(done['same'])} already here")
+    for folder in done["aside"]:
+        print(f"mkd regenerate: {Path(folder).name} differs from the finished record here, which is kept; the "
+              f"archive's copy is in {folder}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -177,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--log", help="also append the per-item lines to this file")
     g.add_argument("--archive", help="then pack the finished runs' records (no checkpoints but the final "
                                      "cloners) into this .tar.gz")
+    p.add_argument("--unpack", metavar="ARCHIVE",
+                   help="first add the run records of an archive --train-only --archive wrote to the run cache "
+                        "(never overwriting a record there: a differing one is kept aside, and said)")
     return p
 
 
@@ -197,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              if v is not None}}
     try:
         use_locations(args.data_root, args.weights)
+        if args.unpack:
+            _unpack(args.unpack, runs or results / "runs")
         if args.train_only:
             return train_only.main(args, names, runs or results / "runs")
         status = execute(names, profile=args.profile, results_dir=results, notebook_dir=args.notebooks,

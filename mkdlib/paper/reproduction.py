@@ -16,7 +16,8 @@ import torch
 
 from mkdlib.paper import fast, figures, markdown, tabulation
 from mkdlib.paper.items import FIGURES, ITEMS
-from mkdlib.paper.notebook import NOTEBOOKS, notebook_options, notebook_paths, notebook_specs, outputs
+from mkdlib.paper.notebook import (NOTEBOOKS, notebook_options, notebook_paths, notebook_specs, outputs,
+                                   refuse_overwrites)
 from mkdlib.plots import save_figure
 from mkdlib.runs import executors, planning
 from mkdlib.runs.runner import finished_runs
@@ -127,18 +128,21 @@ def _figures(out: Reproduction, device: str) -> None:
 def reproduce(notebook: str, *, profile: str = "paper", results_dir: str | Path | None = None,
               runs_dir: str | Path | None = None, device: str = "cpu", executor: str = "auto",
               workers: int | None = None, threads: int | None = None, progress: bool = True,
-              **options: Any) -> Reproduction:
+              force: bool = False, **options: Any) -> Reproduction:
     """Run notebook `notebook`'s items (notebook.NOTEBOOKS) and write their tables and figures.
 
     The keywords are the notebooks' parameters. `options` are the run options (classes, seeds, data_root,
     data_roots, weights, config; dicts may come as JSON text). Relative paths are taken from the notebooks
-    folder. Returns the Reproduction, which `display` shows.
+    folder. Tables or an index another profile wrote in the results folder are not overwritten unless
+    `force` (FileExistsError before any run). Returns the Reproduction, which `display` shows.
     """
     if notebook not in NOTEBOOKS or notebook == "00_quickstart":
         raise KeyError(f"unknown notebook {notebook!r}; reproduce runs {[n for n in NOTEBOOKS if n != '00_quickstart']}")
     if threads:
         torch.set_num_threads(threads)
     results, runs = notebook_paths(profile, results_dir, runs_dir)
+    if not force:
+        refuse_overwrites(results, [notebook], profile)
     options = notebook_options(**options)
     out, run = Reproduction(notebook, results), {"device": device, "executor": executor, "workers": workers,
                                                  "progress": progress}

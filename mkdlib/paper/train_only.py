@@ -9,12 +9,14 @@ import argparse
 import os
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mkdlib.checkpoints import cloner_path
+from mkdlib.datasets.archive import safe_extract
 from mkdlib.paper.items import ITEMS
 from mkdlib.paper.notebook import SPEC_OPTIONS, notebooks_for, notebook_options, notebook_paths, notebook_specs
 from mkdlib.paper.tabulation import add_maps, failure_note
@@ -117,6 +119,42 @@ def pack_records(results: Sequence[RunResult], archive: str | Path, *,
                 left_out.append(key)
     os.replace(partial, archive)  # a half-written archive never has the final name
     return left_out
+
+
+def unpack_records(archive: str | Path, runs_dir: str | Path) -> dict[str, list[str]]:
+    """Add the run records of an archive (pack_records) to a run cache, never overwriting a file there: a
+    run absent here is moved in; for one present, the archive's files it lacks are added (e.g. its final
+    cloner) and identical ones skipped, but where the archive's copy differs from a file here (a finished
+    record: another training of the same key), the archive's run is kept whole beside the cache in
+    `<runs_dir>/.unpacked-<archive>-<time>/<key>`, for the user to compare. Members are checked as for a
+    dataset archive (no absolute paths, '..', links out or special files).
+    Returns {"added": keys, "completed": keys, "same": keys, "aside": folders}."""
+    import filecmp
+
+    archive, runs_dir = Path(archive), Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[str]] = {"added": [], "completed": [], "same": [], "aside": []}
+    with tempfile.TemporaryDirectory(prefix=".unpack-", dir=runs_dir) as tmp:
+        aside = runs_dir / f".unpacked-{archive.name.split('.')[0]}-{time.strftime('%Y%m%dT%H%M%S')}"
+        for entry in safe_extract(archive, Path(tmp)):
+            target = runs_dir / entry.name
+            if not target.exists():
+                os.replace(entry, target)
+                out["added"].append(entry.name)
+                continue
+            files = [f for f in sorted(entry.rglob("*")) if f.is_file()]
+            theirs = {f: target / f.relative_to(entry) for f in files}
+            if any(t.exists() and not filecmp.cmp(f, t, shallow=False) for f, t in theirs.items()):
+                aside.mkdir(exist_ok=True)
+                os.replace(entry, aside / entry.name)
+                out["aside"].append(str(aside / entry.name))
+                continue
+            new = [(f, t) for f, t in theirs.items() if not t.exists()]
+            for f, t in new:
+                t.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, t)
+            out["completed" if new else "same"].append(entry.name)
+    return out
 
 
 def _train_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
