@@ -3,7 +3,7 @@ naive baseline that does what the released code does (fp32, default memory forma
 trainable, no no_grad, source recomputed every batch and for every checkpoint, per-image localisation
 loop). Random data; each case in its own process so that its peak memory is its own.
 
-Ours runs with mkdlib's execution defaults (`hardware.fast_defaults`: fp32, channels_last) unless
+Ours runs with mkdlib's execution defaults (`config.Execution`: fp32, channels_last) unless
 --amp / --bf16-inference / --channels-last say otherwise; bf16 only where the device computes it natively. `--profile` prints where a case's time goes
 (torch.profiler); `--throughput` compares two one-thread processes side by side with one two-thread one.
 """
@@ -20,6 +20,7 @@ import time
 import torch
 
 from mkdlib import hardware
+from mkdlib.config import Execution
 from mkdlib.bench_cases import CASES, PAIRS, PROFILE_ENV, conv_gflop, roofline, run_case
 
 __all__ = ["CASES", "PAIRS", "conv_gflop", "format_table", "main", "profile_cases", "roofline", "run_all",
@@ -46,7 +47,7 @@ def _run_case_process(cmd: list[str], env: dict | None = None) -> dict:
 def run_all(sizes: list[int], batch: int, steps: int, device: str, amp: bool = False,
             channels_last: bool | None = None, bf16_inference: bool = False, cases=CASES) -> dict:
     results: dict = {"device": device, "batch": batch, "amp": amp, "bf16_inference": amp or bf16_inference,
-                     "channels_last": hardware.chosen("channels_last", channels_last, device),
+                     "channels_last": Execution().channels_last if channels_last is None else channels_last,
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": hardware.cpu_name(),
                      "isa": hardware.cpu_isa(), "native_bf16": hardware.native_bf16(),
                      "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

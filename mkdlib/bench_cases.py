@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from mkdlib import hardware
+from mkdlib.config import Execution
 from mkdlib.features import autocast, to_input
 from mkdlib.losses import MKDLoss
 from mkdlib.models import SCORE_LAYERS, TRAIN_LAYERS, Cloner, Source
@@ -213,12 +213,12 @@ def _peak_mb(dev: torch.device) -> float:
 def run_case(case: str, size: int, batch: int, steps: int, device: str, amp: bool = False,
              channels_last: bool | None = None, bf16_inference: bool = False) -> dict:
     """img/s and peak memory of one case. amp: bf16 in the cloner's training step and everywhere else;
-    bf16_inference: in the passes without gradients; channels_last None: mkdlib's default."""
+    bf16_inference: in the passes without gradients; channels_last None: mkdlib's default (Execution's)."""
     dev = torch.device(device)
     if case.startswith("naive"):  # the released code's way: fp32, default memory format
         amp = channels_last = bf16_inference = False
     bf16 = amp or bf16_inference
-    channels_last = hardware.chosen("channels_last", channels_last, dev)
+    channels_last = Execution().channels_last if channels_last is None else channels_last
     source, cloner, x = _models_and_batch(size, batch, dev, channels_last)
     step, n_images = _case_step(case, source, cloner, x, dev, amp, bf16, channels_last)
     if PROFILE_ENV in os.environ:

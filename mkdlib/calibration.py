@@ -29,6 +29,8 @@ from mkdlib.features import image_loader
 from mkdlib.localization import attribution_maps
 
 CALIBRATION = "calibration.json"
+THRESHOLD_PERCENTILE = 99.0  # decision threshold: this percentile of the training images' scores
+THRESHOLD_RULE = f"percentile {THRESHOLD_PERCENTILE:g} of the final cloner's scores on the training images"
 DECISION = 0.5  # the threshold on normalised scores and on shared-scale maps
 PIXEL_PERCENTILE = 99.9  # pixel threshold: this percentile of the training images' blurred raw maps
 CALIBRATION_IMAGES = 256  # training images the map scale is computed on (spread evenly; bounds memory)
@@ -39,9 +41,14 @@ MAP_RULE = (f"shared = (blurred map - offset) / scale; offset = the median and p
             "offset): the median maps to 0 and the pixel threshold to 0.5")
 
 
-def image_calibration(train_min: float, threshold: float) -> dict:
-    """The image-score normalisation of a run: its training minimum and threshold."""
-    return {"min": float(train_min), "threshold": float(threshold), "rule": IMAGE_RULE}
+def image_calibration(train_scores, threshold: float | None = None) -> dict:
+    """The image-score normalisation of a run from its final cloner's scores on its training images: their
+    minimum, and the decision threshold (default: their THRESHOLD_PERCENTILE percentile)."""
+    train_scores = np.asarray(train_scores, dtype=np.float64)
+    if threshold is None:
+        threshold = np.percentile(train_scores, THRESHOLD_PERCENTILE)
+    return {"min": float(train_scores.min()), "threshold": float(threshold), "rule": IMAGE_RULE,
+            "threshold_rule": THRESHOLD_RULE}
 
 
 def normalize_scores(scores, image_cal: dict, threshold: float | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mkdlib.config import MKDConfig, canonical_json
+from mkdlib.config import Execution, MKDConfig, canonical_json
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 
 
@@ -87,3 +87,31 @@ def missing_cloners(checkpoint_dir: str | Path, cfg: MKDConfig) -> list[int]:
     """Sampled epochs (cfg.eval_epochs()) that training has passed but whose cloner file is absent."""
     done = trained_epochs(checkpoint_dir)
     return [e for e in cfg.eval_epochs() if e <= done and not cloner_path(checkpoint_dir, e).is_file()]
+
+
+def resume(checkpoint_dir: Path | None, cloner: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    """(epochs done, loss history) from checkpoint_dir/last.pt (read_last: one-line errors for an unusable
+    one), with the cloner, optimizer and torch RNG restored; (0, []) for a new run (the folder is created)
+    or without a checkpoint folder."""
+    if checkpoint_dir is None:
+        return 0, []
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    state = read_last(checkpoint_dir, cloner)
+    if state is None:
+        return 0, []
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["epoch"], list(state["history"])
+
+
+def save_epoch(checkpoint_dir: Path, cloner: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: MKDConfig,
+               execution: Execution, done: int, history: list[dict]) -> None:
+    """After epoch `done`: the cloner alone if it is a sampled epoch (cfg.eval_epochs()); last.pt (everything
+    an exact resume needs) and history.csv every execution.checkpoint_every epochs and at the end."""
+    if done in cfg.eval_epochs():
+        save_checkpoint({"cloner": cloner.state_dict(), "epoch": done}, cloner_path(checkpoint_dir, done))
+    if done % execution.checkpoint_every == 0 or done == cfg.epochs:
+        state = {"cloner": cloner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": done,
+                 "history": history, "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict()}
+        save_checkpoint(state, checkpoint_dir / LAST)
+        write_history(history, checkpoint_dir / "history.csv")

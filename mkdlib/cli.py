@@ -12,10 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from mkdlib.cli_parser import DATASETS, METHODS, RESULTS_ENV, VARIANTS, build_parser, key_value
+from mkdlib.cli_parser import RESULTS_ENV, build_parser
 
-__all__ = ["DATASETS", "METHODS", "RESULTS_ENV", "VARIANTS", "build_parser", "key_value",
-           "main"]  # the parser's names stay importable from here (mkdlib.paper.regenerate: key_value)
 DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.paper.regenerate"}
 
 
@@ -61,7 +59,7 @@ def _summary(m: dict) -> str:
     for method, px in m.get("pixel", {}).items():
         lines.append(f"{method}: paper pixel AUROC {100 * px['paper_pixel_auroc']:.2f}, pixel AUROC "
                      f"{100 * px['pixel_auroc']:.2f}, AU-PRO {100 * px['au_pro']:.2f}")
-    lines.append(f"threshold {m['threshold']:.6g}; {m['n_train']} training / {m['n_test']} test images")
+    lines.append(f"{m['n_train']} training / {m['n_test']} test images")
     return "\n".join(lines)
 
 
@@ -79,7 +77,7 @@ def _evaluate(a) -> int:
     evaluate(a.run, a.localization, device=device, progress=not a.quiet, weights=a.weights)
     result = add_threshold_metrics(a.run, device=device, weights=a.weights)
     print(json.dumps(result.metrics, indent=1) if a.json else
-          _summary(result.metrics) + "\n" + _at_threshold_summary(result.metrics["at_threshold"]))
+          _summary(result.metrics) + "\n" + _at_threshold_summary(result.metrics.get("at_threshold")))
     if a.figures:
         from mkdlib.predict import evaluation_figures
 
@@ -88,8 +86,10 @@ def _evaluate(a) -> int:
     return 0
 
 
-def _at_threshold_summary(decisions: dict) -> str:
+def _at_threshold_summary(decisions: dict | None) -> str:
     """One line per level of metrics.json "at_threshold"."""
+    if decisions is None:
+        return "no metrics at a threshold: the run's final cloner is not here to calibrate one"
     return "\n".join(f"at the threshold, {level}: precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
                      f"F1 {d['f1']:.3f} (tp {d['tp']}, fp {d['fp']}, tn {d['tn']}, fn {d['fn']})"
                      for level, d in decisions.items() if level in ("image", "pixel"))

@@ -1,20 +1,25 @@
-"""Run configuration: a dataclass whose defaults are the paper's, and per-dataset settings as data.
+"""What a run trains (`MKDConfig`, the experiment: the paper's hyperparameters) and how it is computed
+(`Execution`: precision, memory format, caches, checkpoint cadence), each a dataclass whose fields declare
+their own types and bounds; per-dataset settings and the profiles (paper, fast, smoke) as data.
 
 Sources: "paper" = Salehi et al. CVPR 2021 (sec. 4, supplementary); "code" = the authors' released
-code (rohban-lab/Knowledge_Distillation_AD), which produced the published numbers.
+code (rohban-lab/Knowledge_Distillation_AD), which produced the published numbers; "ours" = this package.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+import typing
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from mkdlib.models import CLONER_CFGS, SCORE_LAYERS, TRAIN_LAYERS, check_layers
+
+SCHEDULES = ("constant", "cosine")
 
 
 def canonical_json(value):
@@ -29,122 +34,109 @@ def canonical_json(value):
 
 def check_fields(cls: type, d: Mapping[str, Any], what: str, exclude: Iterable[str] = ()) -> None:
     """ValueError naming the keys of `d` that are not fields of the dataclass `cls` (less `exclude`), with
-    the valid ones: the one check of MKDConfig, RunSpec and config-override dicts."""
+    the valid ones: the one check of MKDConfig, Execution, RunSpec and config-override dicts."""
     valid = sorted({f.name for f in fields(cls)} - set(exclude))
     unknown = sorted(set(d) - set(valid))
     if unknown:
         raise ValueError(f"unknown {what} field(s) {unknown}; valid: {valid}")
 
 
-@dataclass(frozen=True)
-class MKDConfig:
-    dataset: str = "mvtec"
-    image_size: int = 128  # code: MVTec / OCT resized to 128x128
-    epochs: int = 601  # code: 601 for MVTec; the evaluated cloner is the one after this many passes
-    value_weight: float = 0.5  # code: lambda, on the value (MSE) term; 0.5 for MVTec, 0.01 otherwise
-    direction_weight: float = 1.0  # code: the direction term is unweighted
-    batch_size: int = 64  # code: batch 64, shuffled, last partial batch kept
-    lr: float = 1e-3  # code: Adam, default betas, no weight decay, no scheduler
-    schedule: str = "constant"  # code: lr constant; "cosine" (ours, the fast profile): linear warm-up to lr, then cosine decay to 0, per step
-    warmup_epochs: int = 0  # ours: epochs of linear warm-up before the cosine decay (schedule "cosine")
-    train_layers: tuple[str, ...] = TRAIN_LAYERS  # code: pool2..pool5 in training
-    score_layers: tuple[str, ...] = SCORE_LAYERS  # code: pool3..pool5 at test time
-    cloner: str = "small"  # paper sec. 3.3.2: the smaller cloner ("equal" is the ablation)
-    pretrained: bool = True  # paper: ImageNet source; False = random source (ablation)
-    eval_every: int = 10  # code: test AUROC every 10 epochs
-    sample_last: int = 100  # ours: report mean +- std over cloners sampled every eval_every epochs in the last sample_last epochs
-    checkpoint_every: int = 10  # ours: resumable checkpoint period (code: 50)
-    seed: int = 0  # ours: the released code is unseeded
-    deterministic: bool = False  # ours: torch deterministic algorithms (exact resume, cached == uncached)
-    amp: bool = False  # ours: bf16 autocast everywhere, the cloner's training step included (opt-in, see README)
-    bf16_inference: bool = False  # ours: bf16 for the passes without gradients (source features, scoring); opt-in, native bf16 only
-    channels_last: bool | None = None  # ours: channels_last memory format; None: mkdlib's choice (on: measured faster)
-    cache_features: bool = True  # ours: source features computed once when the data is deterministic
-    cache_dtype: str = "float32"  # ours: "float16" halves the feature cache (and its memory-mapped spill)
-    memory_budget_mb: int = 4096  # ours: larger feature caches spill to a memory-mapped file
-    augment: bool = False  # paper Table 6: HeadCT with rotation <= 20 deg, scale [0.9, 1.05]
-    extra: dict[str, Any] = field(default_factory=dict)  # dataset options passed to get_dataset
+def param(default: Any, *, low: float = 0, positive: bool = False, choices: Callable[[], Iterable] | None = None):
+    """A field with its bounds beside its type annotation: `low` for integers, `positive` for floats
+    (else >= 0), `choices` (called when checked) for strings."""
+    factory = {"default_factory": lambda: type(default)(default)} if isinstance(default, (dict, list)) else \
+        {"default": default}
+    return field(**factory, metadata={"low": low, "positive": positive, "choices": choices})
+
+
+def _checked(obj, f, hint) -> Any:
+    """The value of field `f` of `obj` as its annotation `hint` wants it (ints as int, layer lists as
+    tuples), or ValueError naming the field, what it must be and what it got."""
+    name, value, meta = f"{type(obj).__name__}.{f.name}", getattr(obj, f.name), f.metadata
+    if hint is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return bool(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < meta["low"]:
+            raise ValueError(f"{name} must be an integer >= {meta['low']}, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
+                or value < 0 or (meta["positive"] and value == 0):
+            raise ValueError(f"{name} must be a finite number {'>' if meta['positive'] else '>='} 0, got {value!r}")
+        return float(value)
+    if hint is str:
+        valid = list(meta["choices"]())
+        if value not in valid:
+            raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+        return value
+    if typing.get_origin(hint) is tuple:  # layer names
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list of layer names, got {value!r}")
+        check_layers(value)  # names each unknown layer
+        return tuple(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict of dataset options, got {value!r}")
+    return value
+
+
+class _Checked:
+    """Every field checked against its annotation before anything runs: a bad value fails here, naming the
+    field, not hours later (`epochs=True` is not 1 epoch, `lr=nan` is no rate)."""
 
     def __post_init__(self):
-        """Every field checked for type and range before anything runs: a bad value fails here,
-        naming the field, not hours later (`epochs=True` is not 1 epoch, `lr=nan` is no rate)."""
-        for name, low in _INT_FIELDS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"MKDConfig.{name} must be an integer >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        for name, positive in _FLOAT_FIELDS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
-                    not math.isfinite(value) or value < 0 or (positive and value == 0):
-                raise ValueError(f"MKDConfig.{name} must be a finite number {'>' if positive else '>='} 0, "
-                                 f"got {value!r}")
-            object.__setattr__(self, name, float(value))
-        for name in _BOOL_FIELDS:
-            value = getattr(self, name)
-            if value is None and name in _AUTO_FIELDS:
-                continue
-            if not isinstance(value, (bool, np.bool_)):
-                auto = " or null (mkdlib's choice for the device)" if name in _AUTO_FIELDS else ""
-                raise ValueError(f"MKDConfig.{name} must be true or false{auto}, got {value!r}")
-            object.__setattr__(self, name, bool(value))
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            object.__setattr__(self, f.name, _checked(self, f, hints[f.name]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        check_fields(cls, d, cls.__name__)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class MKDConfig(_Checked):
+    """The experiment: what is trained and how it is scored. A run's key hashes it (runs/spec.py)."""
+
+    dataset: str = param("mvtec", choices=lambda: PAPER_SETTINGS)
+    image_size: int = param(128, low=32)  # code: MVTec / OCT resized to 128x128 (32: VGG's five 2x2 pools)
+    epochs: int = param(601, low=1)  # code: 601 for MVTec; the evaluated cloner is the one after this many passes
+    value_weight: float = param(0.5)  # code: lambda, on the value (MSE) term; 0.5 for MVTec, 0.01 otherwise
+    direction_weight: float = param(1.0)  # code: the direction term is unweighted
+    batch_size: int = param(64, low=1)  # code: batch 64, shuffled, last partial batch kept
+    lr: float = param(1e-3, positive=True)  # code: Adam, default betas, no weight decay
+    schedule: str = param("constant", choices=lambda: SCHEDULES)  # code: lr constant; "cosine" (ours, fast profile)
+    warmup_epochs: int = param(0)  # ours: linear warm-up epochs before the cosine decay (schedule "cosine")
+    train_layers: tuple[str, ...] = param(TRAIN_LAYERS)  # code: pool2..pool5 in training
+    score_layers: tuple[str, ...] = param(SCORE_LAYERS)  # code: pool3..pool5 at test time
+    cloner: str = param("small", choices=lambda: CLONER_CFGS)  # paper sec. 3.3.2: the smaller cloner ("equal": ablation)
+    pretrained: bool = param(True)  # paper: ImageNet source; False = random source (ablation)
+    eval_every: int = param(10, low=1)  # code: test AUROC every 10 epochs
+    sample_last: int = param(100)  # ours: mean +- std over cloners sampled every eval_every in the last sample_last epochs
+    seed: int = param(0)  # ours: the released code is unseeded
+    augment: bool = param(False)  # paper Table 6: HeadCT with rotation <= 20 deg, scale [0.9, 1.05]
+    extra: dict[str, Any] = param({})  # dataset options passed to get_dataset
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.value_weight == 0 and self.direction_weight == 0:
             raise ValueError("MKDConfig: value_weight and direction_weight are both 0: there is no loss")
         if self.schedule == "cosine" and self.warmup_epochs >= self.epochs:
             raise ValueError(f"MKDConfig.warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
-        for name, valid in (("cache_dtype", ("float32", "float16")), ("cloner", tuple(CLONER_CFGS)),
-                            ("schedule", SCHEDULES),
-                            ("dataset", tuple(PAPER_SETTINGS))):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"MKDConfig.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
-        for name in ("train_layers", "score_layers"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                raise ValueError(f"MKDConfig.{name} must be a list of layer names, got {value!r}")
-            check_layers(value)  # names each unknown layer
-            object.__setattr__(self, name, tuple(value))
-        if not isinstance(self.extra, dict):
-            raise ValueError(f"MKDConfig.extra must be a dict of dataset options, got {self.extra!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["train_layers"] = list(self.train_layers)
-        d["score_layers"] = list(self.score_layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MKDConfig:
-        check_fields(cls, d, "MKDConfig")
-        return cls(**d)
-
-    def experiment(self) -> dict[str, Any]:
-        """The fields that define what is trained: all but EXECUTION_FIELDS (how it is computed)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
-
-    @property
-    def inference_bf16(self) -> bool:
-        """Whether the passes without gradients run in bf16: under `amp`, or as bf16_inference says."""
-        return self.amp or self.bf16_inference
-
-    def resolve(self, device: str | Any = "cpu") -> MKDConfig:
-        """This configuration with the execution settings it leaves to mkdlib (None) chosen for `device`;
-        ValueError if it asks for bf16 where `device` would emulate it (slower than fp32, never done)."""
-        from mkdlib.hardware import bf16_native, chosen, describe_device
-
-        if (self.amp or self.bf16_inference) and not bf16_native(device):
-            asked = "amp" if self.amp else "bf16_inference"
-            raise ValueError(f"MKDConfig.{asked}: {describe_device(device)} does not compute bf16 natively "
-                             f"(torch would emulate it, slower than fp32); set {asked}=false")
-        return replace(self, **{k: chosen(k, getattr(self, k), device) for k in _AUTO_FIELDS})
-
-    def matches(self, recorded: dict[str, Any]) -> bool:
-        """Whether a configuration recorded by a run (spec.json, last.pt) trains the same experiment as
-        this one. Execution settings (EXECUTION_FIELDS) may differ: a run started in fp32 may resume in bf16.
-        A field the record lacks was added by a later mkdlib: it matches at its default, the value that
-        keeps the old behaviour, so that runs in progress resume across such versions."""
-        mine = json.loads(json.dumps(self.experiment()))
-        defaults = json.loads(json.dumps(MKDConfig(dataset=self.dataset).experiment()))
-        recorded = {k: v for k, v in recorded.items() if k not in EXECUTION_FIELDS}
+    def matches(self, recorded: Mapping[str, Any]) -> bool:
+        """Whether a configuration recorded by a run (spec.json, last.pt; execution fields, which older
+        records mix in, aside) trains this experiment. A field the record lacks was added by a later mkdlib:
+        it matches at its default, the value that keeps the old behaviour, so that runs in progress resume
+        across such versions."""
+        mine = canonical_json(self.to_dict())
+        defaults = canonical_json(MKDConfig(dataset=self.dataset).to_dict())
+        recorded = split(recorded, strict=False)[0]
         return (set(recorded) <= set(mine) and all(recorded[k] == mine[k] for k in recorded)
                 and all(mine[k] == defaults[k] for k in set(mine) - set(recorded)))
 
@@ -153,6 +145,57 @@ class MKDConfig:
         counted back from the last, within the last sample_last epochs; the last is the final one."""
         start = max(1, self.epochs - self.sample_last)
         return list(range(self.epochs, start - 1, -self.eval_every))[::-1]
+
+
+@dataclass(frozen=True)
+class Execution(_Checked):
+    """How a run is computed, not what it trains: not in a run's key (an experiment is the same whichever
+    device or kernels computed it) and free to change when a run resumes; spec.json records the values a
+    run started with. fp32 by default; bf16 only where asked and where the device has it natively."""
+
+    amp: bool = param(False)  # bf16 autocast everywhere, the cloner's training step included (opt-in)
+    bf16_inference: bool = param(False)  # bf16 for the passes without gradients (source features, scoring)
+    channels_last: bool = param(True)  # memory format: measured faster on AVX2 and AVX-512 CPUs (README "Speed")
+    deterministic: bool = param(False)  # torch deterministic algorithms (exact resume, cached == uncached)
+    cache_features: bool = param(True)  # source features computed once when the data is deterministic
+    cache_dtype: str = param("float32", choices=lambda: ("float32", "float16"))  # float16 halves the cache
+    memory_budget_mb: int = param(4096)  # larger feature caches spill to a memory-mapped file
+    checkpoint_every: int = param(10, low=1)  # resumable checkpoint period in epochs (code: 50)
+
+    @property
+    def inference_bf16(self) -> bool:
+        """Whether the passes without gradients run in bf16: under `amp`, or as bf16_inference says."""
+        return self.amp or self.bf16_inference
+
+    def check(self, device: Any = "cpu") -> Execution:
+        """This execution, or a ValueError if it asks for bf16 where `device` would emulate it (slower than
+        fp32, never done)."""
+        from mkdlib.hardware import bf16_native, describe_device
+
+        if self.inference_bf16 and not bf16_native(device):
+            asked = "amp" if self.amp else "bf16_inference"
+            raise ValueError(f"{asked}: {describe_device(device)} does not compute bf16 natively "
+                             f"(torch would emulate it, slower than fp32); set {asked}=false")
+        return self
+
+
+EXECUTION_FIELDS = tuple(f.name for f in fields(Execution))
+
+
+def split(overrides: Mapping[str, Any], *, strict: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(experiment, execution) parts of a flat dict of settings, as users give them (`--config amp=true`)
+    and older records mixed them. strict: a key of neither is a ValueError naming the valid ones; else it
+    stays in the experiment part. A recorded `channels_last: null` (mkdlib's choice, then always on) is on."""
+    execution = {k: v for k, v in overrides.items() if k in EXECUTION_FIELDS}
+    if execution.get("channels_last", False) is None:
+        execution["channels_last"] = True
+    experiment = {k: v for k, v in overrides.items() if k not in EXECUTION_FIELDS}
+    if strict:
+        valid = sorted({f.name for f in fields(MKDConfig)} | set(EXECUTION_FIELDS))
+        unknown = sorted(set(experiment) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid: {valid}")
+    return experiment, execution
 
 
 # Per-dataset paper settings. Epoch counts are the released config's `num_epochs` (51 / 201 / 601):
@@ -175,22 +218,6 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "synthetic": dict(image_size=128, epochs=601, value_weight=0.5, sample_last=100),
     "folder": dict(image_size=128, epochs=601, value_weight=0.5, sample_last=100),
 }
-
-
-# Checked in MKDConfig.__post_init__: integers with their minimum (32 px: VGG-16's five 2x2 pools), floats
-# (True: strictly positive), booleans.
-_INT_FIELDS = {"image_size": 32, "epochs": 1, "batch_size": 1, "eval_every": 1, "sample_last": 0,
-               "checkpoint_every": 1, "seed": 0, "memory_budget_mb": 0, "warmup_epochs": 0}
-SCHEDULES = ("constant", "cosine")
-_FLOAT_FIELDS = {"value_weight": False, "direction_weight": False, "lr": True}
-_BOOL_FIELDS = ("pretrained", "deterministic", "amp", "bf16_inference", "channels_last", "cache_features", "augment")
-_AUTO_FIELDS = ("channels_last",)  # None: chosen per device by MKDConfig.resolve
-
-# How a run is computed, not what it trains: precision, memory layout, caching, checkpointing. They are
-# not part of a run's key (a run is the same experiment whichever device computed it, as it is whichever
-# CPU's kernels did) and may change when a run resumes; spec.json records the values a run started with.
-EXECUTION_FIELDS = ("amp", "bf16_inference", "channels_last", "deterministic", "cache_features", "cache_dtype",
-                    "memory_budget_mb", "checkpoint_every")
 
 
 def paper_config(dataset: str, **overrides: Any) -> MKDConfig:
@@ -220,18 +247,6 @@ def fast_overrides(dataset: str) -> dict[str, Any]:
             "eval_every": max(1, paper.eval_every // FAST_EPOCH_DIVISOR), **FAST_SCHEDULE}
 
 
-def learning_rate(cfg: MKDConfig, step: int, steps_per_epoch: int) -> float:
-    """The learning rate of optimizer step `step` (0-based, over the whole run): cfg.lr throughout
-    ("constant", the paper's), or a linear warm-up over cfg.warmup_epochs to cfg.lr then a cosine decay
-    to 0 at the last step ("cosine"). A function of the step alone, so a resumed run follows it exactly."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 # --- profiles: the paper's protocol, a smoke check, ours (fast) --------------------------------------
 
 @dataclass(frozen=True)
@@ -246,7 +261,8 @@ class Profile:
     per_dataset: Callable[[str], dict[str, Any]] | None = None  # more MKDConfig overrides by dataset
 
     def overrides(self, dataset: str) -> dict[str, Any]:
-        """The MKDConfig overrides this profile puts on every run of `dataset`."""
+        """The settings this profile puts on every run of `dataset` (MKDConfig's; Execution's too, which
+        RunSpec keeps apart)."""
         out = {**self.config, **(self.per_dataset(dataset) if self.per_dataset else {})}
         return {**out, "image_size": self.image_size[dataset]} if dataset in self.image_size else out
 
@@ -263,6 +279,7 @@ PROFILES: dict[str, Profile] = {
     "fast": Profile("fast", "fast: ours, a fifth of the paper's epochs (warm-up + cosine lr); NOT the paper's "
                     "protocol", {}, {}, per_dataset=fast_overrides),
 }
+
 
 def profile_of(name: str) -> Profile:
     if name not in PROFILES:

@@ -1,6 +1,6 @@
-"""Decisions at a finished run's threshold: its calibration (computed and stored for a run written
-before calibrations existed) and the metrics at the threshold that `mkd evaluate` adds to a run
-lacking them. The rules are in calibration.py.
+"""Decisions at a finished run's threshold: its calibration (the threshold and score scale from its
+training images, the maps' scale), computed when `predict` or `evaluate` first needs it and kept beside the
+run, and the metrics at the threshold that `mkd evaluate` adds to a run. The rules are in calibration.py.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def read_calibration(run_dir: str | Path) -> dict:
 def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig,
                     method: str | None = GRADIENTS, *, device: str | torch.device = "cpu") -> dict:
     """The run's calibration with `method`'s map scale (None: the image scores' only). What is missing
-    (an older run, or another method) is computed from the run's training images and stored
-    atomically under the run's lock."""
+    (a new run, or another method) is computed from the run's training images and the final cloner, and
+    stored atomically under the run's lock."""
     cal = read_calibration(result.run_dir)
     if "image" in cal and (method is None or method in cal.get("maps", {})):
         return cal
@@ -43,8 +43,7 @@ def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDC
         train = None
         if "image" not in cal:
             train = _training_images(result, cfg)
-            cal["image"] = image_calibration(_train_min(result, train, source, cloner, cfg, device),
-                                             result.metrics["threshold"])
+            cal["image"] = _image_calibration(result, train, source, cloner, cfg, device)
         if method is not None and method not in cal.setdefault("maps", {}):
             if train is None:
                 train = _training_images(result, cfg)
@@ -64,38 +63,44 @@ def _training_images(result: RunResult, cfg: MKDConfig):
                        f"run the command once where the data is, or copy {CALIBRATION} from there") from None
 
 
-def _train_min(result: RunResult, train, source: Source, cloner: Cloner, cfg: MKDConfig, device) -> float:
-    """The smallest training score: from metrics.json where the run recorded it, else recomputed."""
-    recorded = result.metrics.get("train_scores", {}).get("min")
-    if recorded is not None:
-        return float(recorded)
-    return float(score(cloner, score_loss(cfg), train, source=source, batch_size=cfg.batch_size,
-                       device=device).min())
+def _image_calibration(result: RunResult, train, source: Source, cloner: Cloner, cfg: MKDConfig, device) -> dict:
+    """The image scores' threshold and scale: recorded in metrics.json by runs made before 2026-12, else
+    from the final cloner's scores on the training images (calibration.image_calibration)."""
+    recorded, low = result.metrics.get("threshold"), result.metrics.get("train_scores", {}).get("min")
+    if recorded is not None and low is not None:  # their recorded minimum stands for the scores
+        return image_calibration([low], threshold=recorded)
+    return image_calibration(score(cloner, score_loss(cfg), train, source=source, batch_size=cfg.batch_size,
+                                   device=device), threshold=recorded)
 
 
 def add_threshold_metrics(run_dir: str | Path, *, device: str | torch.device = "cpu",
                           weights: str | Path | None = None) -> RunResult:
-    """Add metrics.json "at_threshold" to a finished run lacking it: image level from scores.csv, and
-    pixel level where the test set has masks and the run still has its final cloner."""
+    """Add metrics.json "at_threshold" to a finished run lacking it: image level from scores.csv at the
+    run's threshold (its calibration, computed first where the final cloner is here), and pixel level where
+    the test set has masks. A record with neither its final cloner nor a threshold is returned as it is."""
     result = load_run(run_dir)
     if result.metrics is None:
         raise RunError(result.error)
     if "at_threshold" in result.metrics:
         return result
     cfg = result.spec.mkd_config()
-    pixel = None
+    pixel, threshold = None, read_calibration(result.run_dir).get("image", {}).get("threshold")
     if cloner_path(result.run_dir / "checkpoints", cfg.epochs).is_file():
+        result, cfg, source, cloner = load_model(run_dir, device=device, weights=weights)
         test = load_data(result.spec, cfg, split="test")
+        cal = run_calibration(result, source, cloner, cfg, GRADIENTS if test.has_masks else None, device=device)
+        threshold = cal["image"]["threshold"]
         if test.has_masks:
-            result, cfg, source, cloner = load_model(run_dir, device=device, weights=weights)
-            cal = run_calibration(result, source, cloner, cfg, GRADIENTS, device=device)
             pixel = pixel_at_threshold(test, source, cloner, cfg, cal["maps"][GRADIENTS], device=device,
                                        seed=result.spec.seed)
+    threshold = result.metrics.get("threshold", threshold)  # runs made before 2026-12 recorded theirs
+    if threshold is None:
+        return result
     with RunLock(result.run_dir, quiet=True):
         result = load_run(run_dir)
         if "at_threshold" not in result.metrics:
             scores = _read_scores(result.run_dir / SCORES)
-            decisions = threshold_metrics(scores["label"], scores["score"], result.metrics["threshold"])
+            decisions = threshold_metrics(scores["label"], scores["score"], threshold)
             if pixel is not None:
                 decisions["pixel"] = pixel
             result.metrics["at_threshold"] = decisions

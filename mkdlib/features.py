@@ -1,8 +1,7 @@
-"""Source features computed once (architecture sketch: "Source features, once (cached)").
-
-The source is frozen, so when the images do not change between epochs its activations are fixed:
-computing them once turns each training step into a cloner-only forward/backward. The same store
-holds the test images' features when several cloners are scored.
+"""Source features computed once: the source is frozen, so when the images do not change between epochs
+its activations are fixed, and computing them once turns each training step into a cloner-only
+forward/backward (`training_targets`). The same store holds the test images' features when several
+cloners are scored. Also the batches of images every pass reads (`image_loader`, `to_input`).
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mkdlib.hardware import chosen
+from mkdlib.config import Execution
 from mkdlib.models import Source
 
 _NP_DTYPE = {"float32": np.float32, "float16": np.float16}
@@ -49,9 +48,8 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def to_input(x: Tensor, device: torch.device, channels_last: bool | None) -> Tensor:
-    """x on `device`, channels_last if asked (None: mkdlib's choice for the device)."""
-    channels_last = chosen("channels_last", channels_last, device)
+def to_input(x: Tensor, device: torch.device, channels_last: bool = True) -> Tensor:
+    """x on `device`, in the channels_last memory format if asked."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -82,7 +80,7 @@ class FeatureStore:
         device: str | torch.device = "cpu",
         dtype: str = "float32",
         amp: bool = False,
-        channels_last: bool | None = None,
+        channels_last: bool = True,
         memory_budget_mb: float = 4096,
         spill_dir: str | Path | None = None,
         progress: bool = False,
@@ -98,7 +96,6 @@ class FeatureStore:
         spill: Path | None = None
         offset = 0
         loader = image_loader(data, batch_size)
-        channels_last = chosen("channels_last", channels_last, device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         with torch.inference_mode(), autocast(device, amp):
             for x in tqdm(loader, desc="source features", disable=not progress, leave=False):
@@ -139,3 +136,22 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return self.n
+
+
+def training_targets(source: Source, data: Dataset | Tensor, layers: Sequence[str], execution: Execution, *,
+                     batch_size: int, device: torch.device, spill_dir: Path | None = None,
+                     progress: bool = False) -> Callable[[list[int], Tensor], dict[str, Tensor]]:
+    """(batch indices, input batch) -> the source's features of that batch (no gradients; bf16 where
+    execution.inference_bf16): computed once for the whole training set (a FeatureStore, spilled to
+    `spill_dir` beyond execution.memory_budget_mb) when execution.cache_features and the data is
+    deterministic (not augmented), else by the source at each step. Both give the same targets."""
+    if not (execution.cache_features and getattr(data, "deterministic", True)):
+        def uncached(index: list[int], x: Tensor) -> dict[str, Tensor]:
+            with torch.no_grad(), autocast(device, execution.inference_bf16):
+                return source(x)
+        return uncached
+    store = FeatureStore.compute(
+        source, data, layers, batch_size=batch_size, device=device, dtype=execution.cache_dtype,
+        amp=execution.inference_bf16, channels_last=execution.channels_last,
+        memory_budget_mb=execution.memory_budget_mb, spill_dir=spill_dir, progress=progress)
+    return lambda index, x: store.get(index, device)

@@ -10,7 +10,6 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -81,18 +80,6 @@ def bf16_native(device: str | torch.device = "cpu") -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device.type == "cpu" and native_bf16()
-
-
-def fast_defaults(device: str | torch.device = "cpu") -> dict[str, bool]:
-    """The execution settings mkdlib picks when a configuration leaves them to it (None): channels_last
-    on every device (measured faster on AVX2 and AVX-512 CPUs, README "Speed"). bf16 is never a default:
-    `amp` / `bf16_inference` opt in, and only where `bf16_native`."""
-    return {"channels_last": True}
-
-
-def chosen(name: str, value: Any, device: str | torch.device = "cpu") -> Any:
-    """An execution setting as asked (`value`), or mkdlib's choice for `device` where it is None."""
-    return fast_defaults(device)[name] if value is None else value
 
 
 def host_info() -> dict[str, str]:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mkdlib import postprocess
+from mkdlib.models import eval_mode
 
 GRADIENTS = "gradients"
 SMOOTHGRAD = "smoothgrad"  # standard SmoothGrad: noise std = sigma * (max - min)
@@ -150,9 +151,7 @@ def attribution_maps(images: Tensor, source: nn.Module, cloner: nn.Module, loss:
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     max_batch = max_batch or default_max_batch(*images.shape[2:])
-    was_training = cloner.training
-    cloner.eval()  # BN must not mix images
-    try:
+    with eval_mode(cloner):  # BN must not mix images
         if method == GRADIENTS:
             out = _chunked_grey(images, source, cloner, loss, max_batch)
         elif method == GUIDED_BACKPROP:
@@ -162,8 +161,6 @@ def attribution_maps(images: Tensor, source: nn.Module, cloner: nn.Module, loss:
             std = noise_std(images, method, sigma)
             out = _smoothgrad(images, source, cloner, loss, std=std, n_samples=n_samples,
                               generator=generator, max_batch=max_batch)
-    finally:
-        cloner.train(was_training)
     return torch.from_numpy(out).float()
 
 

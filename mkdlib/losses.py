@@ -38,6 +38,13 @@ class MKDLoss(nn.Module):
         self.value_weight = float(value_weight)
         self.direction_weight = float(direction_weight)
 
+    @classmethod
+    def from_config(cls, cfg, layers: Sequence[str] | None = None) -> MKDLoss:
+        """The loss of a configuration (MKDConfig): its weights over `layers`, by default the training
+        layers (scoring and localisation use cfg.score_layers: pool3-pool5 in the released code)."""
+        return cls(cfg.train_layers if layers is None else layers, value_weight=cfg.value_weight,
+                   direction_weight=cfg.direction_weight)
+
     def terms(self, cloner: dict[str, Tensor], source: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-image terms, each (B,): value_<layer> and direction_<layer>."""
         out = {}

@@ -7,7 +7,8 @@ a loss. Layer names are the only way layers are referred to in mkdlib.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -135,6 +136,18 @@ class Cloner(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.net(x)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode inside the block, its mode restored after: scoring and localisation use the
+    BN running statistics, so images in a batch do not mix (paper sec. 3.3, per image)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def n_parameters(module: nn.Module) -> int:

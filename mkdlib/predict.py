@@ -78,7 +78,7 @@ class _Scorer:
     def __init__(self, run_dir, method: str | None, device: str, weights, threshold: float | None = None):
         self.result, self.cfg, self.source, self.cloner = load_model(run_dir, device=device, weights=weights)
         self.calibration = run_calibration(self.result, self.source, self.cloner, self.cfg, method, device=device)
-        self.threshold = float(self.result.metrics["threshold"] if threshold is None else threshold)
+        self.threshold = float(self.calibration["image"]["threshold"] if threshold is None else threshold)
         self.method, self.device, self.loss = method, device, score_loss(self.cfg)
         self.generator = torch.Generator(torch.device(device)).manual_seed(self.result.spec.seed)
 

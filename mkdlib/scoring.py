@@ -17,18 +17,18 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mkdlib.checkpoints import cloner_path, load_checkpoint
-from mkdlib.config import MKDConfig
+from mkdlib.config import Execution, MKDConfig
 from mkdlib.features import FeatureStore, autocast, image_loader, to_input
 from mkdlib.localization import (SMOOTHGRAD, SMOOTHGRAD_REFERENCE, attribution_maps, check_methods, finish_maps,
                                  parse_method)
 from mkdlib.losses import MKDLoss
 from mkdlib.metrics import au_pro, image_auroc, paper_pixel_auroc, pixel_auroc
-from mkdlib.models import Cloner, Source
+from mkdlib.models import Cloner, Source, eval_mode
 
 
 def score_loss(cfg: MKDConfig) -> MKDLoss:
     """The scoring loss: the training loss's weights over the score layers."""
-    return MKDLoss(cfg.score_layers, value_weight=cfg.value_weight, direction_weight=cfg.direction_weight)
+    return MKDLoss.from_config(cfg, cfg.score_layers)
 
 
 def labels_of(data: Dataset) -> np.ndarray:
@@ -49,18 +49,15 @@ def score(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     amp: bool = False,
-    channels_last: bool | None = None,
+    channels_last: bool = True,
 ) -> np.ndarray:
     """Per-image anomaly scores (N,), higher = more anomalous. Pass the source, or its features
-    of `data` computed once (FeatureStore) when several cloners score the same images. amp: bf16 autocast;
-    channels_last None: mkdlib's default for the device (hardware.fast_defaults)."""
+    of `data` computed once (FeatureStore) when several cloners score the same images. amp: bf16 autocast."""
     if (source is None) == (features is None):
         raise ValueError("pass exactly one of source= or features=")
     device = torch.device(device)
-    was_training = cloner.training
-    cloner.eval()  # BN running statistics, no mixing between images
     out, offset = [], 0
-    try:
+    with eval_mode(cloner):
         for x in image_loader(data, batch_size):
             x = to_input(x, device, channels_last)
             with autocast(device, amp):
@@ -70,8 +67,6 @@ def score(
                     target = source(x)
                 out.append(loss(cloner(x), target, reduction="none").float().cpu())
             offset += len(x)
-    finally:
-        cloner.train(was_training)
     return torch.cat(out).numpy()
 
 
@@ -96,6 +91,7 @@ def evaluate_checkpoints(
     cfg: MKDConfig,
     checkpoint_dir: str | Path,
     *,
+    execution: Execution = Execution(),
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> dict:
@@ -105,8 +101,9 @@ def evaluate_checkpoints(
     labels = labels_of(test_data)
     loss = score_loss(cfg)
     features = FeatureStore.compute(
-        source, test_data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=cfg.cache_dtype,
-        amp=cfg.inference_bf16, channels_last=cfg.channels_last, memory_budget_mb=cfg.memory_budget_mb, progress=progress,
+        source, test_data, loss.layers, batch_size=cfg.batch_size, device=device, dtype=execution.cache_dtype,
+        amp=execution.inference_bf16, channels_last=execution.channels_last,
+        memory_budget_mb=execution.memory_budget_mb, progress=progress,
     )
     aurocs, scores = {}, {}
     for epoch in cfg.eval_epochs():
@@ -115,7 +112,7 @@ def evaluate_checkpoints(
             raise FileNotFoundError(f"missing cloner checkpoint {path}: train the run to epoch {cfg.epochs} first")
         cloner.load_state_dict(load_checkpoint(path)["cloner"])
         scores[epoch] = score(cloner, loss, test_data, features=features, batch_size=cfg.batch_size,
-                              device=device, amp=cfg.inference_bf16, channels_last=cfg.channels_last)
+                              device=device, amp=execution.inference_bf16, channels_last=execution.channels_last)
         aurocs[epoch] = image_auroc(labels, scores[epoch])
     result = summarize(aurocs)
     result["scores"] = scores[max(scores)]

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from mkdlib.paper import items
-from mkdlib.runs.runner import finished_runs, run
+from mkdlib.runs.runner import run
+from mkdlib.runs.store import finished_runs
 
 VARIANTS = {"unchanged": {}, "epochs": {"sample_last": 600}, "lambda": {"value_weight": 0.5}, "size256": {"image_size": 256},
             "grey": {}, "imagenet": {}}  # config overrides

@@ -48,6 +48,7 @@ done
 PY="${PYTHON:-python3}"
 [[ -z "${PYTHON:-}" && -x "$REPO/.venv/bin/python" ]] && PY="$REPO/.venv/bin/python"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export MKDLIB_NOTEBOOKS="$REPO/notebooks"  # the checkout whose results/ this script reads and writes
 ONLY_ARGS=(); ((${#ONLY[@]})) && ONLY_ARGS=(--only "${ONLY[@]}")
 runs_of() {  # <results>/runs, the run cache the notebooks read (no argument: the profile's results folder)
     "$PY" -c "import sys; from mkdlib.paper.notebook import notebook_paths

@@ -8,20 +8,26 @@ from mkdlib.runs.store import RunError
 
 
 def test_scores_training_minimum_to_0_threshold_to_0_5_monotone_and_clipped():
-    cal = image_calibration(train_min=2.0, threshold=3.0)
+    cal = image_calibration([2.0, 2.5], threshold=3.0)
     out = normalize_scores([1.0, 2.0, 2.5, 3.0, 3.25, 4.0, 9.0], cal)
     np.testing.assert_allclose(out, [0.0, 0.0, 0.25, 0.5, 0.625, 1.0, 1.0])
     assert np.all(np.diff(out) >= 0)
 
 
 def test_a_user_threshold_is_0_5_and_keeps_the_runs_span():
-    cal = image_calibration(train_min=2.0, threshold=3.0)
+    cal = image_calibration([2.0, 2.5], threshold=3.0)
     np.testing.assert_allclose(normalize_scores([5.0, 5.5], cal, threshold=5.0), [0.5, 0.75])
 
 
 def test_equal_training_scores_still_decide_at_the_threshold():
-    out = normalize_scores([0.9, 1.0, 1.1], image_calibration(train_min=1.0, threshold=1.0))
+    out = normalize_scores([0.9, 1.0, 1.1], image_calibration([1.0, 1.0]))
     assert out[0] < 0.5 == out[1] < out[2]
+
+
+def test_the_default_threshold_is_the_99th_percentile_of_the_training_scores():
+    scores = np.arange(101.0)  # 0 .. 100
+    cal = image_calibration(scores)
+    assert (cal["min"], cal["threshold"]) == (0.0, 99.0) and "percentile 99" in cal["threshold_rule"]
 
 
 def test_maps_share_one_affine_scale_median_to_0_pixel_threshold_to_0_5():

@@ -55,8 +55,10 @@ def test_cli_names_match_the_library():
     from mkdlib.localization import localization_variants
     from mkdlib.localization import METHODS
 
-    assert cli.METHODS == METHODS and cli.DATASETS == DATASET_NAMES
-    assert cli.VARIANTS == localization_variants()
+    from mkdlib import cli_parser
+
+    assert cli_parser.METHODS == METHODS and cli_parser.DATASETS == DATASET_NAMES
+    assert cli_parser.VARIANTS == localization_variants()
 
 
 def test_train_prints_the_run_directory_and_caches(trained, capsys):

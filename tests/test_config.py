@@ -1,6 +1,7 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from mkdlib.config import PAPER_SETTINGS, MKDConfig, paper_config
@@ -47,34 +48,57 @@ def test_a_recorded_configuration_matches_across_added_fields():
 
 
 def test_execution_settings_are_not_the_experiment():
-    """Precision, layout and caching may differ between a record and a resumed run: the same experiment."""
+    """Precision, layout and caching are Execution's, apart from what is trained: a record that mixed them
+    into its configuration (older mkdlib) still matches, whatever values they had."""
+    from mkdlib.config import EXECUTION_FIELDS, Execution, split
+
     cfg = paper_config("mvtec")
-    recorded = json.loads(json.dumps(replace(cfg, amp=False, channels_last=False, checkpoint_every=50).to_dict()))
-    assert replace(cfg, amp=True, channels_last=True).matches(recorded)
-    assert "amp" not in cfg.experiment() and "epochs" in cfg.experiment()
+    assert not set(EXECUTION_FIELDS) & {f for f in cfg.to_dict()}
+    recorded = {**cfg.to_dict(), "amp": False, "channels_last": None, "checkpoint_every": 50}
+    assert cfg.matches(json.loads(json.dumps(recorded)))
+    assert split({"amp": True, "lr": 0.1, "channels_last": None}) == ({"lr": 0.1}, {"amp": True, "channels_last": True})
+    with pytest.raises(ValueError, match="unknown config field"):
+        split({"epoch": 3})
+    assert Execution().channels_last is True and Execution().amp is False  # fp32, channels_last by default
 
 
-def test_resolve_chooses_the_layout_and_refuses_emulated_bf16(monkeypatch):
+def test_execution_is_checked_and_refuses_emulated_bf16(monkeypatch):
     from mkdlib import hardware
+    from mkdlib.config import Execution
 
-    auto = paper_config("mnist").resolve("cpu")
-    assert (auto.amp, auto.bf16_inference, auto.channels_last) == (False, False, True)  # fp32 by default
-    assert paper_config("mnist", channels_last=False).resolve("cpu").channels_last is False
-    assert paper_config("mnist", amp=True).inference_bf16 is True  # amp: bf16 everywhere
+    assert Execution(amp=True).inference_bf16 is True  # amp: bf16 everywhere
     monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     for asked in ({"amp": True}, {"bf16_inference": True}):
         with pytest.raises(ValueError, match=f"{next(iter(asked))}: this CPU .* does not compute bf16 natively"):
-            paper_config("mnist", **asked).resolve("cpu")
+            Execution(**asked).check("cpu")
+    assert Execution().check("cpu") == Execution()
     monkeypatch.setattr(hardware, "native_bf16", lambda: True)
-    assert paper_config("mnist", bf16_inference=True).resolve("cpu").inference_bf16 is True
-    with pytest.raises(ValueError, match="channels_last must be true or false or null"):
-        MKDConfig(channels_last="yes")
+    assert Execution(bf16_inference=True).check("cpu").inference_bf16 is True
+    with pytest.raises(ValueError, match="channels_last must be true or false"):
+        Execution(channels_last="yes")
     with pytest.raises(ValueError, match="bf16_inference must be true or false, got None"):
-        MKDConfig(bf16_inference=None)
+        Execution(bf16_inference=None)
+    with pytest.raises(ValueError, match="Execution.checkpoint_every must be an integer >= 1"):
+        Execution(checkpoint_every=0)
+    with pytest.raises(ValueError, match="cache_dtype must be one of"):
+        Execution(cache_dtype="int8")
+
+
+def test_every_field_is_checked_by_its_declared_type():
+    for bad, match in ((dict(epochs=True), "epochs must be an integer >= 1, got True"),
+                       (dict(epochs=2.5), "epochs must be an integer"), (dict(image_size=16), "image_size"),
+                       (dict(lr=float("nan")), "lr must be a finite number > 0"), (dict(lr=0), "lr must be"),
+                       (dict(value_weight=-1), "value_weight must be a finite number >= 0"),
+                       (dict(value_weight=0, direction_weight=0), "both 0"), (dict(pretrained=1), "pretrained"),
+                       (dict(train_layers="pool3"), "list of layer names"), (dict(score_layers=["pool9"]), "pool9"),
+                       (dict(extra=[1]), "dict of dataset options"), (dict(cloner="huge"), "cloner must be one of")):
+        with pytest.raises(ValueError, match=match):
+            MKDConfig(**bad)
+    assert MKDConfig(epochs=np.int64(3), lr=1).epochs == 3 and isinstance(MKDConfig(lr=1).lr, float)
 
 
 def test_learning_rate_schedules():
-    from mkdlib.config import learning_rate
+    from mkdlib.train import learning_rate
 
     assert {learning_rate(paper_config("mvtec"), step, 4) for step in range(2404)} == {1e-3}  # the paper's
     cfg = paper_config("mvtec", schedule="cosine", lr=3e-3, warmup_epochs=6, epochs=120)
@@ -94,6 +118,6 @@ def test_fast_overrides_train_a_fifth_and_sample_as_many_cloners():
         paper, fast = paper_config(dataset), paper_config(dataset, **fast_overrides(dataset))
         assert fast.epochs * 5 <= paper.epochs and fast.schedule == "cosine"
         assert len(fast.eval_epochs()) == len(paper.eval_epochs()) and fast.eval_epochs()[-1] == fast.epochs
-        assert fast.experiment().keys() == paper.experiment().keys()  # the schedule only:
-        assert {k for k in fast.experiment() if fast.experiment()[k] != paper.experiment()[k]} <= {
+        assert fast.to_dict().keys() == paper.to_dict().keys()  # the schedule only:
+        assert {k for k in fast.to_dict() if fast.to_dict()[k] != paper.to_dict()[k]} <= {
             "epochs", "lr", "schedule", "warmup_epochs", "sample_last", "eval_every"}

@@ -239,11 +239,12 @@ def test_smoke_run(name, smoke):
 
 
 @pytest.mark.slow
-def test_relative_results_land_beside_the_notebooks_from_any_working_directory(tmp_path):
-    """papermill run directly, from another folder: a relative results_dir is taken from notebooks/, and
-    dict parameters given as JSON text (papermill -p) are decoded."""
+def test_relative_results_land_beside_the_notebooks_from_any_working_directory(tmp_path, monkeypatch):
+    """papermill run directly, from another folder, with $MKDLIB_NOTEBOOKS naming the notebooks folder: a
+    relative results_dir is taken from it, and dict parameters given as JSON text (papermill -p) are decoded."""
     import papermill as pm
 
+    monkeypatch.setenv(notebook.NOTEBOOKS_ENV, str(NOTEBOOK_DIR))  # the kernel inherits it
     elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
     elsewhere.mkdir()
     parameters = {"profile": "smoke", "results_dir": os.path.relpath(out, NOTEBOOK_DIR), "threads": 1,
@@ -266,7 +267,7 @@ def test_a_notebook_in_another_profile_does_not_overwrite_the_paper_tables(tmp_p
     force=True is the way to overwrite them."""
     import papermill as pm
 
-    results = notebook.RESULTS_DIR
+    results = notebook.default_results("paper")
     for name in ("table3.md", "table3.csv", "README.md"):
         (tmp_path / name).write_bytes((results / name).read_bytes())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mkdlib.cli import key_value
+from mkdlib.cli_parser import key_value
 from mkdlib.paper import notebook, regenerate, tabulation
 from mkdlib.paper.notebook import NOTEBOOKS
 
@@ -101,7 +101,10 @@ def _paper_tables(results: Path) -> dict[str, str]:
 
 
 def test_each_profile_has_its_own_default_results_folder(monkeypatch, tmp_path, papermill):
-    monkeypatch.setattr(notebook, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "table3_mvtec_detection.ipynb").write_text("{}")
+    monkeypatch.chdir(tmp_path)  # a checkout: its notebooks folder is found from the working tree
+    assert notebook.notebooks_folder() == tmp_path / "notebooks"
     assert notebook.default_results("paper") == tmp_path / "results"
     assert notebook.default_results("smoke") == tmp_path / "results" / "smoke"
     assert regenerate.main(["--profile", "smoke", "--only", "table3", "--kernel", "python3"]) == 0
@@ -124,15 +127,22 @@ def test_smoke_never_overwrites_paper_tables_without_force(tmp_path, papermill, 
 
 
 def test_the_committed_results_are_guarded():
-    clash = notebook.overwrites(notebook.RESULTS_DIR, notebook.select(["table2_mnist"]), "smoke")
+    clash = notebook.overwrites(notebook.default_results("paper"), notebook.select(["table2_mnist"]), "smoke")
     assert {p.name for p, profile in clash if profile == "paper"} >= {"table2_mnist.csv", "table2_mnist.md",
                                                                       "README.md"}
-    assert notebook.overwrites(notebook.RESULTS_DIR, notebook.select(None), "paper") == []
+    assert notebook.overwrites(notebook.default_results("paper"), notebook.select(None), "paper") == []
 
 
-def test_notebook_paths_do_not_depend_on_the_working_directory(monkeypatch, tmp_path):
+def test_notebook_paths_are_taken_from_the_notebooks_folder(monkeypatch, tmp_path):
+    """Relative paths are the notebooks folder's, found in the working tree (the folder itself, or a checkout
+    above it), or named by $MKDLIB_NOTEBOOKS; elsewhere, a clear error, never a guess."""
+    results = notebook.default_results("paper")
+    monkeypatch.chdir(results.parent / "notebooks")
+    assert notebook.default_results("paper") == results
     monkeypatch.chdir(tmp_path)
-    results = notebook.RESULTS_DIR
+    with pytest.raises(ValueError, match="no notebooks folder"):
+        notebook.notebook_paths("paper", None)
+    monkeypatch.setenv(notebook.NOTEBOOKS_ENV, str(results.parent / "notebooks"))
     assert notebook.notebook_paths("paper", "../results") == (results, results / "runs")
     assert notebook.notebook_paths("smoke", None) == (results / "smoke", results / "smoke" / "runs")
     assert notebook.notebook_paths("smoke", tmp_path / "r", "../cache") == (tmp_path / "r", results.parent / "cache")

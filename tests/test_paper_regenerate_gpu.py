@@ -19,7 +19,8 @@ from mkdlib.paper.notebook import NOTEBOOKS
 from mkdlib.runs.spec import RunResult, RunSpec
 from mkdlib.weights import WEIGHTS_ENV
 
-SCRIPT = notebook.REPO / "scripts" / "regenerate_gpu.sh"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "regenerate_gpu.sh"
 TINY = {"n_train": 8, "n_test_good": 3, "n_test_defect": 3, "size": 64}
 
 
@@ -35,7 +36,7 @@ def _notebook_keys(name: str, **parameters) -> list[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reproduction, "_train", caught)
         try:
-            reproduce(name, results_dir=notebook.REPO / "no-results-written", **parameters)
+            reproduce(name, results_dir=REPO / "no-results-written", **parameters)
         except _Trained as trained:
             return trained.args[0]
     raise AssertionError(f"{name} trains nothing")

@@ -43,7 +43,7 @@ def test_reproduce_refuses_another_profiles_tables_before_any_run(tmp_path):
     from mkdlib.paper import notebook as nb
 
     for name in ("table3.md", "table3.csv", "README.md"):
-        (tmp_path / name).write_bytes((nb.RESULTS_DIR / name).read_bytes())
+        (tmp_path / name).write_bytes((nb.default_results("paper") / name).read_bytes())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(FileExistsError, match="table3"):
         reproduce("table3_mvtec_detection", profile="smoke", results_dir=tmp_path, progress=False,

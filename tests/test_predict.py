@@ -40,7 +40,8 @@ def test_predict_flags_defects_above_the_threshold(trained, tmp_path):
     assert list(written.columns) == ["path", "score", "raw_score", "threshold", "anomalous", "heatmap", "error"]
     assert len(written) == 12 and (written["threshold"] == 0.5).all()
     assert written["anomalous"].tolist() == table["anomalous"].tolist() == (written["score"] > 0.5).tolist()
-    assert written["anomalous"].tolist() == (written["raw_score"] > result.metrics["threshold"]).tolist()
+    threshold = read_calibration(result.run_dir)["image"]["threshold"]  # computed by this first predict
+    assert written["anomalous"].tolist() == (written["raw_score"] > threshold).tolist()
     assert written["score"].between(0, 1).all()
     for name in written["heatmap"]:
         with Image.open(tmp_path / "out" / name) as im:
@@ -149,25 +150,37 @@ def test_a_user_threshold_on_the_raw_score_is_0_5_on_the_normalised_one(trained,
     assert moved["raw_score"].tolist() == table["raw_score"].tolist() and (moved["threshold"] == 0.5).all()
 
 
-def _old_copy(result, tmp_path, checkpoints=True):
-    """The run as an older mkdlib left it: no calibration.json, no metrics at the threshold."""
+def _copy(result, tmp_path, checkpoints=True):
+    """The run as training left it (no calibration.json, no metrics at the threshold), or as a committed
+    record without its checkpoints."""
     copy = tmp_path / "runs" / result.run_dir.name
     shutil.copytree(result.run_dir, copy, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints"))
-    (copy / CALIBRATION).unlink()
+    (copy / CALIBRATION).unlink(missing_ok=True)
     metrics = json.loads((copy / "metrics.json").read_text())
-    del metrics["at_threshold"]
+    metrics.pop("at_threshold", None)
     (copy / "metrics.json").write_text(json.dumps(metrics))
     return copy
 
 
-def test_a_run_without_calibration_gets_it_stored_once(trained, tmp_path):
+def test_a_run_computes_its_calibration_when_first_needed_and_keeps_it(trained, tmp_path):
+    """Training computes no threshold (issue 33): the first predict does, from the training images, and
+    stores it once; the threshold is the 99th percentile of the final cloner's training scores."""
+    from mkdlib.runs.loading import load_data, load_model
+    from mkdlib.scoring import score, score_loss
+
     result, category = trained
-    old = _old_copy(result, tmp_path)
-    predict(old, [category / "test" / "good"], tmp_path / "out", progress=False)
-    stored, original = read_calibration(old), read_calibration(result.run_dir)
-    assert stored["image"] == original["image"]
-    assert stored["maps"]["gradients"] == pytest.approx(original["maps"]["gradients"])
-    assert not [p for p in old.iterdir() if p.name.startswith(".calibration")]  # written atomically
+    run = _copy(result, tmp_path)
+    assert not (run / CALIBRATION).exists() and "threshold" not in result.metrics
+    predict(run, [category / "test" / "good"], tmp_path / "out", progress=False)
+    stored = read_calibration(run)
+    _, cfg, source, cloner = load_model(run)
+    train_scores = score(cloner, score_loss(cfg), load_data(result.spec, cfg, split="train"), source=source)
+    assert stored["image"]["threshold"] == pytest.approx(np.percentile(train_scores, 99), rel=1e-5)
+    assert stored["image"]["min"] == pytest.approx(train_scores.min(), rel=1e-5) and "gradients" in stored["maps"]
+    written = (run / CALIBRATION).stat().st_mtime_ns
+    predict(run, [category / "test" / "spot"], tmp_path / "out2", progress=False)
+    assert (run / CALIBRATION).stat().st_mtime_ns == written  # kept, not recomputed
+    assert not [p for p in run.iterdir() if p.name.startswith(".calibration")]  # written atomically
 
 
 def test_a_calibration_without_the_training_images_says_where_to_run(trained, tmp_path, monkeypatch):
@@ -179,36 +192,38 @@ def test_a_calibration_without_the_training_images_says_where_to_run(trained, tm
         raise DatasetNotFoundError("synthetic data not found: expected /elsewhere")
 
     result, category = trained
-    old = _old_copy(result, tmp_path)
+    old = _copy(result, tmp_path)
     monkeypatch.setattr(decisions, "load_data", missing)
     with pytest.raises(RunError, match="calibration.json lacks.*/elsewhere.*copy calibration.json"):
         predict(old, [category / "test" / "good"], tmp_path / "out", progress=False)
 
 
-def test_metrics_at_the_threshold_new_runs_and_mkd_evaluate(trained, tmp_path, capsys):
+def test_metrics_at_the_threshold_from_mkd_evaluate(trained, tmp_path, capsys):
     result, _ = trained
-    decisions = result.metrics["at_threshold"]
+    run = _copy(result, tmp_path)
+    assert main(["evaluate", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert "at the threshold, image: precision" in capsys.readouterr().out
+    decisions = load_run(run).metrics["at_threshold"]
     image = decisions["image"]
     assert image["tp"] + image["fn"] == result.metrics["n_test_anomalous"]
     assert image["tp"] + image["fp"] + image["tn"] + image["fn"] == result.metrics["n_test"]
     assert 0 <= image["precision"] <= 1 and image["f1"] > 0.5
+    assert decisions["threshold"] == read_calibration(run)["image"]["threshold"]
     pixel = decisions["pixel"]
     assert pixel["method"] == "gradients" and pixel["tp"] + pixel["fp"] + pixel["tn"] + pixel["fn"] == 12 * 48 * 48
+    assert load_run(run).metrics["pixel"] == result.metrics["pixel"]  # the paper's metrics untouched
 
-    old = _old_copy(result, tmp_path)
-    assert main(["evaluate", str(old), "--quiet", "--device", "cpu"]) == 0
-    assert "at the threshold, image: precision" in capsys.readouterr().out
-    added = load_run(old).metrics["at_threshold"]
-    assert added["image"] == image and added["pixel"] == pytest.approx(pixel)
-    assert load_run(old).metrics["pixel"] == result.metrics["pixel"]  # the paper's metrics untouched
-
-    record = _old_copy(result, tmp_path / "record", checkpoints=False)  # a committed record: image level only
+    record = _copy(result, tmp_path / "record", checkpoints=False)  # a committed record, no cloner, no threshold
+    assert "at_threshold" not in add_threshold_metrics(record).metrics
+    assert main(["evaluate", str(record), "--quiet", "--device", "cpu"]) == 0
+    assert "no metrics at a threshold" in capsys.readouterr().out
+    shutil.copy(run / CALIBRATION, record / CALIBRATION)  # its calibration beside it: image level
     assert set(add_threshold_metrics(record).metrics["at_threshold"]) == {"threshold", "image"}
 
 
 def test_evaluate_figures_one_png_per_test_image(trained, tmp_path, capsys):
     result, _ = trained
-    old = _old_copy(result, tmp_path)
+    old = _copy(result, tmp_path)
     folder = evaluation_figures(old, progress=False)
     assert folder == old / "figures" and len(list(folder.glob("*.png"))) == result.metrics["n_test"]
     assert main(["evaluate", str(old), "--figures", "--out", str(tmp_path / "figs"), "--quiet",

@@ -25,7 +25,7 @@ def _started(root: Path, spec: RunSpec, year: int) -> Path:
     """A run directory as run() leaves it before training (spec.json), dated `year`."""
     run_dir = root / spec.key()
     run_dir.mkdir(parents=True)
-    write_spec(run_dir, spec, spec.mkd_config())
+    write_spec(run_dir, spec, spec.mkd_config(), spec.execution_config())
     stamp = 1e9 + (year - 2001) * 3.2e7
     os.utime(run_dir / SPEC, (stamp, stamp))
     return run_dir

@@ -16,6 +16,7 @@ import pytest
 import mkdlib.runs.runner as ex
 from mkdlib import scoring
 from mkdlib.calibration import ConstantMapsError
+from mkdlib.config import Execution
 from mkdlib.datasets.subset import subset_indices
 from mkdlib.runs import evaluation, loading
 from mkdlib.runs.executors import run_many
@@ -56,7 +57,11 @@ def test_run_writes_its_directory_and_a_second_run_is_a_cache_hit(tmp_path, monk
     assert m["image_auroc"]["final_epoch"] == 4 and set(m["image_auroc"]["per_epoch"]) == {2, 4}
     assert 0 <= m["image_auroc"]["final"] <= 1 and m["n_train"] == 8 and m["n_test"] == 6
     assert set(m["pixel"]["gradients"]) == {"paper_pixel_auroc", "pixel_auroc", "au_pro"}
-    assert set(m["timing_s"]) >= {"train", "evaluate", "localize"} and np.isfinite(m["threshold"])
+    assert set(m["timing_s"]) >= {"train", "evaluate", "localize"}
+    assert "threshold" not in m and not (result.run_dir / "calibration.json").exists()  # predict's, when asked
+    ran = Execution(checkpoint_every=2, deterministic=True).to_dict()  # TINY_CONFIG's, kept apart from the config
+    assert m["execution"] == ran and json.loads((result.run_dir / "spec.json").read_text())["execution"] == ran
+    assert "checkpoint_every" not in m["config"]
     env = json.loads((result.run_dir / "env.json").read_text())
     assert env["packages"]["torch"] and env["device"] == "cpu" and "git_commit" in env
 
@@ -111,7 +116,6 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
     resumed = run(spec, tmp_path / "killed", progress=False)
     assert resumed.metrics["resumed_from_epoch"] == 2
     assert resumed.metrics["image_auroc"] == reference.metrics["image_auroc"]
-    assert resumed.metrics["threshold"] == reference.metrics["threshold"]
     losses = lambda d: (d / "history.csv").read_text().splitlines()  # noqa: E731
     assert [r.split(",")[:2] for r in losses(run_dir)] == [r.split(",")[:2] for r in losses(reference.run_dir)]
 
@@ -326,20 +330,27 @@ def test_a_run_recorded_before_a_config_field_existed_resumes(tmp_path):
     first = run(spec, tmp_path / "runs", progress=False)
     path = first.run_dir / "spec.json"
     d = json.loads(path.read_text())
-    del d["config"]["channels_last"]  # as an older mkdlib wrote it
+    del d["config"]["warmup_epochs"]  # as an older mkdlib wrote it
     path.write_text(json.dumps(d))
     (first.run_dir / "metrics.json").unlink()
     assert run(spec, tmp_path / "runs", progress=False).metrics["image_auroc"] == first.metrics["image_auroc"]
 
 
 def test_constant_maps_do_not_lose_the_trained_run(tmp_path, monkeypatch):
+    """Maps without a scale stop predict with a message, not the run: training computes no map scale."""
+    from mkdlib import decisions
+    from mkdlib.predict import predict
+
     def constant(*args, **kwargs):
         raise ConstantMapsError("the gradients maps of the training images are constant")
 
-    monkeypatch.setattr(ex, "map_calibration", constant)
+    monkeypatch.setattr(decisions, "map_calibration", constant)
     result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
-    assert result.ok and "pixel" not in result.metrics["at_threshold"]
-    assert json.loads((result.run_dir / "calibration.json").read_text())["maps"] == {}
+    assert result.ok
+    with pytest.raises(ConstantMapsError, match="constant"):
+        predict(result.run_dir, [next((tmp_path / "data").iterdir()) / "test" / "good"], tmp_path / "out",
+                progress=False)
+    assert load_run(result.run_dir).ok
 
 
 def test_a_long_run_prints_its_estimated_time_first(tmp_path, monkeypatch, capsys):

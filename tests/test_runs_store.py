@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from mkdlib.config import Execution
 from mkdlib.localization import METHODS, NOBLUR_SUFFIX, localization_variants, parse_method
 from mkdlib.runs.spec import RunSpec
 from mkdlib.runs.store import (SPEC, RunError, RunLock, environment, load_run, read_spec, upgrade_root, write_json,
@@ -65,7 +66,7 @@ def _finished(tmp_path):
     spec = RunSpec("synthetic", config={"epochs": 4}, weights=None)
     run_dir = tmp_path / spec.key()
     run_dir.mkdir()
-    write_spec(run_dir, spec, spec.mkd_config())
+    write_spec(run_dir, spec, spec.mkd_config(), Execution())
     return spec, run_dir
 
 
@@ -98,11 +99,11 @@ def test_load_run_tells_unfinished_from_corrupt_and_incompatible(tmp_path):
 
 def test_a_run_directory_holds_one_spec_and_configuration(tmp_path):
     spec, run_dir = _finished(tmp_path)
-    write_spec(run_dir, spec, spec.mkd_config())  # the same run again: accepted
+    write_spec(run_dir, spec, spec.mkd_config(), Execution())  # the same run again: accepted
     with pytest.raises(RunError, match="different run"):
-        write_spec(run_dir, RunSpec("synthetic", seed=1), spec.mkd_config())
+        write_spec(run_dir, RunSpec("synthetic", seed=1), spec.mkd_config(), Execution())
     with pytest.raises(RunError, match="another resolved configuration"):
-        write_spec(run_dir, spec, RunSpec("synthetic", config={"epochs": 5}).mkd_config())
+        write_spec(run_dir, spec, RunSpec("synthetic", config={"epochs": 5}).mkd_config(), Execution())
 
 
 def test_the_lock_makes_a_second_holder_wait(tmp_path):
@@ -143,7 +144,7 @@ def test_upgrade_root_renames_legacy_keys_only(tmp_path):
     (old_dir / "metrics.json").write_text("{}")
     current = tmp_path / RunSpec("mnist", 1).key()
     current.mkdir()
-    write_spec(current, RunSpec("mnist", 1), RunSpec("mnist", 1).mkd_config())
+    write_spec(current, RunSpec("mnist", 1), RunSpec("mnist", 1).mkd_config(), Execution())
     assert upgrade_root(tmp_path) == [(old_dir.name, legacy.key())]
     new_dir = tmp_path / legacy.key()
     assert (new_dir / "metrics.json").read_text() == "{}" and not old_dir.exists()

@@ -66,5 +66,7 @@ def locate(name: str, root: str | Path | None, marker: str) -> Path:
     for folder in candidates:
         if (folder / marker).exists():
             return folder
-    expected = candidates[1] if root is None and len(candidates) > 1 else base
-    raise not_found(name, expected / marker)
+    if root is None:  # said as the documented location, not this machine's expansion of it
+        sub = next((s for s in SUBFOLDERS.get(name, ()) if s), "")
+        raise not_found(name, Path(f"${ENV_VAR}") / sub / marker)
+    raise not_found(name, base / marker)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mkdlib.config import MKDConfig, profile_of
+from mkdlib.config import Execution, MKDConfig, profile_of, split
 from mkdlib.localization import GRADIENTS, GUIDED_BACKPROP, NOBLUR_SUFFIX, SMOOTHGRAD, SMOOTHGRAD_REFERENCE
 from mkdlib.paper.numbers import CIFAR10_CLASSES, FASHIONMNIST_CLASSES, MNIST_CLASSES, MVTEC_CATEGORIES, PAPER
 from mkdlib.runs.spec import RunSpec
@@ -254,11 +254,13 @@ def varied_keys(item: str | Item) -> set[str]:
 
 
 def check_overrides(item: str | Item, config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """config as a dict, after checking that it is a valid MKDConfig override the item does not vary."""
+    """config as a dict, after checking that it holds valid MKDConfig (or Execution) overrides the item does
+    not vary."""
     it, config = get_item(item), dict(config or {})
     if "dataset" in config:
         raise ValueError(f"config: the dataset is set by {it.id}'s rows, drop 'dataset' from config")
-    MKDConfig.from_dict(config)  # unknown fields and invalid values raise here, naming them
+    experiment, execution = split(config)  # unknown fields raise here, naming them
+    MKDConfig.from_dict(experiment), Execution.from_dict(execution)  # and invalid values
     clash = sorted(set(config) & varied_keys(it))
     if clash:
         raise ValueError(f"config: {it.id} compares runs that differ in {clash}; "

@@ -1,5 +1,5 @@
 """What a notebook asks for: its parameters turned into folders (`notebook_paths`: relative to the
-notebooks folder, whoever starts papermill), run options (`notebook_options`: dicts given as JSON strings
+notebooks folder, which `notebooks_folder` finds in the working tree, whoever starts papermill), run options (`notebook_options`: dicts given as JSON strings
 decoded) and its runs (`notebook_specs`, by the item that needs them); which notebooks an `--only`
 selects; and the data / weights locations given on the command line (`use_locations`).
 
@@ -23,8 +23,7 @@ from mkdlib.paper.markdown import written_profile
 from mkdlib.runs.spec import RunSpec
 from mkdlib.weights import WEIGHTS_ENV
 
-REPO = Path(__file__).resolve().parents[2]  # a source checkout (pip install -e .)
-NOTEBOOK_DIR, RESULTS_DIR = REPO / "notebooks", REPO / "results"
+NOTEBOOKS_ENV = "MKDLIB_NOTEBOOKS"  # the notebooks folder, for kernels started elsewhere (mkd regenerate sets it)
 
 
 # Notebook (notebooks/<name>.ipynb) -> the items and figures it writes. Tables 9-10 are split between the
@@ -107,25 +106,41 @@ def select(only: Sequence[str] | None = None) -> list[str]:
     return [nb for nb in NOTEBOOKS if nb in wanted]
 
 
-def default_results(profile: str) -> Path:
-    """results/ for the paper profile (the committed tables), results/<profile>/ for any other, so that a
-    pipeline check never replaces the paper's numbers."""
+def notebooks_folder(explicit: str | Path | None = None) -> Path:
+    """The suite's notebooks folder: `explicit`, else $MKDLIB_NOTEBOOKS, else the working tree's: the current
+    folder where it holds the suite's notebooks (Jupyter and `mkd regenerate` run them there), else the
+    nearest folder above it with a notebooks/ that holds them (a checkout's root). ValueError saying how
+    to name it where none is found."""
+    given = explicit or os.environ.get(NOTEBOOKS_ENV)
+    if given:
+        return Path(given).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *(p / "notebooks" for p in (here, *here.parents))):
+        if any((folder / f"{name}.ipynb").is_file() for name in NOTEBOOKS):
+            return folder
+    raise ValueError(f"no notebooks folder (holding the suite's notebooks, e.g. {next(iter(NOTEBOOKS))}.ipynb) in "
+                     f"or above {here}: run from the checkout, pass its notebooks folder, or set ${NOTEBOOKS_ENV}")
+
+
+def default_results(profile: str, notebooks: str | Path | None = None) -> Path:
+    """<checkout>/results for the paper profile (the committed tables), results/<profile>/ for any other,
+    so that a pipeline check never replaces the paper's numbers; the checkout is the notebooks folder's."""
+    results = notebooks_folder(notebooks).parent / "results"
     name = profile_of(profile).name
-    return RESULTS_DIR if name == "paper" else RESULTS_DIR / name
+    return results if name == "paper" else results / name
 
 
-def _from_notebooks(path: str | Path) -> Path:
-    """A notebook parameter's path, relative ones taken from the notebooks folder (as "../results" was
-    always meant), not from the working directory of whoever started papermill."""
-    return (NOTEBOOK_DIR / Path(path).expanduser()).resolve()
-
-
-def notebook_paths(profile: str, results_dir: str | Path | None,
-                   runs_dir: str | Path | None = None) -> tuple[Path, Path]:
+def notebook_paths(profile: str, results_dir: str | Path | None, runs_dir: str | Path | None = None,
+                   notebooks: str | Path | None = None) -> tuple[Path, Path]:
     """(results folder, run cache) of a notebook: results_dir, else the profile's default_results; the run
-    cache runs_dir, else <results folder>/runs. Relative paths are relative to the notebooks folder."""
-    results = default_results(profile) if results_dir is None else _from_notebooks(results_dir)
-    return results, _from_notebooks(runs_dir) if runs_dir else results / "runs"
+    cache runs_dir, else <results folder>/runs. Relative paths are taken from the notebooks folder (as
+    "../results" always meant), not from the working directory of whoever started papermill."""
+    def located(path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        return path.resolve() if path.is_absolute() else (notebooks_folder(notebooks) / path).resolve()
+
+    results = default_results(profile, notebooks) if results_dir is None else located(results_dir)
+    return results, located(runs_dir) if runs_dir else results / "runs"
 
 
 def _decoded(name: str, value: Any) -> Any:

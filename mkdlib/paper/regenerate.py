@@ -23,12 +23,12 @@ from typing import Any
 
 import pandas as pd
 
-from mkdlib.cli import key_value
+from mkdlib.cli_parser import key_value
 from mkdlib.config import PROFILES
 from mkdlib.paper import train_only
 from mkdlib.paper.items import FIGURES
-from mkdlib.paper.notebook import (NOTEBOOK_DIR, NOTEBOOKS, outputs, RESULTS_DIR, default_results, refuse_overwrites,
-                                   select, use_locations)
+from mkdlib.paper.notebook import (NOTEBOOKS, NOTEBOOKS_ENV, default_results, notebooks_folder, outputs,
+                                   refuse_overwrites, select, use_locations)
 
 KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
@@ -80,12 +80,13 @@ def _drawn(results_dir: Path, figure: str, since: float) -> bool:
 
 
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
-            notebook_dir: str | Path = NOTEBOOK_DIR, parameters: Mapping[str, Any] | None = None,
+            notebook_dir: str | Path | None = None, parameters: Mapping[str, Any] | None = None,
             kernel: str | None = None, log_output: bool = False, force: bool = False,
             strict: bool = False) -> dict[str, str | None]:
     """Execute each notebook into `<results_dir>/executed/<name>.ipynb`; name -> None or its error.
 
-    results_dir: default_results(profile) when None. Files of another profile are not overwritten unless
+    notebook_dir: the suite's notebooks (default: notebook.notebooks_folder()); results_dir:
+    default_results(profile) when None. Files of another profile are not overwritten unless
     `force` (FileExistsError before anything runs). strict: a notebook with an item that ran nothing fails.
     """
     import papermill as pm
@@ -93,8 +94,8 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
     fixed = sorted({"profile", "results_dir", "force"} & set(parameters or {}))
     if fixed:
         raise ValueError(f"parameters {fixed} are set by --profile, --results and --force; drop them from -p")
-    results_dir = default_results(profile) if results_dir is None else Path(results_dir).resolve()
-    notebook_dir = Path(notebook_dir).resolve()
+    notebook_dir = notebooks_folder(notebook_dir)  # also the kernels' working folder, where reproduce() finds it
+    results_dir = default_results(profile, notebook_dir) if results_dir is None else Path(results_dir).resolve()
     if not force:  # every notebook checked before the first runs (each checks itself again: reproduce)
         refuse_overwrites(results_dir, names, profile)
     executed = results_dir / "executed"
@@ -138,9 +139,10 @@ def parser() -> argparse.ArgumentParser:
                    help="paper: the full protocol; smoke: tiny subsets and 2 epochs (a pipeline check)")
     p.add_argument("--only", nargs="+", metavar="ITEM",
                    help=f"items (table3, figure6, ...) or notebooks: {', '.join(NOTEBOOKS)}")
-    p.add_argument("--results", help=f"results folder (default: {RESULTS_DIR} for the paper profile, "
-                                     f"{RESULTS_DIR}/<profile> for the others)")
-    p.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
+    p.add_argument("--results", help="results folder (default: the checkout's results/ for the paper profile, "
+                                     "results/<profile> for the others)")
+    p.add_argument("--notebooks", help="notebook folder (default: the working tree's notebooks/, or "
+                                       f"${NOTEBOOKS_ENV})")
     p.add_argument("-p", "--parameter", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help='a notebook parameter, e.g. -p device=cuda -p executor=processes -p workers=4 '
                         '-p \'data_roots={"mvtec": "/data/mvtec"}\' (repeatable)')
@@ -178,7 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as err:
         print(f"mkd regenerate: {err.args[0]}", file=sys.stderr)
         return 2
-    results = default_results(args.profile) if args.results is None else Path(args.results).resolve()
+    try:
+        notebooks = notebooks_folder(args.notebooks)
+    except ValueError as err:
+        print(f"mkd regenerate: {err}", file=sys.stderr)
+        return 2
+    results = default_results(args.profile, notebooks) if args.results is None else Path(args.results).resolve()
     runs = Path(args.runs_dir).resolve() if args.runs_dir else None
     parameters = {**dict(args.parameter), **{k: str(v) for k, v in (("device", args.device), ("runs_dir", runs))
                                              if v is not None}}
@@ -188,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _unpack(args.unpack, runs or results / "runs")
         if args.train_only:
             return train_only.main(args, names, runs or results / "runs")
-        status = execute(names, profile=args.profile, results_dir=results, notebook_dir=args.notebooks,
+        status = execute(names, profile=args.profile, results_dir=results, notebook_dir=notebooks,
                          parameters=parameters, kernel=args.kernel, log_output=args.log_output,
                          force=args.force, strict=args.strict)
     except (FileExistsError, ValueError) as err:

@@ -20,7 +20,7 @@ from mkdlib.paper.notebook import (NOTEBOOKS, notebook_options, notebook_paths, 
                                    refuse_overwrites)
 from mkdlib.plots import save_figure
 from mkdlib.runs import executors, planning
-from mkdlib.runs.runner import finished_runs
+from mkdlib.runs.store import finished_runs
 from mkdlib.runs.spec import RunResult, RunSpec
 
 HEATMAPS = {"figure1": (2, None), "figure6": (3, 2)}  # heatmap figure -> (test images a row, figures shown)

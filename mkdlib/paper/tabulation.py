@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mkdlib.config import EXECUTION_FIELDS, Profile, paper_config, profile_of
+from mkdlib.config import Profile, paper_config, profile_of
 from mkdlib.localization import localization_variants
 from mkdlib.paper import markdown
 from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Setting, get_item, output_name, title,
@@ -23,7 +23,7 @@ from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Setting,
 from mkdlib.paper.numbers import PAPER
 from mkdlib.runs.evaluation import add_localization
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import SPEC, read_json
+from mkdlib.runs.store import recorded_execution
 from mkdlib.weights import describe_weights, weights_sha256
 
 PIXEL_LABELS = {
@@ -127,16 +127,14 @@ def _weights(result: RunResult) -> str:
 
 
 def overrides_of(spec: RunSpec, exclude: Iterable[str] = ()) -> str:
-    """The run's MKDConfig overrides of what it trains (execution settings aside) outside `exclude`, as
-    "key=value, ..." ("" for none)."""
-    skip = set(exclude) | set(EXECUTION_FIELDS)
+    """The run's MKDConfig overrides of what it trains outside `exclude`, as "key=value, ..." ("" for none)."""
+    skip = set(exclude)
     return ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items()) if k not in skip)
 
 
 def precision_of(result: RunResult) -> str:
-    """Where a finished run computed in bf16, from the configuration its spec.json recorded ("" for fp32)."""
-    path = result.run_dir / SPEC if result.run_dir is not None else None
-    recorded = read_json(path).get("config", {}) if path is not None and path.is_file() else {}
+    """Where a finished run computed in bf16, from the execution its spec.json recorded ("" for fp32)."""
+    recorded = recorded_execution(result.run_dir) if result.run_dir is not None else {}
     if recorded.get("amp"):
         return "bf16 training and scoring"
     return "bf16 scoring" if recorded.get("bf16_inference") else ""

@@ -9,7 +9,7 @@ are read from them.
 import importlib
 
 _FACE = {"RunError": "store", "RunResult": "spec", "RunSpec": "spec", "evaluate": "runner",
-         "finished_runs": "runner", "load_model": "loading", "run": "runner", "run_many": "executors"}
+         "finished_runs": "store", "load_model": "loading", "run": "runner", "run_many": "executors"}
 __all__ = sorted(_FACE)
 
 

@@ -5,6 +5,7 @@ the labelled test set (`threshold_metrics`, `pixel_at_threshold`: what `mkd pred
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +21,8 @@ from mkdlib.io_utils import atomic_write_text
 from mkdlib.localization import GRADIENTS, check_methods
 from mkdlib.models import Cloner, Source
 from mkdlib.runs.loading import build_models, check_weights, load_data, load_final_cloner
-from mkdlib.runs.spec import RunResult
+from mkdlib.datasets import ENV_VAR as DATA_ENV
+from mkdlib.runs.spec import RunResult, RunSpec
 from mkdlib.runs.store import METRICS, RunLock, load_run, write_json
 from mkdlib.scoring import pixel_metrics, score_loss
 
@@ -57,8 +59,24 @@ def missing_maps(result: RunResult, methods: Iterable[str]) -> list[str]:
     return [m for m in methods if m not in result.metrics.get("pixel", {})]
 
 
-def write_scores(path: Path, data: Dataset, scores: np.ndarray) -> None:
-    table = pd.DataFrame({"index": np.arange(len(scores)), "path": list(data.paths),
+def portable_path(path: str | Path, root: str | Path | None) -> str:
+    """`path` relative to the data root `root` (a run's data_root, else $MKDLIB_DATA) where it lies
+    under it, as a POSIX path ("mvtec/bottle/test/broken_large/000.png"): committed records name no
+    machine's folders. Other paths are returned as they are."""
+    root = root if root is not None else os.environ.get(DATA_ENV)
+    if root is None:
+        return str(path)
+    try:
+        return Path(path).relative_to(Path(root).expanduser()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def write_scores(path: Path, spec: RunSpec, data: Dataset, scores: np.ndarray) -> None:
+    """scores.csv: the final cloner's score of every test image, with its label, the dataset and its path
+    relative to the data root (portable_path)."""
+    table = pd.DataFrame({"index": np.arange(len(scores)), "dataset": spec.dataset,
+                          "path": [portable_path(p, spec.data_root) for p in data.paths],
                           "label": np.asarray(data.labels), "score": scores})
     buf = io.StringIO()
     table.to_csv(buf, index=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -19,10 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mkdlib.io_utils import atomic_write_text
-from mkdlib.runs.runner import is_finished, run
+from mkdlib.runs.runner import run
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import ERROR
+from mkdlib.runs.store import is_finished
 
 
 @contextmanager
@@ -47,16 +45,11 @@ def executor(kind: str = "auto", workers: int | None = None, device: str = "cpu"
 
 
 def _run_one(spec: RunSpec, results_root: str, device: str, progress: bool) -> RunResult:
-    """run() that never raises: the error becomes part of the result (and run_dir/error.txt)."""
+    """run() that never raises: the error becomes part of the result (run() leaves run_dir/error.txt)."""
     try:
         return run(spec, results_root, device=device, progress=progress)
     except Exception as err:  # one failing run must not stop the others
         run_dir = Path(results_root).expanduser() / spec.key()
-        if run_dir.is_dir():
-            try:
-                atomic_write_text(run_dir / ERROR, traceback.format_exc())
-            except OSError:
-                pass
         return RunResult(spec, run_dir if run_dir.is_dir() else None, None, str(err) or repr(err),
                          type(err).__name__)
 

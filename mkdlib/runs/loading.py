@@ -44,7 +44,8 @@ def build_models(spec: RunSpec, cfg: MKDConfig, device: str | torch.device, *, w
     """Source, seeded cloner and loss (`train.build` seeds before the source too, so that a random
     source is the same in every process that resumes the run). weights: instead of spec.weights."""
     with _BUILD_LOCK:
-        return build(cfg, weights=spec.weights if weights is None else str(weights), device=device)
+        return build(cfg, weights=spec.weights if weights is None else str(weights), device=device,
+                     deterministic=spec.execution_config().deterministic)
 
 
 def check_device(device: str | torch.device) -> torch.device:

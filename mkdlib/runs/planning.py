@@ -1,22 +1,81 @@
-"""The plan of a list of runs before they start (`plan`): how many are finished (cached), how many image
-passes are left to train, and about how long that takes at the speed measured here, one line that every
-notebook prints before its runs cell."""
+"""The plan of runs before they start: `plan` (how many are finished (cached), how many image passes are
+left to train, and about how long that takes at the speed measured here: one line every notebook prints
+before its runs) and `speed_line` (what a long run prints before it trains), from `measure_speed`."""
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+from torch.utils.data import Dataset
+
 from mkdlib.checkpoints import CheckpointError, trained_epochs
-from mkdlib.config import MKDConfig
+from mkdlib.config import Execution, MKDConfig
+from mkdlib.features import autocast, to_input, training_targets
+from mkdlib.losses import MKDLoss
+from mkdlib.models import Cloner, Source
 from mkdlib.runs.loading import check_device, load_data
-from mkdlib.runs.runner import finished_runs
 from mkdlib.runs.spec import RunSpec
-from mkdlib.train import build, duration_text, measure_speed
+from mkdlib.runs.store import finished_runs
+from mkdlib.train import build
+
+SPEED_FIELDS = ("image_size", "cloner", "batch_size", "train_layers")  # what measure_speed runs, with the execution
 
 
-SPEED_FIELDS = ("image_size", "cloner", "batch_size", "train_layers", "amp", "channels_last")  # what measure_speed runs
+def measure_speed(cloner: Cloner, source: Source, cfg: MKDConfig, execution: Execution, loss: MKDLoss, *,
+                  cached: bool, device: str | torch.device = "cpu", steps: int = 2) -> float:
+    """Training images/second on this machine for this configuration: `steps` timed cloner steps on one
+    batch of random images (source features computed once when `cached`, as fit does), on a copy of the
+    cloner, so that the run's own weights and RNG-driven data order are untouched."""
+    device = torch.device(device)
+    probe = copy.deepcopy(cloner).to(device, memory_format=torch.channels_last if execution.channels_last
+                                      else torch.contiguous_format).train()
+    optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
+    images = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+    x = to_input(images, device, execution.channels_last)
+    targets = training_targets(source, images, loss.layers, replace(execution, cache_features=cached),
+                               batch_size=cfg.batch_size, device=device)
+    index = list(range(len(images)))
+
+    def step():
+        with autocast(device, execution.amp):
+            value = loss(probe(x), targets(index, x))
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def duration_text(seconds: float) -> str:
+    """'about 1 h 40 min', 'about 5 min', or 'under a minute' (seconds are not rounded up to a minute)."""
+    if seconds < 60:
+        return "under a minute"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"about {hours} h {minutes} min" if hours else f"about {minutes} min"
+
+
+def plan_text(epochs_left: int, n_images: int, img_s: float) -> str:
+    """'601 epochs x 209 images = 125,609 image passes: about 1 h 40 min at 21 img/s measured here'."""
+    passes = epochs_left * n_images
+    return (f"{epochs_left} epochs x {n_images} images = {passes:,} image passes: {duration_text(passes / img_s)} "
+            f"at {img_s:.3g} img/s measured here")
+
+
+def speed_line(cloner: Cloner, source: Source, cfg: MKDConfig, execution: Execution, loss: MKDLoss,
+               epochs_left: int, train: Dataset, device: str) -> str:
+    """plan_text of a run about to train `epochs_left` epochs on `train`, at the speed measured here."""
+    cached = execution.cache_features and getattr(train, "deterministic", True)
+    img_s = measure_speed(cloner, source, cfg, execution, loss, cached=cached, device=device)
+    return plan_text(epochs_left, len(train), img_s)
 
 
 def _epochs_left(run_dir: Path, epochs: int) -> int:
@@ -38,17 +97,19 @@ def _train_size(spec: RunSpec) -> int | None:
         return None
 
 
-def _speed_group(cfg: MKDConfig) -> tuple:
-    """What the measured speed depends on: the fields measure_speed runs, and whether features are cached."""
-    return (*(getattr(cfg, f) for f in SPEED_FIELDS), cfg.cache_features and not cfg.augment)
+def _speed_group(spec: RunSpec) -> tuple:
+    """What the measured speed depends on: the fields measure_speed runs, the execution, and whether
+    features are cached."""
+    cfg, execution = spec.mkd_config(), spec.execution_config()
+    return (*(getattr(cfg, f) for f in SPEED_FIELDS), execution, execution.cache_features and not cfg.augment)
 
 
 def _speed(spec: RunSpec, device: str) -> float:
-    """Training images/s of the run's configuration here: train.measure_speed (two timed steps on random
+    """Training images/s of the run's configuration here: measure_speed (two timed steps on random
     images) with a random source, whose weights change nothing in the time a step takes."""
-    cfg = spec.mkd_config()
+    cfg, group = spec.mkd_config(), _speed_group(spec)
     source, cloner, loss = build(cfg, weights=None, device=check_device(device))
-    return measure_speed(cloner, source, cfg, loss, cached=_speed_group(cfg)[-1], device=device)
+    return measure_speed(cloner, source, cfg, spec.execution_config(), loss, cached=group[-1], device=device)
 
 
 def _runs(n: int) -> str:
@@ -83,7 +144,7 @@ def plan(specs: Iterable[RunSpec], root: str | Path, device: str = "cpu") -> str
         if n is None:
             unknown.append(spec.label())
             continue
-        group = _speed_group(cfg)
+        group = _speed_group(spec)
         groups.setdefault(group, spec)
         passes[group] = passes.get(group, 0) + _epochs_left(root / spec.key(), cfg.epochs) * n
     parts = [f"~{sum(passes.values()):,} image passes, {_time(groups, passes, device)}"] if groups else []

@@ -1,6 +1,6 @@
 """What defines a run: `RunSpec` (dataset, normal class, configuration overrides, seed, data, weights,
-localisation variants, subsets), validated on construction; its `key()` names the run's folder and
-leaves out how a run is computed (precision, layout: config.EXECUTION_FIELDS). `RunResult` is what
+subsets), validated on construction, with how it is computed (`execution`) and the localisation variants
+to evaluate; its `key()` names the run's folder and hashes the experiment only. `RunResult` is what
 `run` returns: the spec, its folder, its metrics or the error that stopped it.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mkdlib.config import EXECUTION_FIELDS, MKDConfig, canonical_json, check_fields, paper_config
+from mkdlib.config import Execution, MKDConfig, canonical_json, check_fields, paper_config, split
 from mkdlib.datasets import DATASET_NAMES, MVTEC_CATEGORIES
 from mkdlib.datasets.factory import ALIASES, WITH_CLASS
 from mkdlib.datasets.onecls import CLASS_NAMES, class_index
@@ -27,8 +27,10 @@ _RESERVED_OPTIONS = ("root", "split", "normal_class", "seed", "download")
 @dataclass(frozen=True)
 class RunSpec:
     """What defines a run. `key()` hashes all of it (data_root included: None keeps keys portable)
-    except `localization`: the maps to evaluate are an evaluation of the trained run, added to it
-    when asked for (`add_localization`), never a reason to train again."""
+    except `execution` (how it is computed: a run is the same experiment on every device) and
+    `localization` (the maps to evaluate are an evaluation of the trained run, added to it when asked
+    for by `add_localization`, never a reason to train again). Execution settings given among the
+    config overrides (`--config amp=true`, and older records) are moved to `execution`."""
 
     dataset: str
     normal_class: int | str | None = None  # class index/name (mnist, fashionmnist, cifar10) or MVTec category
@@ -40,6 +42,7 @@ class RunSpec:
     max_train: int | None = None  # deterministic subsets (smoke profiles)
     max_test: int | None = None  # the test subset keeps both normal and anomalous images
     dataset_options: dict = field(default_factory=dict)  # passed to get_dataset
+    execution: dict = field(default_factory=dict)  # Execution overrides: precision, layout, caches, cadence
 
     def __post_init__(self):
         name = ALIASES.get(str(self.dataset).lower(), str(self.dataset).lower())
@@ -58,7 +61,12 @@ class RunSpec:
         if name == "mvtec" and not (isinstance(cls, str) and cls):
             raise ValueError(f"mvtec: normal_class is a category name, got {cls!r}")
         set_("normal_class", cls)
-        set_("config", self._check_config(name, dict(self.config)))
+        config, execution = split(dict(self.config))
+        set_("config", self._check_config(name, config))
+        execution = canonical_json({**execution, **dict(self.execution)})
+        check_fields(Execution, execution, "execution")
+        Execution(**execution)  # invalid values fail here
+        set_("execution", execution)
         options = canonical_json(dict(self.dataset_options))
         bad = [k for k in options if k in _RESERVED_OPTIONS]
         if bad:
@@ -98,7 +106,8 @@ class RunSpec:
         return {"dataset": self.dataset, "normal_class": self.normal_class, "config": dict(self.config),
                 "seed": self.seed, "data_root": self.data_root, "weights": self.weights,
                 "localization": list(self.localization), "max_train": self.max_train,
-                "max_test": self.max_test, "dataset_options": dict(self.dataset_options)}
+                "max_test": self.max_test, "dataset_options": dict(self.dataset_options),
+                "execution": dict(self.execution)}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
@@ -114,13 +123,13 @@ class RunSpec:
 
     def key(self, *, legacy: bool = False) -> str:
         """16 hex digits of sha256 over the canonical JSON of the trained spec and the run format
-        version (localization hashed as empty, as keys always had it). The execution settings among
-        the config overrides (precision, layout, caching: EXECUTION_FIELDS) are left out, so that an
-        experiment has one key on every device; a spec without such overrides keeps the key it always
-        had. legacy=True: the key mkdlib gave before 2026-12, with them hashed (see `upgrade_root`)."""
+        version (localization hashed as empty, as keys always had it), without `execution`, so that an
+        experiment has one key on every device. legacy=True: the key mkdlib gave before 2026-12, with the
+        execution overrides hashed among the config overrides (see `upgrade_root`)."""
         d = {"format": FORMAT_VERSION, **self.trained().to_dict()}
-        if not legacy:
-            d["config"] = {k: v for k, v in d["config"].items() if k not in EXECUTION_FIELDS}
+        execution = d.pop("execution")
+        if legacy:
+            d["config"] = {**d["config"], **execution}
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return sha256(text.encode()).hexdigest()[:16]
 
@@ -131,6 +140,9 @@ class RunSpec:
         """Short human-readable name, e.g. 'mnist class 3 seed 0'."""
         what = "" if self.normal_class is None else f" {self.normal_class}"
         return f"{self.dataset}{what} seed {self.seed}"
+
+    def execution_config(self) -> Execution:
+        return Execution(**self.execution)
 
     def mkd_config(self) -> MKDConfig:
         """The resolved configuration: paper_config(dataset) + overrides, seed, and the dataset

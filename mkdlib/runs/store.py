@@ -8,11 +8,13 @@ after a failure, .lock while a process holds it, figures/ after `mkd evaluate --
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +22,8 @@ from pathlib import Path
 import torch
 
 from mkdlib import __version__
-from mkdlib.config import MKDConfig
+from mkdlib.checkpoints import missing_cloners
+from mkdlib.config import EXECUTION_FIELDS, Execution, MKDConfig
 from mkdlib.hardware import host_info
 from mkdlib.io_utils import atomic_write_text, git_commit
 from mkdlib.runs.spec import FORMAT_VERSION, RunResult, RunSpec
@@ -114,7 +117,6 @@ def read_metrics(run_dir: Path) -> dict:
         metrics = read_json(path, advice)
         img = metrics["image_auroc"]
         img["per_epoch"] = {int(e): float(v) for e, v in img["per_epoch"].items()}
-        float(metrics["threshold"])
     except RunError as err:
         raise CorruptMetrics(str(err)) from None
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -167,8 +169,15 @@ def upgrade_root(root: str | Path) -> list[tuple[str, str]]:
     return moved
 
 
-def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig) -> None:
-    """Write spec.json, or check that the one there is this spec with this resolved configuration."""
+@functools.lru_cache(maxsize=None)
+def upgrade_once(root: Path) -> None:
+    """upgrade_root once per folder and process (runs read and written there afterwards have their keys)."""
+    upgrade_root(root)
+
+
+def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig, execution: Execution) -> None:
+    """Write spec.json (the spec, its configuration and the execution the run starts with), or check that
+    the one there is this spec with this configuration."""
     spec = spec.trained()
     if (run_dir / SPEC).is_file():
         old, d = read_spec(run_dir)
@@ -179,7 +188,17 @@ def write_spec(run_dir: Path, spec: RunSpec, cfg: MKDConfig) -> None:
                            "version's defaults); delete it or use another results folder")
         return
     write_json(run_dir / SPEC, {"format": FORMAT_VERSION, "key": spec.key(), "mkdlib": __version__,
-                                "spec": spec.to_dict(), "config": cfg.to_dict()})
+                                "spec": spec.to_dict(), "config": cfg.to_dict(), "execution": execution.to_dict()})
+
+
+def recorded_execution(run_dir: Path) -> dict:
+    """The execution settings a run started with, from its spec.json ({} if unreadable); older records
+    mix them into "config"."""
+    try:
+        d = read_json(run_dir / SPEC)
+    except RunError:
+        return {}
+    return d.get("execution") or {k: v for k, v in d.get("config", {}).items() if k in EXECUTION_FIELDS}
 
 
 def load_run(run_dir: str | Path) -> RunResult:
@@ -192,6 +211,36 @@ def load_run(run_dir: str | Path) -> RunResult:
     if not (run_dir / METRICS).is_file():
         return RunResult(spec, run_dir, None, f"run not finished (no {METRICS} in {run_dir})", "Unfinished")
     return RunResult(spec, run_dir, read_metrics(run_dir))
+
+
+def complete(run_dir: Path, cfg: MKDConfig) -> bool:
+    """A finished run whose record is usable as it is: readable metrics.json, no lost sampled cloner
+    (a record without checkpoints/, as committed, has none to lose)."""
+    if not (run_dir / METRICS).is_file():
+        return False
+    try:
+        read_metrics(run_dir)
+        return not missing_cloners(run_dir / "checkpoints", cfg)
+    except (RunError, RuntimeError):
+        return False  # corrupt metrics are re-evaluated; an unreadable last.pt is reported by run()
+
+
+def is_finished(spec: RunSpec, root: str | Path) -> bool:
+    """Whether spec's run is finished in root (its record usable as it is); False if it cannot tell."""
+    try:
+        return complete(Path(root).expanduser() / spec.key(), spec.mkd_config())
+    except ValueError:
+        return False
+
+
+def finished_runs(specs: Iterable[RunSpec], results_root: str | Path) -> list[RunResult]:
+    """The specs' finished runs in results_root, read as they are and never trained; the others as
+    results with error_type "NotRun" (a table says "not run: ..."). For reading another profile's runs,
+    or planning, without starting hours of training."""
+    root = Path(results_root).expanduser()
+    upgrade_once(root.resolve())
+    return [load_run(root / spec.key()) if is_finished(spec, root) else
+            RunResult(spec, None, None, f"no finished run {spec.key()} in {root}", "NotRun") for spec in specs]
 
 
 def environment(device: str | torch.device) -> dict:
