@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-avx2 bench regenerate regenerate-paper clean
+.PHONY: demo test test-avx2 bench regenerate regenerate-paper site clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,8 @@ regenerate-paper: $(VENV)/.installed  ## every notebook with the paper's protoco
 regenerate-gpu:  ## train the notebooks' runs on a GPU machine, no papermill needed: runs.tar.gz + log in $OUT or results/gpu (ARGS="--only table6")
 	bash scripts/regenerate_gpu.sh $(ARGS)
 
+site: $(VENV)/.installed  ## the results as a static site in site/: an index (paper vs ours), a page per table and per executed notebook
+	$(PY) -m mkdlib.paper.site --results results --out site
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo .pytest_cache site
