@@ -86,3 +86,36 @@ def test_masks_matched_by_name_not_order(tmp_path):
     assert [p.name for p in match_masks(images, tmp_path / "gt")] == ["002_mask.png", "010.png"]
     with pytest.raises(MissingMaskError, match="003.png"):
         match_masks([tmp_path / "img" / "003.png"], tmp_path / "gt")
+
+
+# --- masks read by one rule: the brightest colour channel, else the alpha channel (issue 29) -------------
+
+def _rgba(colour, alpha) -> Image.Image:
+    a = np.zeros((2, 2, 4), np.uint8)
+    a[...] = (*colour, 0)
+    a[:, 1, 3] = alpha  # the defect: the right column, drawn only in the alpha channel
+    return Image.fromarray(a, "RGBA")
+
+
+@pytest.mark.parametrize("name,mask", [
+    ("red.png", Image.fromarray(np.array([[[0, 0, 0], [255, 0, 0]]] * 2, np.uint8), "RGB")),
+    ("blue.png", Image.fromarray(np.array([[[0, 0, 0], [0, 0, 255]]] * 2, np.uint8), "RGB")),
+    ("alpha_on_black.png", _rgba((0, 0, 0), 255)),
+    ("alpha_on_white.png", _rgba((255, 255, 255), 255)),
+    ("alpha_faint.png", _rgba((255, 0, 0), 60)),  # two levels, 0 and 60: a binary mask
+    ("grey_0_102.png", Image.fromarray(np.array([[0, 102]] * 2, np.uint8), "L")),
+    ("grey_0_3.png", Image.fromarray(np.array([[0, 3]] * 2, np.uint8), "L")),
+    ("label_16bit.png", Image.fromarray(np.array([[0, 1]] * 2, np.uint16))),  # 1/65535 rounds to 0 if scaled
+    ("white.png", Image.fromarray(np.array([[0, 255]] * 2, np.uint8), "L")),
+])
+def test_binary_masks_in_any_colour_or_alpha_or_grey_level_load_as_0_255(tmp_path, name, mask):
+    assert np.asarray(open_mask(_save(tmp_path / name, mask))).tolist() == [[0, 255]] * 2
+
+
+def test_soft_masks_stay_soft_and_opaque_colour_wins_over_alpha(tmp_path):
+    soft = np.array([[0, 30, 102, 200, 255]], np.uint8)  # more than two levels: soft, kept as stored
+    assert np.array_equal(np.asarray(open_mask(_save(tmp_path / "s.png", Image.fromarray(soft)))), soft)
+    rgba = np.zeros((1, 2, 4), np.uint8)
+    rgba[0, 1, :3] = 255  # the colour carries the defect; the alpha channel is a constant 255
+    rgba[..., 3] = 255
+    assert np.asarray(open_mask(_save(tmp_path / "c.png", Image.fromarray(rgba, "RGBA")))).tolist() == [[0, 255]]

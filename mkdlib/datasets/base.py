@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .errors import MaskSizeError
+from .errors import EmptyMaskError, MaskSizeError
 from .io import open_image, open_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -139,16 +139,27 @@ class ImageDataset(Dataset):
                 f"normalized={self.mean is not None}, grey={self.grey}, deterministic={self.deterministic})")
 
 
+DEFECT_LEVEL = 128  # a mask pixel is a defect from 128/255 up: the 0.5 at which the pixel metrics binarise
+SHOWN = 3  # files named in an error; the rest are counted
+
+
 class FileDataset(ImageDataset):
-    """Images on disk resized to a square; `mask_files[i]` None = zero mask, else its ground truth."""
+    """Images on disk resized to a square; `mask_files[i]` None = zero mask, else its ground truth.
+
+    Each defect image's mask, as decoded, must reach DEFECT_LEVEL somewhere: an empty one is refused when
+    the dataset is read (all at once when cached, else when the item is read), not after training."""
 
     def __init__(self, files: list[Path], labels: list[int] | np.ndarray, groups: list[str], *,
                  mask_files: list[Path | None] | None, image_size: int, **kwargs) -> None:
         self.files = list(files)
         self.mask_files = mask_files  # None: the dataset has no masks at all
         self._resize = resize_to_uint8(image_size)  # masks too: bilinear, so they stay soft
+        self._lazy = not kwargs.get("cache", True)
+        self._mask_peak: dict[int, int] = {}  # item -> its mask's highest value (0-255) at its own size
         super().__init__(paths=[str(f) for f in self.files], labels=labels, groups=groups,
                          has_masks=mask_files is not None, image_size=image_size, **kwargs)
+        if not self._lazy:
+            self._check_masks(range(len(self)))
 
     def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
         image = open_image(self.files[i])
@@ -163,4 +174,20 @@ class FileDataset(ImageDataset):
             raise MaskSizeError(f"mask {m} is {mask.width}x{mask.height} px but its image {self.files[i]} is "
                                 f"{image.width}x{image.height} px; a mask must have its image's size (check "
                                 "that it belongs to this image, or save it at the image's size)")
+        self._mask_peak[i] = mask.getextrema()[1]  # at its own size: resizing may thin a small defect
+        if self._lazy:
+            self._check_masks([i])
         return img, self._resize(mask)  # (1, S, S) uint8
+
+    def _check_masks(self, items) -> None:
+        """EmptyMaskError naming the masks of defect images among `items` that mark no defect pixel."""
+        empty = [i for i in items if self.labels[i] == 1 and self._mask_peak.get(i, 255) < DEFECT_LEVEL]
+        if not empty:
+            return
+        named = ", ".join(f"{self.mask_files[i]} (peak {self._mask_peak[i]}/255)" for i in empty[:SHOWN])
+        more = f" and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""
+        n = f"{len(empty)} defect image{'s' if len(empty) > 1 else ''}"
+        raise EmptyMaskError(f"{self.name} {self.split}: {n} with an empty mask, no pixel reaching "
+                             f"{DEFECT_LEVEL}/255: {named}{more}; a mask pixel is its brightest colour channel "
+                             "(else its alpha), a two-level mask is read as 0/255 (README_DATA.md, 'Masks'): "
+                             "draw the defect, or move an image without one to the normal images")

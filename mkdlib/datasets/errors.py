@@ -26,3 +26,7 @@ class ImageReadError(ValueError):
 
 class ArchiveError(ValueError):
     """An archive fails its checksum or holds an unsafe member."""
+
+
+class EmptyMaskError(ValueError):
+    """A defective test image's mask marks no defect pixel: the pixel metrics would fail or be lowered."""

@@ -44,10 +44,11 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def _decode(path: Path) -> Image.Image:
+    """The file's pixels in their own mode (8 or 16 bit, any bands)."""
     try:
         with Image.open(path) as im:
             im.load()
-            return _to_8bit(im)
+            return im
     except FileNotFoundError:
         raise
     except Exception as e:  # UnidentifiedImageError, truncated data, broken chunks, bombs ...
@@ -56,7 +57,7 @@ def _decode(path: Path) -> Image.Image:
 
 def open_image(path: Path) -> Image.Image:
     """Decode `path` as 8-bit RGB; transparency is composited over black."""
-    im = _decode(path)
+    im = _to_8bit(_decode(path))
     if im.mode == "P" or "A" in im.mode or "a" in im.mode:
         rgba = im.convert("RGBA")  # a palette's transparency index becomes alpha here
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -64,15 +65,41 @@ def open_image(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
+_MASK_AS_IS = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_MASK_CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA"}  # a palette's transparency: alpha
+
+
+def _mask_channels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour (H, W, C), alpha (H, W) or None) of a decoded mask, in the file's own range (8 or 16 bit)."""
+    if im.mode not in _MASK_AS_IS:  # CMYK, YCbCr ... as RGB
+        im = im.convert(_MASK_CONVERT.get(im.mode, "RGBA" if "A" in im.getbands() else "RGB"))
+    a = np.asarray(im)
+    if a.ndim == 2:
+        return a[..., None], None
+    return (a[..., :-1], a[..., -1]) if im.mode in ("LA", "RGBA") else (a, None)
+
+
+def _mask_8bit(value: np.ndarray) -> np.ndarray:
+    """(H, W) mask values in the file's range -> uint8: a two-level mask (0 and one other value) is binary,
+    0/255; any other is soft, scaled as images are (8-bit as is, 16-bit by 255/65535)."""
+    peak = value.max()
+    if peak > 0 and ((value == 0) | (value == peak)).all():
+        return np.where(value == peak, 255, 0).astype(np.uint8)
+    if value.dtype == np.uint8:
+        return value
+    scale = 1 if value.dtype.kind == "f" else 255 / 65535
+    return np.clip(np.rint(value * scale), 0, 255).astype(np.uint8)
+
+
 def open_mask(path: Path) -> Image.Image:
-    """Decode a ground-truth mask as 'L' with 255 = defect; masks saved as 0/1 are rescaled."""
-    im = _decode(path)
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")
-    im = im.convert("L")  # alpha, if any, is ignored
-    if 0 < im.getextrema()[1] <= 1:  # a 0/1 label image, not a 0/255 mask
-        im = im.point(lambda v: v * 255)
-    return im
+    """Decode a ground-truth mask as 'L', 255 = defect (README_DATA.md, "Masks"): a pixel's value is its
+    brightest colour channel, or its alpha where the colour is the same everywhere; a mask of two levels
+    (0 and one other, e.g. 0/1 labels, a red or 40% grey drawing) is binary, 0/255; other masks stay soft."""
+    colour, alpha = _mask_channels(_decode(path))
+    value = colour.max(axis=-1)  # red, green, white ... defects all count
+    if alpha is not None and value.min() == value.max() and alpha.min() != alpha.max():
+        value = alpha  # the colour carries nothing: the defect is drawn in the alpha channel
+    return Image.fromarray(_mask_8bit(value), "L")
 
 
 def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
