@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mkdlib.datasets import load_images
 from mkdlib.datasets.errors import EmptyFolderError, ImageReadError, MissingMaskError
 from mkdlib.datasets.io import list_images, match_masks, open_image, open_mask
 
@@ -119,3 +120,29 @@ def test_soft_masks_stay_soft_and_opaque_colour_wins_over_alpha(tmp_path):
     rgba[0, 1, :3] = 255  # the colour carries the defect; the alpha channel is a constant 255
     rgba[..., 3] = 255
     assert np.asarray(open_mask(_save(tmp_path / "c.png", Image.fromarray(rgba, "RGBA")))).tolist() == [[0, 255]]
+
+
+# --- EXIF orientation applied wherever an image or mask is read (issue 29) ------------------------------
+
+def _rotated_jpeg(path: Path) -> Path:
+    """An 8x4 JPEG whose left half is white, tagged Orientation=6: shown rotated 90 degrees clockwise,
+    i.e. 4x8 with its top half white."""
+    a = np.zeros((4, 8, 3), np.uint8)
+    a[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(a).save(path, quality=100, exif=exif)
+    return path
+
+
+def test_exif_orientation_is_applied_to_images_masks_and_predicts_inputs(tmp_path):
+    shown = np.asarray(open_image(_rotated_jpeg(tmp_path / "photo.jpg")))
+    assert shown.shape == (8, 4, 3) and shown[:4].min() > 200 and shown[4:].max() < 50
+    mask = np.zeros((4, 8), np.uint8)
+    mask[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(mask).save(tmp_path / "photo_mask.png", exif=exif)
+    assert np.asarray(open_mask(tmp_path / "photo_mask.png")).tolist() == [[255] * 4] * 4 + [[0] * 4] * 4
+    _, display = load_images([tmp_path / "photo.jpg"], "folder", 8)  # predict's path: square, still upright
+    assert display[0, :, :4].min() > 0.8 and display[0, :, 4:].max() < 0.2

@@ -1,13 +1,14 @@
 """Robust file-level helpers: list images, decode any common mode to RGB / grey, match masks by name.
 
-Every reader names the file at fault. Grey, palette, RGBA (composited over black) and 16-bit images
-(scaled by 255/65535, torchvision's convention) all come out as 8-bit RGB.
+Every reader names the file at fault and turns the image as its EXIF Orientation says. Grey, palette,
+RGBA (composited over black) and 16-bit images (scaled by 255/65535, torchvision's convention) all come
+out as 8-bit RGB; masks are read by the rule of README_DATA.md, "Masks".
 """
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import EmptyFolderError, ImageReadError, MissingMaskError
 
@@ -44,10 +45,12 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def _decode(path: Path) -> Image.Image:
-    """The file's pixels in their own mode (8 or 16 bit, any bands)."""
+    """The file's pixels in their own mode (8 or 16 bit, any bands), upright: turned as its EXIF
+    Orientation tag says (a phone's JPEG is stored sideways), as every viewer shows it."""
     try:
         with Image.open(path) as im:
             im.load()
+            ImageOps.exif_transpose(im, in_place=True)
             return im
     except FileNotFoundError:
         raise
