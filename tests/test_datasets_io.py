@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mkdlib.datasets import load_images
+from mkdlib.datasets import AspectRatioWarning, load_images
 from mkdlib.datasets.errors import EmptyFolderError, ImageReadError, MissingMaskError
 from mkdlib.datasets.io import list_images, match_masks, open_image, open_mask
 
@@ -144,5 +144,6 @@ def test_exif_orientation_is_applied_to_images_masks_and_predicts_inputs(tmp_pat
     exif[0x0112] = 6
     Image.fromarray(mask).save(tmp_path / "photo_mask.png", exif=exif)
     assert np.asarray(open_mask(tmp_path / "photo_mask.png")).tolist() == [[255] * 4] * 4 + [[0] * 4] * 4
-    _, display = load_images([tmp_path / "photo.jpg"], "folder", 8)  # predict's path: square, still upright
+    with pytest.warns(AspectRatioWarning, match="photo.jpg is 4x8 px"):  # predict's path: upright, then squashed
+        _, display = load_images([tmp_path / "photo.jpg"], "folder", 8)
     assert display[0, :, :4].min() > 0.8 and display[0, :, 4:].max() < 0.2

@@ -285,3 +285,24 @@ def test_a_killed_predict_leaves_nothing_the_next_one_keeps(trained, tmp_path):
     predict(result.run_dir, [category / "test" / "good"], tmp_path / "out", heatmaps=False, progress=False)
     assert not dead.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+# --- bad inputs of issue 29: non-square images, unreadable links, folders scanned recursively ------------
+
+def test_non_square_images_are_said_once_per_predict(trained, tmp_path, monkeypatch):
+    import warnings
+
+    from mkdlib import predict as predict_module
+    from mkdlib.datasets import AspectRatioWarning
+
+    result, category = trained
+    source = sorted((category / "test" / "good").iterdir())[0]
+    for k in range(2):
+        Image.open(source).resize((60, 48)).save(tmp_path / f"wide{k}.png")
+    monkeypatch.setattr(predict_module, "CHUNK", 1)  # one call of load_images per chunk, one chunk per image
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        predict(result.run_dir, [tmp_path / "wide0.png", tmp_path / "wide1.png"], tmp_path / "out",
+                heatmaps=False, progress=False)
+    said = [str(w.message) for w in record if issubclass(w.category, AspectRatioWarning)]
+    assert len(said) == 1 and "wide0.png is 60x48 px" in said[0] and "48x48" in said[0], said

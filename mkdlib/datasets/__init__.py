@@ -4,8 +4,8 @@ reference code did; see README_DATA.md for where each archive comes from and the
 
 from .archive import MVTEC_SHA256, download_mvtec
 from .base import IMAGENET_MEAN, IMAGENET_STD, FileDataset, ImageDataset
-from .errors import (ArchiveError, DatasetNotFoundError, EmptyFolderError, EmptyMaskError, ImageReadError,
-                     MaskSizeError, MissingMaskError)
+from .errors import (ArchiveError, AspectRatioWarning, DatasetNotFoundError, EmptyFolderError, EmptyMaskError,
+                     ImageReadError, MaskSizeError, MissingMaskError)
 from .factory import DATASET_NAMES, dataset_options, describe_options, get_dataset, load_images
 from .io import IMAGE_EXTENSIONS, list_images
 from .medical import RETINA_CLASSES
@@ -22,5 +22,5 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "FileDataset",
     "DatasetNotFoundError", "MissingMaskError", "MaskSizeError", "EmptyMaskError", "EmptyFolderError",
     "ImageReadError",
-    "ArchiveError",
+    "ArchiveError", "AspectRatioWarning",
 ]

@@ -1,4 +1,4 @@
-"""Exceptions raised by the data loaders (reference-implementation.md, "Protocols").
+"""Exceptions (and the one warning) raised by the data loaders (reference-implementation.md, "Protocols").
 
 Each names the file or folder at fault and, where data is missing, how to obtain it.
 """
@@ -30,3 +30,7 @@ class ArchiveError(ValueError):
 
 class EmptyMaskError(ValueError):
     """A defective test image's mask marks no defect pixel: the pixel metrics would fail or be lowered."""
+
+
+class AspectRatioWarning(UserWarning):
+    """Non-square images are resized to a square (the paper's protocol), which distorts them; said once."""
