@@ -37,13 +37,14 @@ CHUNK = 32  # images read, scored and localised at a time
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); errors name the missing path."""
+    """Files as given, folders expanded to their images (sorted); errors name the missing path. A link that
+    cannot be followed is kept: predict lists it with the error reading it gives."""
     files: list[Path] = []
     for p in map(Path, paths):
         p = p.expanduser()
         if p.is_dir():
             files += list_images(p)
-        elif p.is_file():
+        elif p.is_file() or p.is_symlink():
             files.append(p)
         else:
             raise FileNotFoundError(f"no such image or folder: {p}")

@@ -1,5 +1,6 @@
 """mkdlib.datasets.io: mode conversion, corrupt files, folder listing, masks matched by name."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,16 @@ def test_exif_orientation_is_applied_to_images_masks_and_predicts_inputs(tmp_pat
     with pytest.warns(AspectRatioWarning, match="photo.jpg is 4x8 px"):  # predict's path: upright, then squashed
         _, display = load_images([tmp_path / "photo.jpg"], "folder", 8)
     assert display[0, :, :4].min() > 0.8 and display[0, :, 4:].max() < 0.2
+
+
+# --- unreadable entries of a folder are listed, so that reading them names them (issue 29) ---------------
+
+def test_broken_and_looping_links_are_listed_and_name_themselves(tmp_path):
+    _save(tmp_path / "good.png", Image.new("L", (2, 2)))
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")  # a link to itself
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(tmp_path / "pipe.png")  # not a file: reading it would wait forever
+    assert [p.name for p in list_images(tmp_path)] == ["broken.png", "good.png", "loop.png"]
+    for name in ("loop.png", "broken.png"):
+        with pytest.raises(ImageReadError, match=rf"{name}.*(broken|looping) symbolic link"):
+            open_image(tmp_path / name)

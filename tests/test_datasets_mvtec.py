@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, EmptyMaskError, MaskSizeError,
-                             MissingMaskError, get_dataset)
+                             ImageReadError, MissingMaskError, get_dataset)
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -145,3 +145,9 @@ def test_red_and_alpha_masks_load_as_defects(mvtec):
     _png(gt / "002_mask.png", alpha)
     ds = get_dataset("mvtec", mvtec, split="test", normal_class="bottle", image_size=64)
     assert np.array_equal(ds.masks[0], _mask(1) / 255) and np.array_equal(ds.masks[1], _mask(2) / 255)
+
+
+def test_an_unreadable_link_among_the_images_is_an_error_naming_it(mvtec):
+    (mvtec / "bottle" / "train" / "good" / "007.png").symlink_to("007.png")  # loops: skipped silently before
+    with pytest.raises(ImageReadError, match=r"good/007\.png"):
+        get_dataset("mvtec", mvtec, split="train", normal_class="bottle")

@@ -306,3 +306,18 @@ def test_non_square_images_are_said_once_per_predict(trained, tmp_path, monkeypa
                 heatmaps=False, progress=False)
     said = [str(w.message) for w in record if issubclass(w.category, AspectRatioWarning)]
     assert len(said) == 1 and "wide0.png is 60x48 px" in said[0] and "48x48" in said[0], said
+
+
+def test_a_looping_or_broken_link_reaches_the_error_column(trained, tmp_path):
+    result, category = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sorted((category / "test" / "good").iterdir())[0], images / "a.png")
+    (images / "b_loop.png").symlink_to("b_loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    table = predict(result.run_dir, [images, tmp_path / "gone.png"], tmp_path / "out", heatmaps=False,
+                    progress=False)
+    assert [p.split("/")[-1] for p in table["path"]] == ["a.png", "b_loop.png", "gone.png"]
+    assert table["score"].notna().tolist() == [True, False, False]
+    assert "b_loop.png" in table["error"][1] and "symbolic link" in table["error"][1]
+    assert "gone.png" in table["error"][2]

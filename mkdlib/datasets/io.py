@@ -5,6 +5,7 @@ RGBA (composited over black) and 16-bit images (scaled by 255/65535, torchvision
 out as 8-bit RGB; masks are read by the rule of README_DATA.md, "Masks".
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,18 @@ from .errors import EmptyFolderError, ImageReadError, MissingMaskError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def _dead_link(p: Path) -> bool:
+    """A symbolic link that cannot be followed: its target is missing, or it loops."""
+    return p.is_symlink() and not p.exists()
+
+
 def _image_files(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    """Files with an image extension, and links to them that cannot be followed: listed, so that reading
+    them names them instead of their being left out unseen. Not folders, pipes or devices."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+        if (p.is_file() or _dead_link(p)) and not p.name.startswith(".") and p.suffix.lower() in suffixes
     )
 
 
@@ -47,6 +55,9 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 def _decode(path: Path) -> Image.Image:
     """The file's pixels in their own mode (8 or 16 bit, any bands), upright: turned as its EXIF
     Orientation tag says (a phone's JPEG is stored sideways), as every viewer shows it."""
+    if _dead_link(path):
+        raise ImageReadError(f"cannot read image {path}: a broken or looping symbolic link (to "
+                             f"{os.readlink(path)}); fix or remove the link")
     try:
         with Image.open(path) as im:
             im.load()
