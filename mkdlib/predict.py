@@ -21,13 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mkdlib.calibration import DECISION, normalize_scores, shared_scale
-from mkdlib.datasets import IMAGE_EXTENSIONS, list_images, load_images
+from mkdlib.datasets import IMAGE_EXTENSIONS, EmptyFolderError, load_images
 from mkdlib.datasets.base import AspectNote, for_display
+from mkdlib.datasets.io import find_images
 from mkdlib.decisions import run_calibration
 from mkdlib.features import image_loader
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 from mkdlib.localization import GRADIENTS, METHODS, attribution_maps
-from mkdlib.outputs import check_output, output_folder
+from mkdlib.outputs import MARKER, check_output, output_folder
 from mkdlib.plots import decision_figure, save_figure
 from mkdlib.runs.loading import load_data, load_model
 from mkdlib.scoring import score, score_loss
@@ -37,13 +38,18 @@ CHUNK = 32  # images read, scored and localised at a time
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); errors name the missing path. A link that
-    cannot be followed is kept: predict lists it with the error reading it gives."""
+    """Files as given, folders expanded to the images in them and in their subfolders (sorted; hidden files
+    and folders, and folders mkdlib wrote, marked MARKER, are skipped); errors name the missing path. A link
+    that cannot be followed is kept: predict lists it with the error reading it gives."""
     files: list[Path] = []
     for p in map(Path, paths):
         p = p.expanduser()
         if p.is_dir():
-            files += list_images(p)
+            found = find_images(p, skip_marked=MARKER)
+            if not found:
+                raise EmptyFolderError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {p} or its subfolders "
+                                       f"(hidden ones and mkdlib's outputs, marked {MARKER}, are skipped)")
+            files += found
         elif p.is_file() or p.is_symlink():
             files.append(p)
         else:

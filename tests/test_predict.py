@@ -321,3 +321,18 @@ def test_a_looping_or_broken_link_reaches_the_error_column(trained, tmp_path):
     assert table["score"].notna().tolist() == [True, False, False]
     assert "b_loop.png" in table["error"][1] and "symbolic link" in table["error"][1]
     assert "gone.png" in table["error"][2]
+
+
+def test_folders_are_scanned_recursively_skipping_hidden_and_mkdlib_outputs(tmp_path):
+    from mkdlib.outputs import MARKER
+
+    for name in ["z.png", "sub/a.jpg", "sub/deeper/b.PNG", "sub/.hidden.png", ".cache/c.png",
+                 "old_prediction/heatmaps/0000_z.png", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "old_prediction" / MARKER).write_text("")  # an earlier `mkd predict --out` inside the input
+    (tmp_path / "sub" / "link_to_top").symlink_to(tmp_path)  # a linked folder is not followed: no loop
+    found = [p.relative_to(tmp_path).as_posix() for p in image_files([tmp_path])]
+    assert found == ["sub/a.jpg", "sub/deeper/b.PNG", "z.png"]
+    with pytest.raises(ValueError, match=rf"no images .* in {tmp_path / 'old_prediction'} or its subfolders"):
+        image_files([tmp_path / "old_prediction"])

@@ -42,6 +42,19 @@ def list_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
     return files
 
 
+def find_images(folder: Path, *, skip_marked: str | None = None) -> list[Path]:
+    """Image files of `folder` and of its subfolders, sorted by path; hidden files and folders are skipped,
+    linked folders are not followed (no loops), and a folder holding a file named `skip_marked` is skipped
+    with all it holds (e.g. mkdlib's own outputs)."""
+    def walk(d: Path) -> list[Path]:
+        if skip_marked is not None and (d / skip_marked).exists():
+            return []
+        subfolders = [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+        return _image_files(d) + [f for sub in subfolders for f in walk(sub)]
+
+    return sorted(walk(folder))
+
+
 def _to_8bit(im: Image.Image) -> Image.Image:
     """16/32-bit integer modes -> 'L' by full-range scaling (Pillow's own convert would clip at 255)."""
     if im.mode.startswith("I;16") or im.mode == "I":
