@@ -68,6 +68,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 def _decode(path: Path) -> Image.Image:
     """The file's pixels in their own mode (8 or 16 bit, any bands), upright: turned as its EXIF
     Orientation tag says (a phone's JPEG is stored sideways), as every viewer shows it."""
+    path = Path(path)  # load_images passes strings too
     if _dead_link(path):
         raise ImageReadError(f"cannot read image {path}: a broken or looping symbolic link (to "
                              f"{os.readlink(path)}); fix or remove the link")
