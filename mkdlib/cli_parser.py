@@ -139,7 +139,9 @@ Score images with a finished run's final cloner:
      OUT/heatmaps/*.png (image | map with colour bar | predicted mask; title: name, score,
      decision); with --save-maps the maps as OUT/maps/*.npy. OUT is replaced whole.""")
     r.add_argument("run", metavar="RUN", help="run directory")
-    r.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    r.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files or folders of images, scanned recursively (hidden files and folders, "
+                        "and folders mkdlib wrote, such as an earlier --out, are skipped)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     r.add_argument("--threshold", type=float, help="decision threshold on the raw score (default: the run's); "

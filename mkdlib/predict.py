@@ -21,13 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mkdlib.calibration import DECISION, normalize_scores, shared_scale
-from mkdlib.datasets import IMAGE_EXTENSIONS, list_images, load_images
-from mkdlib.datasets.base import for_display
+from mkdlib.datasets import IMAGE_EXTENSIONS, EmptyFolderError, load_images
+from mkdlib.datasets.base import AspectNote, for_display
+from mkdlib.datasets.io import find_images
 from mkdlib.decisions import run_calibration
 from mkdlib.features import image_loader
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
 from mkdlib.localization import GRADIENTS, METHODS, attribution_maps
-from mkdlib.outputs import check_output, output_folder
+from mkdlib.outputs import MARKER, check_output, output_folder
 from mkdlib.plots import decision_figure, save_figure
 from mkdlib.runs.loading import load_data, load_model
 from mkdlib.scoring import score, score_loss
@@ -37,13 +38,19 @@ CHUNK = 32  # images read, scored and localised at a time
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); errors name the missing path."""
+    """Files as given, folders expanded to the images in them and in their subfolders (sorted; hidden files
+    and folders, and folders mkdlib wrote, marked MARKER, are skipped); errors name the missing path. A link
+    that cannot be followed is kept: predict lists it with the error reading it gives."""
     files: list[Path] = []
     for p in map(Path, paths):
         p = p.expanduser()
         if p.is_dir():
-            files += list_images(p)
-        elif p.is_file():
+            found = find_images(p, skip_marked=MARKER)
+            if not found:
+                raise EmptyFolderError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {p} or its subfolders "
+                                       f"(hidden ones and mkdlib's outputs, marked {MARKER}, are skipped)")
+            files += found
+        elif p.is_file() or p.is_symlink():
             files.append(p)
         else:
             raise FileNotFoundError(f"no such image or folder: {p}")
@@ -53,13 +60,15 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagenet_norm: bool | None,
-                    grey: bool = False):
+                    grey: bool = False, aspect: AspectNote | None = None):
     """(positions of the files that load, their (inputs, display) tensors, {position: error} of the others):
-    one bad file does not stop the rest."""
+    one bad file does not stop the rest. `aspect`: says once that non-square images are squashed (one per
+    predict call, shared by its chunks)."""
     good, inputs, display, bad = [], [], [], {}
+    aspect = aspect or AspectNote(image_size, f"{dataset} images")
     for i, f in enumerate(files):
         try:
-            x, d = load_images([f], dataset, image_size, imagenet_norm=imagenet_norm, grey=grey)
+            x, d = load_images([f], dataset, image_size, imagenet_norm=imagenet_norm, grey=grey, aspect=aspect)
         except Exception as err:  # any decoding failure: listed, the other images still scored
             bad[i] = " ".join(str(err).split()) or type(err).__name__
             continue
@@ -141,10 +150,11 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
     grey = spec.dataset_options.get("grey", False)  # images prepared as the run's training images were
     rows = [{"path": str(f), "score": np.nan, "raw_score": np.nan, "heatmap": "", "map": "", "error": ""}
             for f in files]
+    aspect = AspectNote(cfg.image_size, "mkd predict")  # non-square images: said once, not once per chunk
     with output_folder(out_dir, writer="mkd predict", protect=protect) as out:
         for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
             chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], spec.dataset,
-                                                          cfg.image_size, imagenet_norm, grey)
+                                                          cfg.image_size, imagenet_norm, grey, aspect)
             for i, error in bad.items():
                 rows[start + i]["error"] = error
                 print(f"mkd predict: skipped unreadable image {files[start + i]}: {error}", file=sys.stderr)

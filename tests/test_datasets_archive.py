@@ -98,3 +98,15 @@ def test_stale_extraction_folders_of_dead_processes_are_removed(tmp_path):
     os.utime(old, (day_ago, day_ago))
     download_mvtec(data, archive=tmp_path / "a.tar.xz", sha256=sha)
     assert sorted(p.name for p in data.iterdir() if p.name.startswith(".")) == sorted([running.name, recent.name])
+
+
+def test_a_same_size_corrupted_file_is_replaced_by_the_archives(tmp_path):
+    members = {"bottle/train/good/000.png": b"png0", "bottle/train/good/001.png": b"png1"}
+    sha = _tar(tmp_path / "a.tar.xz", members)
+    good = tmp_path / "data" / "bottle" / "train" / "good"
+    good.mkdir(parents=True)
+    (good / "000.png").write_bytes(b"png0")
+    (good / "001.png").write_bytes(b"pnX1")  # every file there, at its size, but one byte flipped
+    download_mvtec(tmp_path / "data", archive=tmp_path / "a.tar.xz", sha256=sha)
+    assert (good / "001.png").read_bytes() == b"png1" and (good / "000.png").read_bytes() == b"png0"
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]

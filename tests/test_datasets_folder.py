@@ -1,12 +1,15 @@
 """`folder`: a user's normal / abnormal / mask folders, seeded held-out normals, masks by name."""
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mkdlib.datasets import DatasetNotFoundError, MaskSizeError, MissingMaskError, get_dataset
+from mkdlib.datasets import (AspectRatioWarning, DatasetNotFoundError, MaskSizeError, MissingMaskError, get_dataset,
+                             load_images)
 from mkdlib.datasets.errors import EmptyFolderError
 
 
@@ -84,3 +87,23 @@ def test_several_abnormal_folders_each_a_group_and_extensions(user_data):
         get_dataset("folder", user_data, split="test", abnormal_dir=["abnormal"], extensions=["png"], image_size=20)
     with pytest.raises(ValueError, match="abnormal_dir must be a folder or a list"):
         get_dataset("folder", user_data, split="test", abnormal_dir=3, image_size=20)
+
+
+def _aspect_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, AspectRatioWarning)]
+
+
+def test_non_square_images_are_said_once_per_dataset_and_per_call(user_data):
+    for i in range(3):
+        _png(user_data / "normal" / f"n{i}.png", np.full((20, 30, 3), 100, np.uint8))  # 30 wide, 20 high
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        get_dataset("folder", user_data, split="train", image_size=16, normal_test_dir="normal")
+        said = _aspect_warnings(record)
+        assert len(said) == 1, said  # one for the dataset, not one per image
+        assert re.search(r"folder train: .*resized to 16x16 .*aspect ratio.*normal/n0\.png is 30x20 px", said[0])
+        load_images([user_data / "normal" / f"n{i}.png" for i in range(3)], "folder", 16)
+        assert len(_aspect_warnings(record)) == 2  # one more for the call
+        get_dataset("folder", user_data, split="test", image_size=16, abnormal_dir=None,
+                    normal_test_dir="abnormal", cache=False)[0]  # square images: nothing to say
+        assert len(_aspect_warnings(record)) == 2

@@ -1,11 +1,13 @@
 """mkdlib.datasets.io: mode conversion, corrupt files, folder listing, masks matched by name."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mkdlib.datasets import AspectRatioWarning, load_images
 from mkdlib.datasets.errors import EmptyFolderError, ImageReadError, MissingMaskError
 from mkdlib.datasets.io import list_images, match_masks, open_image, open_mask
 
@@ -86,3 +88,76 @@ def test_masks_matched_by_name_not_order(tmp_path):
     assert [p.name for p in match_masks(images, tmp_path / "gt")] == ["002_mask.png", "010.png"]
     with pytest.raises(MissingMaskError, match="003.png"):
         match_masks([tmp_path / "img" / "003.png"], tmp_path / "gt")
+
+
+# --- masks read by one rule: the brightest colour channel, else the alpha channel (issue 29) -------------
+
+def _rgba(colour, alpha) -> Image.Image:
+    a = np.zeros((2, 2, 4), np.uint8)
+    a[...] = (*colour, 0)
+    a[:, 1, 3] = alpha  # the defect: the right column, drawn only in the alpha channel
+    return Image.fromarray(a, "RGBA")
+
+
+@pytest.mark.parametrize("name,mask", [
+    ("red.png", Image.fromarray(np.array([[[0, 0, 0], [255, 0, 0]]] * 2, np.uint8), "RGB")),
+    ("blue.png", Image.fromarray(np.array([[[0, 0, 0], [0, 0, 255]]] * 2, np.uint8), "RGB")),
+    ("alpha_on_black.png", _rgba((0, 0, 0), 255)),
+    ("alpha_on_white.png", _rgba((255, 255, 255), 255)),
+    ("alpha_faint.png", _rgba((255, 0, 0), 60)),  # two levels, 0 and 60: a binary mask
+    ("grey_0_102.png", Image.fromarray(np.array([[0, 102]] * 2, np.uint8), "L")),
+    ("grey_0_3.png", Image.fromarray(np.array([[0, 3]] * 2, np.uint8), "L")),
+    ("label_16bit.png", Image.fromarray(np.array([[0, 1]] * 2, np.uint16))),  # 1/65535 rounds to 0 if scaled
+    ("white.png", Image.fromarray(np.array([[0, 255]] * 2, np.uint8), "L")),
+])
+def test_binary_masks_in_any_colour_or_alpha_or_grey_level_load_as_0_255(tmp_path, name, mask):
+    assert np.asarray(open_mask(_save(tmp_path / name, mask))).tolist() == [[0, 255]] * 2
+
+
+def test_soft_masks_stay_soft_and_opaque_colour_wins_over_alpha(tmp_path):
+    soft = np.array([[0, 30, 102, 200, 255]], np.uint8)  # more than two levels: soft, kept as stored
+    assert np.array_equal(np.asarray(open_mask(_save(tmp_path / "s.png", Image.fromarray(soft)))), soft)
+    rgba = np.zeros((1, 2, 4), np.uint8)
+    rgba[0, 1, :3] = 255  # the colour carries the defect; the alpha channel is a constant 255
+    rgba[..., 3] = 255
+    assert np.asarray(open_mask(_save(tmp_path / "c.png", Image.fromarray(rgba, "RGBA")))).tolist() == [[0, 255]]
+
+
+# --- EXIF orientation applied wherever an image or mask is read (issue 29) ------------------------------
+
+def _rotated_jpeg(path: Path) -> Path:
+    """An 8x4 JPEG whose left half is white, tagged Orientation=6: shown rotated 90 degrees clockwise,
+    i.e. 4x8 with its top half white."""
+    a = np.zeros((4, 8, 3), np.uint8)
+    a[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(a).save(path, quality=100, exif=exif)
+    return path
+
+
+def test_exif_orientation_is_applied_to_images_masks_and_predicts_inputs(tmp_path):
+    shown = np.asarray(open_image(_rotated_jpeg(tmp_path / "photo.jpg")))
+    assert shown.shape == (8, 4, 3) and shown[:4].min() > 200 and shown[4:].max() < 50
+    mask = np.zeros((4, 8), np.uint8)
+    mask[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(mask).save(tmp_path / "photo_mask.png", exif=exif)
+    assert np.asarray(open_mask(tmp_path / "photo_mask.png")).tolist() == [[255] * 4] * 4 + [[0] * 4] * 4
+    with pytest.warns(AspectRatioWarning, match="photo.jpg is 4x8 px"):  # predict's path: upright, then squashed
+        _, display = load_images([tmp_path / "photo.jpg"], "folder", 8)
+    assert display[0, :, :4].min() > 0.8 and display[0, :, 4:].max() < 0.2
+
+
+# --- unreadable entries of a folder are listed, so that reading them names them (issue 29) ---------------
+
+def test_broken_and_looping_links_are_listed_and_name_themselves(tmp_path):
+    _save(tmp_path / "good.png", Image.new("L", (2, 2)))
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")  # a link to itself
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(tmp_path / "pipe.png")  # not a file: reading it would wait forever
+    assert [p.name for p in list_images(tmp_path)] == ["broken.png", "good.png", "loop.png"]
+    for name in ("loop.png", "broken.png"):
+        with pytest.raises(ImageReadError, match=rf"{name}.*(broken|looping) symbolic link"):
+            open_image(tmp_path / name)

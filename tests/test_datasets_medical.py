@@ -9,6 +9,9 @@ from PIL import Image
 
 from mkdlib.datasets import DatasetNotFoundError, EmptyFolderError, get_dataset
 
+# the images here are 40x30, as the real scans are not square either: the warning is expected
+pytestmark = pytest.mark.filterwarnings("ignore::mkdlib.datasets.AspectRatioWarning")
+
 
 def _png(path: Path, seed: int, size=(40, 30)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

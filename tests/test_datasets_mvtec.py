@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, MaskSizeError, MissingMaskError,
-                             get_dataset)
+from mkdlib.datasets import (MVTEC_CATEGORIES, DatasetNotFoundError, EmptyFolderError, EmptyMaskError, MaskSizeError,
+                             ImageReadError, MissingMaskError, get_dataset)
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -117,3 +117,37 @@ def test_parent_of_mvtec_folder_and_env_var_work(mvtec, monkeypatch):
     monkeypatch.setenv("MKDLIB_DATA", str(mvtec.parent))
     assert len(get_dataset("mvtec", split="train", normal_class="bottle")) == 3
     assert len(get_dataset("mvtec", mvtec.parent, split="train", normal_class="bottle")) == 3
+
+
+def test_empty_masks_of_defect_images_are_refused_at_load_naming_them(mvtec):
+    gt = mvtec / "bottle" / "ground_truth" / "broken"
+    _png(gt / "000_mask.png", np.zeros((64, 64), np.uint8))  # nothing drawn
+    soft = np.zeros((64, 64), np.uint8)
+    soft[:4, :4] = [[10, 50, 102, 50]] * 4  # soft, and never 0.5: no defect pixel for the metrics
+    _png(gt / "005_mask.png", soft)
+    message = r"2 defect images .*empty mask.*000_mask\.png \(peak 0/255\).*005_mask\.png \(peak 102/255\)"
+    with pytest.raises(EmptyMaskError, match=message):  # at construction, not after training
+        get_dataset("mvtec", mvtec, split="test", normal_class="bottle", image_size=32)
+    lazy = get_dataset("mvtec", mvtec, split="test", normal_class="bottle", image_size=32, cache=False)
+    assert lazy[1]["mask"].sum() > 0  # 002's mask is fine
+    with pytest.raises(EmptyMaskError, match=r"1 defect image .*000_mask\.png"):  # uncached: when read
+        lazy[0]
+
+
+def test_red_and_alpha_masks_load_as_defects(mvtec):
+    gt = mvtec / "bottle" / "ground_truth" / "broken"
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[8:16, :, 0] = 255
+    _png(gt / "000_mask.png", red)
+    alpha = np.zeros((64, 64, 4), np.uint8)
+    alpha[..., :3] = 255  # white everywhere; the defect is where it is opaque
+    alpha[16:24, :, 3] = 255
+    _png(gt / "002_mask.png", alpha)
+    ds = get_dataset("mvtec", mvtec, split="test", normal_class="bottle", image_size=64)
+    assert np.array_equal(ds.masks[0], _mask(1) / 255) and np.array_equal(ds.masks[1], _mask(2) / 255)
+
+
+def test_an_unreadable_link_among_the_images_is_an_error_naming_it(mvtec):
+    (mvtec / "bottle" / "train" / "good" / "007.png").symlink_to("007.png")  # loops: skipped silently before
+    with pytest.raises(ImageReadError, match=r"good/007\.png"):
+        get_dataset("mvtec", mvtec, split="train", normal_class="bottle")

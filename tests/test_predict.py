@@ -300,3 +300,54 @@ def test_a_killed_predict_leaves_nothing_the_next_one_keeps(trained, tmp_path):
     predict(result.run_dir, [category / "test" / "good"], tmp_path / "out", heatmaps=False, progress=False)
     assert not dead.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+# --- bad inputs of issue 29: non-square images, unreadable links, folders scanned recursively ------------
+
+def test_non_square_images_are_said_once_per_predict(trained, tmp_path, monkeypatch):
+    import warnings
+
+    from mkdlib import predict as predict_module
+    from mkdlib.datasets import AspectRatioWarning
+
+    result, category = trained
+    source = sorted((category / "test" / "good").iterdir())[0]
+    for k in range(2):
+        Image.open(source).resize((60, 48)).save(tmp_path / f"wide{k}.png")
+    monkeypatch.setattr(predict_module, "CHUNK", 1)  # one call of load_images per chunk, one chunk per image
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        predict(result.run_dir, [tmp_path / "wide0.png", tmp_path / "wide1.png"], tmp_path / "out",
+                heatmaps=False, progress=False)
+    said = [str(w.message) for w in record if issubclass(w.category, AspectRatioWarning)]
+    assert len(said) == 1 and "wide0.png is 60x48 px" in said[0] and "48x48" in said[0], said
+
+
+def test_a_looping_or_broken_link_reaches_the_error_column(trained, tmp_path):
+    result, category = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sorted((category / "test" / "good").iterdir())[0], images / "a.png")
+    (images / "b_loop.png").symlink_to("b_loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    table = predict(result.run_dir, [images, tmp_path / "gone.png"], tmp_path / "out", heatmaps=False,
+                    progress=False)
+    assert [p.split("/")[-1] for p in table["path"]] == ["a.png", "b_loop.png", "gone.png"]
+    assert table["score"].notna().tolist() == [True, False, False]
+    assert "b_loop.png" in table["error"][1] and "symbolic link" in table["error"][1]
+    assert "gone.png" in table["error"][2]
+
+
+def test_folders_are_scanned_recursively_skipping_hidden_and_mkdlib_outputs(tmp_path):
+    from mkdlib.outputs import MARKER
+
+    for name in ["z.png", "sub/a.jpg", "sub/deeper/b.PNG", "sub/.hidden.png", ".cache/c.png",
+                 "old_prediction/heatmaps/0000_z.png", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "old_prediction" / MARKER).write_text("")  # an earlier `mkd predict --out` inside the input
+    (tmp_path / "sub" / "link_to_top").symlink_to(tmp_path)  # a linked folder is not followed: no loop
+    found = [p.relative_to(tmp_path).as_posix() for p in image_files([tmp_path])]
+    assert found == ["sub/a.jpg", "sub/deeper/b.PNG", "z.png"]
+    with pytest.raises(ValueError, match=rf"no images .* in {tmp_path / 'old_prediction'} or its subfolders"):
+        image_files([tmp_path / "old_prediction"])

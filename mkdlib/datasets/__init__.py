@@ -4,8 +4,8 @@ reference code did; see README_DATA.md for where each archive comes from and the
 
 from .archive import MVTEC_SHA256, download_mvtec
 from .base import IMAGENET_MEAN, IMAGENET_STD, FileDataset, ImageDataset
-from .errors import (ArchiveError, DatasetNotFoundError, EmptyFolderError, ImageReadError, MaskSizeError,
-                     MissingMaskError)
+from .errors import (ArchiveError, AspectRatioWarning, DatasetNotFoundError, EmptyFolderError, EmptyMaskError,
+                     ImageReadError, MaskSizeError, MissingMaskError)
 from .factory import DATASET_NAMES, dataset_options, describe_options, get_dataset, load_images
 from .io import IMAGE_EXTENSIONS, list_images
 from .medical import RETINA_CLASSES
@@ -20,6 +20,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DATASET_NAMES", "MVTEC_CATEGORIES", "RETINA_CLASSES", "CLASS_NAMES", "MVTEC_SHA256", "ENV_VAR",
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "FileDataset",
-    "DatasetNotFoundError", "MissingMaskError", "MaskSizeError", "EmptyFolderError", "ImageReadError",
-    "ArchiveError",
+    "DatasetNotFoundError", "MissingMaskError", "MaskSizeError", "EmptyMaskError", "EmptyFolderError",
+    "ImageReadError",
+    "ArchiveError", "AspectRatioWarning",
 ]

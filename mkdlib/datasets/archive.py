@@ -2,8 +2,9 @@
 
 The archive is checked against its published SHA-256 before anything is extracted; extraction refuses
 absolute paths, `..`, links leaving the tree and special files, and lands all-or-nothing: a category
-already on disk is kept only if it has every file of the archive's, else replaced whole, and temporary
-folders of a killed extraction are removed at the next call.
+already on disk is kept only if it has every file of the archive's with the same bytes (a same-size
+corrupted file is caught), else replaced whole, and temporary folders of a killed extraction are removed
+at the next call.
 """
 
 import os
@@ -65,9 +66,21 @@ def _top(name: str) -> str:
     return PurePosixPath(name.replace("\\", "/")).parts[0]
 
 
-def _complete(dest: Path, files: dict[str, int]) -> bool:
-    """Whether every file the archive holds (relative name -> size) is already in `dest` with its size."""
-    return all((dest / name).is_file() and (dest / name).stat().st_size == size for name, size in files.items())
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether files `a` and `b` hold the same bytes (sizes first, then block by block)."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while (block := fa.read(1 << 20)) == fb.read(1 << 20):
+            if not block:
+                return True
+    return False
+
+
+def _complete(dest: Path, new: Path, names: list[str]) -> bool:
+    """Whether every file the archive holds (relative `names`, just extracted under `new`) is already in
+    `dest` with the same content: a same-size file corrupted on disk is not complete."""
+    return all((dest / name).is_file() and _same_bytes(dest / name, new / name) for name in names)
 
 
 def _owner_alive(folder: Path) -> bool | None:
@@ -109,23 +122,23 @@ def _install(entry: Path, target: Path, trash: Path) -> None:
 
 def safe_extract(archive: Path, dest: Path) -> list[Path]:
     """Extract a tar archive into `dest`; returns its top-level entries. An existing entry is kept when it
-    already has every file of the archive's copy at its size, else replaced whole by the archive's."""
+    already has every file of the archive's copy with the same bytes, else replaced whole by the archive's."""
     dest.mkdir(parents=True, exist_ok=True)
     _remove_stale(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".extract-{socket.gethostname()}-{os.getpid()}-", dir=dest))
     try:
-        files: dict[str, dict[str, int]] = {}  # top-level entry -> {member file name: size}
+        files: dict[str, list[str]] = {}  # top-level entry -> its member files' names
         with tarfile.open(archive) as tar:
             for member in tar:  # one pass: xz cannot seek back cheaply
                 _check(member, archive)
                 tar.extract(member, tmp / "new", **_STDLIB_FILTER)
                 if member.isfile():
-                    files.setdefault(_top(member.name), {})[member.name] = member.size
+                    files.setdefault(_top(member.name), []).append(member.name)
         (tmp / "old").mkdir()
         top = []
         for entry in sorted((tmp / "new").iterdir()):
             target = dest / entry.name
-            if not target.exists() or not _complete(dest, files.get(entry.name, {})):
+            if not target.exists() or not _complete(dest, tmp / "new", files.get(entry.name, [])):
                 _install(entry, target, tmp / "old")
             top.append(target)
     finally:

@@ -8,6 +8,7 @@ on datasets with masks (zeros for normal images); datasets without masks have no
 """
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .errors import MaskSizeError
+from .errors import AspectRatioWarning, EmptyMaskError, MaskSizeError
 from .io import open_image, open_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,6 +31,25 @@ BILINEAR = T.InterpolationMode.BILINEAR
 def resize_to_uint8(size: int) -> T.Compose:
     """PIL -> uint8 (C, size, size): the reference's `Resize((size, size))`, bilinear, aspect not kept."""
     return T.Compose([T.Resize((size, size), interpolation=BILINEAR), T.PILToTensor()])
+
+
+class AspectNote:
+    """Says once, with an AspectRatioWarning naming the first non-square image seen, that images are
+    squashed to image_size x image_size: the paper's protocol resizes without keeping the aspect ratio,
+    so the resize stays; one warning per dataset or call, not one per image."""
+
+    def __init__(self, image_size: int, where: str) -> None:
+        self.image_size, self.where, self.said = image_size, where, False
+
+    def see(self, path: str | Path, size: tuple[int, int]) -> None:
+        """`size`: the (width, height) of image `path` as decoded."""
+        if self.said or size[0] == size[1]:
+            return
+        self.said = True
+        s = self.image_size
+        warnings.warn(f"{self.where}: images are resized to {s}x{s} px without keeping their aspect ratio (the "
+                      f"paper's protocol), e.g. {path} is {size[0]}x{size[1]} px; crop or pad them to squares "
+                      "first if the distortion matters (said once)", AspectRatioWarning, stacklevel=3)
 
 
 def grey_rgb(img: Tensor) -> Tensor:
@@ -139,20 +159,41 @@ class ImageDataset(Dataset):
                 f"normalized={self.mean is not None}, grey={self.grey}, deterministic={self.deterministic})")
 
 
+DEFECT_LEVEL = 128  # a mask pixel is a defect from 128/255 up: the 0.5 at which the pixel metrics binarise
+SHOWN = 3  # files named in an error; the rest are counted
+
+
 class FileDataset(ImageDataset):
-    """Images on disk resized to a square; `mask_files[i]` None = zero mask, else its ground truth."""
+    """Images on disk resized to a square; `mask_files[i]` None = zero mask, else its ground truth.
+
+    Checked when the dataset is read (all at once when cached, else each item as it is read), not after
+    training: each defect image's mask, as decoded, must reach DEFECT_LEVEL somewhere (EmptyMaskError),
+    and non-square images are said once (AspectRatioWarning: they are squashed, as the paper does)."""
 
     def __init__(self, files: list[Path], labels: list[int] | np.ndarray, groups: list[str], *,
                  mask_files: list[Path | None] | None, image_size: int, **kwargs) -> None:
         self.files = list(files)
         self.mask_files = mask_files  # None: the dataset has no masks at all
         self._resize = resize_to_uint8(image_size)  # masks too: bilinear, so they stay soft
+        self._lazy = not kwargs.get("cache", True)
+        self._native_size: dict[int, tuple[int, int]] = {}  # item -> its image's (width, height) as decoded
+        self._mask_peak: dict[int, int] = {}  # item -> its mask's highest value (0-255) at its own size
         super().__init__(paths=[str(f) for f in self.files], labels=labels, groups=groups,
                          has_masks=mask_files is not None, image_size=image_size, **kwargs)
+        self._aspect = AspectNote(image_size, f"{self.name} {self.split}")
+        if not self._lazy:
+            self._check(range(len(self)))
 
     def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
+        img, mask = self._decode(i)
+        if self._lazy:  # uncached: each item as it is read; cached: all at once in __init__
+            self._check([i])
+        return img, mask
+
+    def _decode(self, i: int) -> tuple[Tensor, Tensor | None]:
         image = open_image(self.files[i])
         img = self._resize(image)  # (3, S, S) uint8
+        self._native_size[i] = image.size
         if self.mask_files is None:
             return img, None
         m = self.mask_files[i]
@@ -163,4 +204,21 @@ class FileDataset(ImageDataset):
             raise MaskSizeError(f"mask {m} is {mask.width}x{mask.height} px but its image {self.files[i]} is "
                                 f"{image.width}x{image.height} px; a mask must have its image's size (check "
                                 "that it belongs to this image, or save it at the image's size)")
+        self._mask_peak[i] = mask.getextrema()[1]  # at its own size: resizing may thin a small defect
         return img, self._resize(mask)  # (1, S, S) uint8
+
+    def _check(self, items) -> None:
+        """Among decoded `items`: the aspect warning (the first non-square image), then EmptyMaskError naming
+        the masks of defect images that mark no defect pixel."""
+        for i in items:
+            self._aspect.see(self.files[i], self._native_size[i])
+        empty = [i for i in items if self.labels[i] == 1 and self._mask_peak.get(i, 255) < DEFECT_LEVEL]
+        if not empty:
+            return
+        named = ", ".join(f"{self.mask_files[i]} (peak {self._mask_peak[i]}/255)" for i in empty[:SHOWN])
+        more = f" and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""
+        n = f"{len(empty)} defect image{'s' if len(empty) > 1 else ''}"
+        raise EmptyMaskError(f"{self.name} {self.split}: {n} with an empty mask, no pixel reaching "
+                             f"{DEFECT_LEVEL}/255: {named}{more}; a mask pixel is its brightest colour channel "
+                             "(else its alpha), a two-level mask is read as 0/255 (README_DATA.md, 'Masks'): "
+                             "draw the defect, or move an image without one to the normal images")

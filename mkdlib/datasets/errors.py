@@ -1,4 +1,4 @@
-"""Exceptions raised by the data loaders (reference-implementation.md, "Protocols").
+"""Exceptions (and the one warning) raised by the data loaders (reference-implementation.md, "Protocols").
 
 Each names the file or folder at fault and, where data is missing, how to obtain it.
 """
@@ -26,3 +26,11 @@ class ImageReadError(ValueError):
 
 class ArchiveError(ValueError):
     """An archive fails its checksum or holds an unsafe member."""
+
+
+class EmptyMaskError(ValueError):
+    """A defective test image's mask marks no defect pixel: the pixel metrics would fail or be lowered."""
+
+
+class AspectRatioWarning(UserWarning):
+    """Non-square images are resized to a square (the paper's protocol), which distorts them; said once."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.functional as TF
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, grey_rgb, resize_to_uint8
+from .base import IMAGENET_MEAN, IMAGENET_STD, AspectNote, ImageDataset, grey_rgb, resize_to_uint8
 from .folder import build_folder
 from .io import open_image
 from .medical import build_brainmri, build_headct, build_retina
@@ -119,17 +119,26 @@ def _flag(name: str, value) -> bool:
 
 
 def load_images(files: Sequence[str | Path], name: str, image_size: int, *,
-                imagenet_norm: bool | None = None, grey: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                imagenet_norm: bool | None = None, grey: bool = False,
+                aspect: AspectNote | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """New image files prepared as dataset `name` prepares its own: (inputs, display), both (N, 3, S, S)
     float; inputs as the networks take them (ImageNet-normalised where the dataset is, see
     get_dataset's imagenet_norm and grey), display the same images in [0, 1]. Errors name an unreadable
-    file."""
+    file. Non-square images squashed to a square are said once per call, or once per `aspect` shared by
+    several calls (predict's)."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
     # mnist, fashionmnist, cifar10: the reference's resize (and crop); the others a square resize
     transform = reference_transform(key, image_size)[0] if key in TORCHVISION else resize_to_uint8(image_size)
-    images = torch.stack([transform(open_image(f)) for f in files])  # (N, 3, S, S) uint8
+    aspect = aspect or AspectNote(image_size, f"{key} images")
+    prepared = []
+    for f in files:
+        image = open_image(f)
+        if key != "cifar10":  # cifar10's resize keeps the ratio and crops the centre
+            aspect.see(f, image.size)
+        prepared.append(transform(image))
+    images = torch.stack(prepared)  # (N, 3, S, S) uint8
     display = (grey_rgb(images) if _flag("grey", grey) else images).float().div(255)
     normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
     return (TF.normalize(display, IMAGENET_MEAN, IMAGENET_STD) if normalize else display), display

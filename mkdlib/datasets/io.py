@@ -1,24 +1,33 @@
 """Robust file-level helpers: list images, decode any common mode to RGB / grey, match masks by name.
 
-Every reader names the file at fault. Grey, palette, RGBA (composited over black) and 16-bit images
-(scaled by 255/65535, torchvision's convention) all come out as 8-bit RGB.
+Every reader names the file at fault and turns the image as its EXIF Orientation says. Grey, palette,
+RGBA (composited over black) and 16-bit images (scaled by 255/65535, torchvision's convention) all come
+out as 8-bit RGB; masks are read by the rule of README_DATA.md, "Masks".
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import EmptyFolderError, ImageReadError, MissingMaskError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def _dead_link(p: Path) -> bool:
+    """A symbolic link that cannot be followed: its target is missing, or it loops."""
+    return p.is_symlink() and not p.exists()
+
+
 def _image_files(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    """Files with an image extension, and links to them that cannot be followed: listed, so that reading
+    them names them instead of their being left out unseen. Not folders, pipes or devices."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+        if (p.is_file() or _dead_link(p)) and not p.name.startswith(".") and p.suffix.lower() in suffixes
     )
 
 
@@ -33,6 +42,19 @@ def list_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
     return files
 
 
+def find_images(folder: Path, *, skip_marked: str | None = None) -> list[Path]:
+    """Image files of `folder` and of its subfolders, sorted by path; hidden files and folders are skipped,
+    linked folders are not followed (no loops), and a folder holding a file named `skip_marked` is skipped
+    with all it holds (e.g. mkdlib's own outputs)."""
+    def walk(d: Path) -> list[Path]:
+        if skip_marked is not None and (d / skip_marked).exists():
+            return []
+        subfolders = [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+        return _image_files(d) + [f for sub in subfolders for f in walk(sub)]
+
+    return sorted(walk(folder))
+
+
 def _to_8bit(im: Image.Image) -> Image.Image:
     """16/32-bit integer modes -> 'L' by full-range scaling (Pillow's own convert would clip at 255)."""
     if im.mode.startswith("I;16") or im.mode == "I":
@@ -44,10 +66,17 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def _decode(path: Path) -> Image.Image:
+    """The file's pixels in their own mode (8 or 16 bit, any bands), upright: turned as its EXIF
+    Orientation tag says (a phone's JPEG is stored sideways), as every viewer shows it."""
+    path = Path(path)  # load_images passes strings too
+    if _dead_link(path):
+        raise ImageReadError(f"cannot read image {path}: a broken or looping symbolic link (to "
+                             f"{os.readlink(path)}); fix or remove the link")
     try:
         with Image.open(path) as im:
             im.load()
-            return _to_8bit(im)
+            ImageOps.exif_transpose(im, in_place=True)
+            return im
     except FileNotFoundError:
         raise
     except Exception as e:  # UnidentifiedImageError, truncated data, broken chunks, bombs ...
@@ -56,7 +85,7 @@ def _decode(path: Path) -> Image.Image:
 
 def open_image(path: Path) -> Image.Image:
     """Decode `path` as 8-bit RGB; transparency is composited over black."""
-    im = _decode(path)
+    im = _to_8bit(_decode(path))
     if im.mode == "P" or "A" in im.mode or "a" in im.mode:
         rgba = im.convert("RGBA")  # a palette's transparency index becomes alpha here
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -64,15 +93,41 @@ def open_image(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
+_MASK_AS_IS = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_MASK_CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA"}  # a palette's transparency: alpha
+
+
+def _mask_channels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour (H, W, C), alpha (H, W) or None) of a decoded mask, in the file's own range (8 or 16 bit)."""
+    if im.mode not in _MASK_AS_IS:  # CMYK, YCbCr ... as RGB
+        im = im.convert(_MASK_CONVERT.get(im.mode, "RGBA" if "A" in im.getbands() else "RGB"))
+    a = np.asarray(im)
+    if a.ndim == 2:
+        return a[..., None], None
+    return (a[..., :-1], a[..., -1]) if im.mode in ("LA", "RGBA") else (a, None)
+
+
+def _mask_8bit(value: np.ndarray) -> np.ndarray:
+    """(H, W) mask values in the file's range -> uint8: a two-level mask (0 and one other value) is binary,
+    0/255; any other is soft, scaled as images are (8-bit as is, 16-bit by 255/65535)."""
+    peak = value.max()
+    if peak > 0 and ((value == 0) | (value == peak)).all():
+        return np.where(value == peak, 255, 0).astype(np.uint8)
+    if value.dtype == np.uint8:
+        return value
+    scale = 1 if value.dtype.kind == "f" else 255 / 65535
+    return np.clip(np.rint(value * scale), 0, 255).astype(np.uint8)
+
+
 def open_mask(path: Path) -> Image.Image:
-    """Decode a ground-truth mask as 'L' with 255 = defect; masks saved as 0/1 are rescaled."""
-    im = _decode(path)
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")
-    im = im.convert("L")  # alpha, if any, is ignored
-    if 0 < im.getextrema()[1] <= 1:  # a 0/1 label image, not a 0/255 mask
-        im = im.point(lambda v: v * 255)
-    return im
+    """Decode a ground-truth mask as 'L', 255 = defect (README_DATA.md, "Masks"): a pixel's value is its
+    brightest colour channel, or its alpha where the colour is the same everywhere; a mask of two levels
+    (0 and one other, e.g. 0/1 labels, a red or 40% grey drawing) is binary, 0/255; other masks stay soft."""
+    colour, alpha = _mask_channels(_decode(path))
+    value = colour.max(axis=-1)  # red, green, white ... defects all count
+    if alpha is not None and value.min() == value.max() and alpha.min() != alpha.max():
+        value = alpha  # the colour carries nothing: the defect is drawn in the alpha channel
+    return Image.fromarray(_mask_8bit(value), "L")
 
 
 def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
