@@ -2,7 +2,7 @@
 
 Three pixel metrics, each named for what it is: the standard pixel AUROC, the paper's own pixel
 protocol (anomalous images only, 1000 thresholds, binary opening, soft masks; see
-docs/reference-implementation.md) and MVTec's AU-PRO up to a false-positive rate of 0.3.
+docs/differences.md) and MVTec's AU-PRO up to a false-positive rate of 0.3.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cached image datasets shared by every loader (reference-implementation.md, "Preprocessing").
+"""Cached image datasets shared by every loader (docs/differences.md: preprocessing as coded).
 
 Images and masks are decoded and resized once into uint8 tensors; each item is then made float in
 [0, 1], optionally augmented (train split) and ImageNet-normalised. An item is a dict:

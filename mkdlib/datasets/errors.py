@@ -1,4 +1,4 @@
-"""Exceptions (and the one warning) raised by the data loaders (reference-implementation.md, "Protocols").
+"""Exceptions (and the one warning) raised by the data loaders (docs/differences.md).
 
 Each names the file or folder at fault and, where data is missing, how to obtain it.
 """

@@ -1,7 +1,7 @@
 """`get_dataset`: one entry point for every dataset of the paper (Sec. 4) plus `folder` and `synthetic`.
 
-Defaults follow the reference code's preprocessing per dataset (reference-implementation.md,
-"Preprocessing"); `imagenet_norm=True` on a dataset where the reference did not normalise, or False on
+Defaults follow the reference code's preprocessing per dataset (docs/differences.md:
+preprocessing as coded); `imagenet_norm=True` on a dataset where the reference did not normalise, or False on
 CIFAR-10, is a deviation from it, and so is `grey=True` (every image its luma in all three channels).
 """
 

@@ -1,4 +1,4 @@
-"""MVTec AD in its official layout (paper Sec. 4; reference-implementation.md, "Protocols").
+"""MVTec AD in its official layout (paper Sec. 4; docs/differences.md, "Protocols").
 
 Per category: train on `train/good`, test on every `test/<defect>` folder, `test/good` included, so
 detection and localisation share one test set. Masks `ground_truth/<defect>/<name>_mask.png` are

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from .base import BILINEAR, ImageDataset
-from .roots import data_root, not_found
+from .roots import ENV_VAR, data_root, not_found
 
 # name -> (torchvision class, its folder under root)
 TORCHVISION: dict[str, tuple[type, str]] = {
@@ -77,8 +77,8 @@ def build_onecls(name: str, root: str | Path | None, *, split: str, normal_class
     try:
         tv = tv_class(str(base), train=split == "train", download=download)
     except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found or corrupted", network errors
-        raise not_found(name, base / folder, f"{name} not found or corrupt under {base / folder} ({e}).") \
-            from e
+        where = Path(f"${ENV_VAR}") / folder if root is None else base / folder  # the documented place
+        raise not_found(name, where, f"{name} not found or corrupt under {where} ({e}).") from e
     data = tv.data.numpy() if isinstance(tv.data, Tensor) else np.asarray(tv.data)
     targets = np.asarray(tv.targets)
     keep = np.flatnonzero(targets == k) if split == "train" else np.arange(len(targets))
