@@ -10,13 +10,12 @@ import pandas as pd
 import torch
 
 from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration
-from mkdlib.checkpoints import cloner_path
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import DatasetNotFoundError
 from mkdlib.localization import GRADIENTS
 from mkdlib.models import Cloner, Source
 from mkdlib.runs.evaluation import pixel_at_threshold, threshold_metrics
-from mkdlib.runs.loading import load_data, load_model
+from mkdlib.runs.loading import final_cloner_file, load_data, load_model
 from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, read_json, write_json
 from mkdlib.scoring import score, score_loss
@@ -85,7 +84,7 @@ def add_threshold_metrics(run_dir: str | Path, *, device: str | torch.device = "
         return result
     cfg = result.spec.mkd_config()
     pixel, threshold = None, read_calibration(result.run_dir).get("image", {}).get("threshold")
-    if cloner_path(result.run_dir / "checkpoints", cfg.epochs).is_file():
+    if final_cloner_file(result.run_dir, cfg) is not None:
         result, cfg, source, cloner = load_model(run_dir, device=device, weights=weights)
         test = load_data(result.spec, cfg, split="test")
         cal = run_calibration(result, source, cloner, cfg, GRADIENTS if test.has_masks else None, device=device)

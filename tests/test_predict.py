@@ -154,7 +154,7 @@ def _copy(result, tmp_path, checkpoints=True):
     """The run as training left it (no calibration.json, no metrics at the threshold), or as a committed
     record without its checkpoints."""
     copy = tmp_path / "runs" / result.run_dir.name
-    shutil.copytree(result.run_dir, copy, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(result.run_dir, copy, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints", "cloner.pt"))
     (copy / CALIBRATION).unlink(missing_ok=True)
     metrics = json.loads((copy / "metrics.json").read_text())
     metrics.pop("at_threshold", None)
@@ -213,7 +213,7 @@ def test_metrics_at_the_threshold_from_mkd_evaluate(trained, tmp_path, capsys):
     assert pixel["method"] == "gradients" and pixel["tp"] + pixel["fp"] + pixel["tn"] + pixel["fn"] == 12 * 48 * 48
     assert load_run(run).metrics["pixel"] == result.metrics["pixel"]  # the paper's metrics untouched
 
-    record = _copy(result, tmp_path / "record", checkpoints=False)  # a committed record, no cloner, no threshold
+    record = _copy(result, tmp_path / "record", checkpoints=False)  # a record without its cloner or threshold
     assert "at_threshold" not in add_threshold_metrics(record).metrics
     assert main(["evaluate", str(record), "--quiet", "--device", "cpu"]) == 0
     assert "no metrics at a threshold" in capsys.readouterr().out

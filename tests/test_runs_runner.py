@@ -237,8 +237,11 @@ def test_a_deleted_final_cloner_of_a_finished_run_is_restored_from_last(tmp_path
     first = run(spec, tmp_path / "runs", progress=False)
     final = first.run_dir / "checkpoints" / "cloner_e0004.pt"
     final.unlink()
-    with pytest.raises(RunError, match="mkd evaluate"):  # what predict says now
+    loading.load_model(first.run_dir)  # the record's own copy (cloner.pt) serves
+    (first.run_dir / "cloner.pt").rename(tmp_path / "kept.pt")
+    with pytest.raises(RunError, match="mkd evaluate"):  # what predict says without either
         loading.load_model(first.run_dir)
+    (tmp_path / "kept.pt").rename(first.run_dir / "cloner.pt")
     calls = _fit_calls(monkeypatch)
     again = run(spec, tmp_path / "runs", progress=False)  # not "cached" with a lost cloner
     assert final.is_file() and again.metrics == first.metrics
@@ -370,3 +373,30 @@ def test_a_finished_bf16_run_is_read_on_a_cpu_without_bf16(tmp_path, monkeypatch
     assert run(spec, tmp_path / "runs", progress=False).metrics == first.metrics
     with pytest.raises(ValueError, match="bf16_inference: this CPU .* does not compute bf16 natively"):
         run(spec, tmp_path / "other", progress=False)
+
+
+def test_a_record_keeps_its_final_cloner_and_works_without_checkpoints(tmp_path):
+    """cloner.pt beside the record (a state dict, its SHA-256 in metrics.json): a committed record without
+    checkpoints/ still scores new images; a changed file is refused, naming it."""
+    import shutil
+
+    import torch
+
+    from mkdlib.predict import predict
+    from mkdlib.runs.loading import load_model
+
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    state = torch.load(result.run_dir / "cloner.pt", weights_only=True)
+    final = torch.load(result.run_dir / "checkpoints" / "cloner_e0004.pt", weights_only=True)["cloner"]
+    assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
+    assert len(result.metrics["cloner_sha256"]) == 64
+    record = tmp_path / "record" / result.run_dir.name
+    shutil.copytree(result.run_dir, record, ignore=shutil.ignore_patterns("checkpoints"))
+    images = [next((tmp_path / "data").iterdir()) / "test" / "good"]
+    ours = predict(record, images, tmp_path / "a", heatmaps=False, progress=False)
+    theirs = predict(result.run_dir, images, tmp_path / "b", heatmaps=False, progress=False)
+    assert ours["raw_score"].tolist() == theirs["raw_score"].tolist()
+    state["net.body.0.weight"] += 1
+    torch.save(state, record / "cloner.pt")
+    with pytest.raises(RunError, match="cloner.pt has sha256 .* not the"):
+        load_model(record)

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mkdlib.checkpoints import cloner_path
 from mkdlib.datasets.archive import safe_extract
 from mkdlib.paper.items import ITEMS
 from mkdlib.paper.notebook import SPEC_OPTIONS, notebooks_for, notebook_options, notebook_paths, notebook_specs
@@ -23,7 +22,7 @@ from mkdlib.paper.tabulation import add_maps, failure_note
 from mkdlib.runs.executors import run_many
 from mkdlib.runs.loading import check_device
 from mkdlib.runs.spec import RunResult
-from mkdlib.runs.store import HISTORY, LOCK
+from mkdlib.runs.store import CLONER, HISTORY, LOCK
 
 FINAL_CLONERS_BUDGET = 8 * 2**20  # bytes of final cloners an archive keeps (heatmap figures load them)
 
@@ -99,9 +98,9 @@ def train_only(names: Sequence[str], *, profile: str = "paper", runs_dir: str | 
 def pack_records(results: Sequence[RunResult], archive: str | Path, *,
                  cloner_budget: int = FINAL_CLONERS_BUDGET) -> list[str]:
     """Write the records of the finished runs among `results` into a tar.gz of `<key>/...`: every file but
-    checkpoints/ and the lock, plus each run's final cloner while they total at most cloner_budget bytes
-    (Figures 1 and 6 draw maps with it; nothing else needs a checkpoint once metrics.json exists).
-    Returns the keys whose final cloner was left out."""
+    checkpoints/ and the lock, their final cloner (cloner.pt) included while they total at most
+    cloner_budget bytes (Figures 1 and 6 and predict use it; nothing else needs a checkpoint once
+    metrics.json exists). Returns the keys whose final cloner was left out."""
     left_out, budget = [], cloner_budget
     archive = Path(archive)
     partial = archive.with_name(archive.name + ".partial")
@@ -109,14 +108,14 @@ def pack_records(results: Sequence[RunResult], archive: str | Path, *,
         for res in (r for r in _unique(results) if r.ok):
             key = res.run_dir.name
             for path in sorted(res.run_dir.iterdir()):
-                if path.name not in ("checkpoints", LOCK):
-                    tar.add(path, arcname=f"{key}/{path.name}")
-            final = cloner_path(res.run_dir / "checkpoints", res.spec.mkd_config().epochs)
-            if final.is_file() and final.stat().st_size <= budget:
-                tar.add(final, arcname=f"{key}/checkpoints/{final.name}")
-                budget -= final.stat().st_size
-            elif final.is_file():
-                left_out.append(key)
+                if path.name in ("checkpoints", LOCK):
+                    continue
+                if path.name == CLONER:
+                    if path.stat().st_size > budget:
+                        left_out.append(key)
+                        continue
+                    budget -= path.stat().st_size
+                tar.add(path, arcname=f"{key}/{path.name}")
     os.replace(partial, archive)  # a half-written archive never has the final name
     return left_out
 

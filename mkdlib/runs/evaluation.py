@@ -46,7 +46,7 @@ def add_localization(run_dir: str | Path, methods: Iterable[str], *, device: str
             return result
         source, cloner, _ = build_models(spec, cfg, device, weights=weights)
         check_weights(result, source)
-        load_final_cloner(cloner, result.run_dir, cfg)
+        load_final_cloner(cloner, result.run_dir, cfg, result.metrics)
         t0 = time.perf_counter()
         metrics.setdefault("pixel", {}).update(
             pixel_metrics(source, cloner, cfg, test, missing, seed=spec.seed, device=device, progress=progress))

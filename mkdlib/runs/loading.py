@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from mkdlib.checkpoints import cloner_path, load_checkpoint
+from mkdlib.checkpoints import cloner_path, load_checkpoint, save_checkpoint
+from mkdlib.io_utils import file_sha256
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import get_dataset
 from mkdlib.datasets.subset import Subset, subset_indices
 from mkdlib.models import Cloner, Source
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import RunError, load_run
+from mkdlib.runs.store import CLONER, RunError, load_run
 from mkdlib.train import build
 from mkdlib.weights import weights_sha256
 
@@ -64,13 +65,40 @@ def check_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def load_final_cloner(cloner: Cloner, run_dir: Path, cfg: MKDConfig) -> Cloner:
-    path = cloner_path(Path(run_dir) / "checkpoints", cfg.epochs)
-    if not path.is_file():
-        raise RunError(f"missing final cloner {path}: `mkd evaluate {run_dir}` recomputes a lost checkpoint "
-                       "(the run's record alone, without checkpoints/, cannot be used on new images)")
+def final_cloner_file(run_dir: Path, cfg: MKDConfig) -> Path | None:
+    """The run's final cloner: its checkpoint where the run's checkpoints are here, else the record's own
+    copy (cloner.pt, committed beside a record); None without either."""
+    for path in (cloner_path(Path(run_dir) / "checkpoints", cfg.epochs), Path(run_dir) / CLONER):
+        if path.is_file():
+            return path
+    return None
+
+
+def keep_final_cloner(run_dir: Path, cfg: MKDConfig, metrics: dict) -> dict:
+    """Copy the final cloner's weights from the checkpoints to run_dir/cloner.pt (a state dict, loaded with
+    weights_only=True) and record its SHA-256 in `metrics` ("cloner_sha256"), so that the record alone
+    can score and localise new images; returns `metrics`."""
+    state = load_checkpoint(cloner_path(Path(run_dir) / "checkpoints", cfg.epochs))["cloner"]
+    save_checkpoint(state, Path(run_dir) / CLONER)
+    metrics["cloner_sha256"] = file_sha256(Path(run_dir) / CLONER)
+    return metrics
+
+
+def load_final_cloner(cloner: Cloner, run_dir: Path, cfg: MKDConfig, metrics: dict | None = None) -> Cloner:
+    """`cloner` with the run's final weights (final_cloner_file), in eval mode. The record's cloner.pt is
+    checked against the SHA-256 its metrics.json holds."""
+    path = final_cloner_file(run_dir, cfg)
+    if path is None:
+        raise RunError(f"missing final cloner in {run_dir} (neither checkpoints/ nor {CLONER}): `mkd evaluate "
+                       f"{run_dir}` recomputes a lost checkpoint; a record without either cannot be used on new "
+                       "images")
+    recorded = (metrics or {}).get("cloner_sha256")
+    if path.name == CLONER and recorded and file_sha256(path) != recorded:
+        raise RunError(f"{path} has sha256 {file_sha256(path)[:12]}, not the {recorded[:12]} its metrics.json "
+                       "records: restore the file the run wrote (e.g. `git checkout` it) or retrain the run")
     try:
-        cloner.load_state_dict(load_checkpoint(path)["cloner"])
+        state = load_checkpoint(path)
+        cloner.load_state_dict(state["cloner"] if path.name != CLONER else state)
     except (RuntimeError, KeyError, TypeError) as err:
         raise RunError(f"final cloner {path} is unusable ({str(err).splitlines()[0]}); delete that file and "
                        f"run `mkd evaluate {run_dir}`: only it is recomputed") from None
@@ -103,4 +131,4 @@ def load_model(run_dir: str | Path, *, device: str | torch.device = "cpu", weigh
     cfg = result.spec.mkd_config()
     source, cloner, _ = build_models(result.spec, cfg, device, weights=weights)
     check_weights(result, source)
-    return result, cfg, source, load_final_cloner(cloner, result.run_dir, cfg)
+    return result, cfg, source, load_final_cloner(cloner, result.run_dir, cfg, result.metrics)

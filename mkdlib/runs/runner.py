@@ -24,7 +24,7 @@ from mkdlib.config import Execution, MKDConfig
 from mkdlib.io_utils import atomic_write_text
 from mkdlib.localization import check_methods
 from mkdlib.runs.evaluation import add_localization, missing_maps, write_scores
-from mkdlib.runs.loading import build_models, check_device, load_data, load_final_cloner
+from mkdlib.runs.loading import build_models, check_device, keep_final_cloner, load_data, load_final_cloner
 from mkdlib.runs.planning import speed_line
 from mkdlib.runs.repair import restore_cloners, set_aside_corrupt_metrics
 from mkdlib.runs.spec import RunResult, RunSpec
@@ -155,7 +155,7 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, execution: Execution, mod
         pixel = pixel_metrics(source, cloner, cfg, test, spec.localization, seed=spec.seed, device=device,
                               progress=progress)
     t_loc = time.perf_counter() - t0
-    return {
+    return keep_final_cloner(run_dir, cfg, {
         "image_auroc": image,
         "pixel": pixel,
         "n_train": len(train), "n_test": len(test), "n_test_anomalous": int(np.asarray(test.labels).sum()),
@@ -167,4 +167,4 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, execution: Execution, mod
         "weights": source.weights,
         "weights_sha256": weights_sha256(source.weights),
         "device": str(device),
-    }
+    })

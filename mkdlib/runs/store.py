@@ -1,9 +1,10 @@
 """A run's directory: the files in `root/<key>/` (`key()` of its `mkdlib.runs.spec.RunSpec`), their
 JSON, the lock, the environment record and `load_run`.
 
-Layout: spec.json, env.json, checkpoints/, history.csv, scores.csv, calibration.json (predict's score
-normalisation and map scale), metrics.json (written last: its presence marks a finished run), error.txt
-after a failure, .lock while a process holds it, figures/ after `mkd evaluate --figures`.
+Layout: spec.json, env.json, checkpoints/, history.csv, scores.csv, cloner.pt (the final cloner's weights,
+its SHA-256 in metrics.json), metrics.json (written last: its presence marks a finished run),
+calibration.json (predict's threshold, score normalisation and map scale, computed when first needed),
+error.txt after a failure, .lock while a process holds it, figures/ after `mkd evaluate --figures`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ try:
 except ImportError:  # Windows: no advisory locks; runs are still atomic file by file
     fcntl = None
 
-SPEC, METRICS, ENV, HISTORY, SCORES, ERROR, LOCK = (
-    "spec.json", "metrics.json", "env.json", "history.csv", "scores.csv", "error.txt", ".lock")
+SPEC, METRICS, ENV, HISTORY, SCORES, ERROR, LOCK, CLONER = (
+    "spec.json", "metrics.json", "env.json", "history.csv", "scores.csv", "error.txt", ".lock", "cloner.pt")
 class RunError(RuntimeError):
     """A run directory that cannot be used: corrupt, unfinished or from an incompatible version."""
 
