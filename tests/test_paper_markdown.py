@@ -28,8 +28,10 @@ def _final(values: dict[str, float]) -> pd.DataFrame:
 
 def test_columns_mean_row_and_paper_column():
     df = comparison_table("table3", _ours("table3"))
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns) == [*COLUMNS[:2], "paddle", *COLUMNS[2:]]  # MVTec: the Paddle port beside the paper
     assert list(df.index) == [*MVTEC_CATEGORIES, "mean"]
+    assert df.at["transistor", "paddle"] == 85.75 and df.at["mean", "paddle"] == 88.30
+    assert "paddle" not in comparison_table("table2_mnist", _ours("table2_mnist")).columns
     for c in MVTEC_CATEGORIES:
         assert df.at[c, "paper"] == paper_value("table3", c)
         assert df.at[c, "paper_pm"] == PAPER["table3"].spread[c]["ours"]
@@ -87,11 +89,13 @@ def test_write_table_and_index(tmp_path):
     csv, md = write_table(df, res, "table3")
     assert (csv, md) == (res / "table3.csv", res / "table3.md")
     back = pd.read_csv(csv, index_col="class", keep_default_na=False, na_values=[""])
-    assert list(back.columns) == COLUMNS and back.at["mean", "paper"] == 87.74
+    assert list(back.columns) == [*COLUMNS[:2], "paddle", *COLUMNS[2:]] and back.at["mean", "paper"] == 87.74
     text = md.read_text()
     assert text.startswith("# Table 3, p. 8: Anomaly detection on MVTec AD\n")
-    assert "| bottle | 99.39 ± 0.03 | 98.39 | 99.39 ± 0.50 | -1.00 |" in text
-    assert "not run: /data/x" in text and "| mean | 87.74 |" in text
+    assert "| class | paper | Paddle port | ours (final) |" in text
+    assert "| bottle | 99.39 ± 0.03 | 99.29 | 98.39 | 99.39 ± 0.50 | -1.00 |" in text
+    assert "not run: /data/x" in text and "| mean | 87.74 | 88.30 |" in text
+    assert "Paddle port: an independent reproduction" in text and "best epoch on the test set" in text
     write_table(comparison_table("table9", _ours("table9"), column="equal_net"), res, "table9_equal_net")
     assert [p.name for p in res.iterdir() if p.name.startswith(".")] == []  # no temp files left
 

@@ -87,7 +87,8 @@ def test_tables_put_the_paper_beside_ours_with_not_run_notes():
     tabs = tabulation.tables("table3", results, profile="paper")
     assert list(tabs) == ["table3"]
     df = tabs["table3"]
-    assert list(df.columns) == [*COLUMNS, "profile", "weights", "overrides"] and list(df.index) == [*MVTEC_CATEGORIES, "mean"]
+    assert list(df.columns) == [*COLUMNS[:2], "paddle", *COLUMNS[2:], "profile", "weights", "overrides"]
+    assert list(df.index) == [*MVTEC_CATEGORIES, "mean"]
     assert df.at["bottle", "weights"] == "test-weights" and df.at["screw", "weights"] == "imagenet (requested)"
     assert df.at["bottle", "ours_final"] == pytest.approx(95.0) and df.at["bottle", "ours_std"] == pytest.approx(0.5)
     assert df.at["bottle", "paper"] == paper_value("table3", "bottle")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from mkdlib.hardware import host_info
 from mkdlib.io_utils import atomic_write_text, git_commit
-from mkdlib.paper.numbers import PAPER
+from mkdlib.paper.numbers import PADDLE, PADDLE_LABEL, PADDLE_NOTE, PAPER
 
 COLUMNS = ["paper", "paper_pm", "ours_final", "ours_mean", "ours_std", "diff", "note"]
 INDEX_PROFILE = "profile of the run writing this index"  # a line of the index, read back by written_profile
@@ -63,13 +63,17 @@ def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None
     if extra:
         raise ValueError(f"classes not in {item}: {sorted(extra)}; expected {classes}")
 
-    df = pd.DataFrame(index=pd.Index(classes, name="class"), columns=COLUMNS)
+    independent = PADDLE.get(item) if col == t.default_column else None  # an independent reproduction's
+    columns = [*COLUMNS[:2], "paddle", *COLUMNS[2:]] if independent else COLUMNS
+    df = pd.DataFrame(index=pd.Index(classes, name="class"), columns=columns)
     df["paper"] = [t.rows[c][col] if c in t.rows else None for c in classes]
+    if independent:
+        df["paddle"] = [independent.get(c) for c in classes]
     df["paper_pm"] = [t.spread.get(c, {}).get(col) for c in classes]
     df["ours_final"] = o["final"].reindex(classes)
     df["ours_mean"] = o["mean"].reindex(classes)
     df["ours_std"] = o["std"].reindex(classes)
-    num = COLUMNS[:-1]
+    num = columns[:-1]
     df[num] = df[num].astype(float)
     df["diff"] = df["ours_final"] - df["paper"]
     df["note"] = [notes.get(c, "" if c in o.index and not math.isnan(o.at[c, "final"]) else NOT_ASKED)
@@ -79,6 +83,8 @@ def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None
     if printed is not None:
         mean = df[num].mean(skipna=True)
         mean["paper"], mean["paper_pm"] = printed, math.nan
+        if independent:
+            mean["paddle"] = independent["mean"]
         ran = int(df["ours_final"].notna().sum())
         note = "" if ran == len(classes) else f"ours over {ran} of {len(classes)} classes; no diff"
         mean["diff"] = mean["ours_final"] - printed if not note else math.nan
@@ -125,7 +131,8 @@ def to_markdown(df: pd.DataFrame, title: str, *, level: int = 1) -> str:
     results/, which stand alone; a notebook shows its tables as sections of its own page (level 3)."""
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 6:
         raise ValueError(f"to_markdown: level must be a Markdown heading level 1-6, got {level!r}")
-    head = [df.index.name or "class", "paper", "ours (final)", "ours (mean ± std)", "diff"]
+    paddle = "paddle" in df.columns and bool(df["paddle"].notna().any())
+    head = [df.index.name or "class", "paper", *[PADDLE_LABEL] * paddle, "ours (final)", "ours (mean ± std)", "diff"]
     has_notes = "note" in df.columns and bool(df["note"].astype(bool).any())
     head += ["note"] * has_notes
     lines = [f"{'#' * level} {title}", ""]
@@ -134,7 +141,7 @@ def to_markdown(df: pd.DataFrame, title: str, *, level: int = 1) -> str:
         lines += [f"Metric: {df.attrs['metric']}. diff = ours (final) − paper.{pm}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cls, r in df.iterrows():
-        cells = [str(cls), _pm(r["paper"], r["paper_pm"]), _fmt(r["ours_final"]),
+        cells = [str(cls), _pm(r["paper"], r["paper_pm"]), *([_fmt(r["paddle"])] if paddle else []), _fmt(r["ours_final"]),
                  _pm(r["ours_mean"], r["ours_std"]), _fmt(r["diff"])]
         cells += [str(r["note"])] * has_notes
         lines.append("| " + " | ".join(cells) + " |")
@@ -144,7 +151,7 @@ def to_markdown(df: pd.DataFrame, title: str, *, level: int = 1) -> str:
                   if value is not None]
     if provenance:
         lines += ["", "; ".join(provenance) + "."]
-    notes = table_notes(df)
+    notes = table_notes(df) + [PADDLE_NOTE] * paddle
     if notes:
         lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"

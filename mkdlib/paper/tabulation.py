@@ -214,7 +214,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         df = markdown.comparison_table(it.id, sub[["final", "mean", "std"]], column=s.column, notes=notes)
         metric = PIXEL_LABELS[s.metric[-1]] + f"; maps: {s.metric[1]}" if s.metric[0] == "pixel" else df.attrs["metric"]
         if not s.compare:
-            df[["paper", "paper_pm", "diff"]] = math.nan
+            df[[c for c in ("paper", "paper_pm", "paddle", "diff") if c in df.columns]] = math.nan
         used = markdown.distinct(sub, "overrides")
         notes_below = list(it.notes) + [f"Runs with config overrides beyond the paper's protocol or computed in "
                                          f"bf16: {used} (see the overrides column and the README)."] * bool(used)
