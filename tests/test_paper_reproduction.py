@@ -49,3 +49,42 @@ def test_reproduce_refuses_another_profiles_tables_before_any_run(tmp_path):
         reproduce("table3_mvtec_detection", profile="smoke", results_dir=tmp_path, progress=False,
                   data_roots={"mvtec": str(tmp_path / "none")})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"seeds": "abc"}, "notebook parameter seeds='abc': expected null or a list of integers"),
+    ({"data_roots": "notadict"}, "notebook parameter data_roots='notadict': expected a dict"),
+    ({"weights": "/no/such/weights.pth"}, "notebook parameter weights='/no/such/weights.pth'"),
+    ({"workers": -2}, "notebook parameter workers=-2: expected null or an integer >= 1"),
+    ({"config": "[1, 2]"}, "notebook parameter config=\\[1, 2\\]: expected a dict"),
+    ({"device": "cuda:7"}, "not available here|only .* CUDA device"),
+    ({"executor": "threads"}, "executor must be"),
+    ({"profile": "quick"}, "unknown profile 'quick'"),
+])
+def test_every_notebook_parameter_is_checked_first_naming_it(tmp_path, bad, match):
+    """Issue 29 point 10: a wrong parameter is one error naming it, before any run or file, even where no run
+    would be due (Table 5's OCT data is absent)."""
+    with pytest.raises(ValueError, match=match):
+        reproduce("table5_retinal_oct", results_dir=tmp_path / "r", progress=False,
+                  data_roots={"retina": str(tmp_path / "none")} if "data_roots" not in bad else bad["data_roots"],
+                  **{k: v for k, v in bad.items() if k != "data_roots"})
+    assert not (tmp_path / "r").exists()
+
+
+def test_records_only_trains_nothing_and_says_why_a_row_did_not_run(tmp_path, monkeypatch):
+    """train=False (make notebooks): finished records are read, an absent dataset keeps its usual note, and
+    a run whose data is here but whose record is not is noted, never trained."""
+    from mkdlib.runs import executors
+
+    monkeypatch.setattr(executors, "run_many", lambda *a, **k: pytest.fail("records only must not run anything"))
+    synthetic = tmp_path / "data"
+    (synthetic / "mvtec").mkdir(parents=True)
+    from mkdlib.datasets import make_synthetic
+    import shutil
+
+    shutil.copytree(make_synthetic(tmp_path / "gen", size=32, n_train=4, n_test_good=2, n_test_defect=2),
+                    synthetic / "mvtec" / "leather")
+    out = reproduce("table3_mvtec_detection", profile="smoke", results_dir=tmp_path / "r", train=False,
+                    progress=False, data_roots={"mvtec": str(synthetic / "mvtec")})
+    note = out.tables["table3"].at["leather", "note"]
+    assert note.startswith("not run: no finished record of") and "train=True" in note

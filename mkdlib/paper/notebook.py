@@ -154,9 +154,38 @@ def _decoded(name: str, value: Any) -> Any:
                          "lists as JSON (-p classes '{\"mvtec\": [\"bottle\"]}') or as YAML (papermill -y)") from None
 
 
+def _int_or_none(value: Any, low: int) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low)
+
+
+# The notebooks' parameters with what each must be: a check a value passes, and the words of the error.
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "classes": (lambda v: isinstance(v, (dict, list)), "a dict per item or dataset, or a list of classes"),
+    "seeds": (lambda v: v is None or (isinstance(v, list) and all(_int_or_none(s, 0) and s is not None for s in v)),
+              "null or a list of integers >= 0, e.g. [0, 1, 2]"),
+    "data_root": (lambda v: v is None or isinstance(v, str), "null or a folder"),
+    "data_roots": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                   'a dict of dataset -> folder, e.g. {"mvtec": "/data/mvtec"}'),
+    "weights": (lambda v: v in (None, "profile", "imagenet") or (isinstance(v, str) and Path(v).expanduser().is_file()),
+                '"profile", "imagenet", null (a random source) or an existing weights file'),
+    "config": (lambda v: isinstance(v, dict), 'a dict of settings, e.g. {"lr": 0.0005}'),
+    "workers": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
+    "threads": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
+    "progress": (lambda v: isinstance(v, bool), "true or false"),
+    "force": (lambda v: isinstance(v, bool), "true or false"),
+    "train": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 def notebook_options(**parameters: Any) -> dict[str, Any]:
-    """The notebook's run options (items.specs_for keywords), JSON strings decoded."""
-    return {name: _decoded(name, value) for name, value in parameters.items()}
+    """The notebook's parameters with JSON strings decoded, each checked before anything runs: a ValueError
+    names the parameter, its value and what it must be (`-p seeds abc` is not a list of seeds)."""
+    out = {name: _decoded(name, value) for name, value in parameters.items()}
+    for name, value in out.items():
+        check, what = _CHECKS.get(name, (lambda v: True, ""))
+        if not check(value):
+            raise ValueError(f"notebook parameter {name}={value!r}: expected {what}")
+    return out
 
 
 # A notebook's run options (its parameters cell) with the notebooks' defaults: what notebook_specs and

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from mkdlib.config import profile_of
 from mkdlib.paper import fast, figures, markdown, tabulation
 from mkdlib.paper.items import FIGURES, ITEMS
 from mkdlib.paper.notebook import (NOTEBOOKS, notebook_options, notebook_paths, notebook_specs, outputs,
                                    refuse_overwrites)
 from mkdlib.plots import save_figure
 from mkdlib.runs import executors, planning
+from mkdlib.runs.loading import check_device
 from mkdlib.runs.store import finished_runs
 from mkdlib.runs.spec import RunResult, RunSpec
 
@@ -60,6 +62,7 @@ class Reproduction:
     figures: list[Path] = field(default_factory=list)
     shown_figures: list[Path] = field(default_factory=list)
     results: list[RunResult] = field(default_factory=list)
+    comparison: Any = None  # fast_vs_paper's table (fast.comparison), a DataFrame
 
     def blocks(self) -> list[tuple[str, str | Path]]:
         """(kind, value) in display order: each table under "## Tables", then "## Figures"."""
@@ -81,8 +84,13 @@ class Reproduction:
 
 
 def _train(specs: list[RunSpec], runs: Path, device: str, executor: str, workers: int | None,
-           progress: bool) -> list[RunResult]:
-    """The plan printed, then the runs (finished ones read from the cache)."""
+           progress: bool, train: bool = True) -> list[RunResult]:
+    """The plan printed, then the runs (finished ones read from the cache); train=False: the records only."""
+    if not train or not specs:
+        results = planning.recorded(specs, runs)
+        print(f"records only: {sum(r.ok for r in results)} of {len(results)} runs finished in {runs}; nothing "
+              "is trained", flush=True)
+        return results
     print(planning.plan(specs, runs, device), flush=True)
     with executors.executor(executor, workers, device) as pool:
         return executors.run_many(specs, runs, device=device, progress=progress, **pool)
@@ -97,16 +105,17 @@ def _comparison(out: Reproduction, profile: str, runs: Path, run: dict, options:
           f"the fast runs beside them: {len(to_train)} of {len(specs['fast'])}", flush=True)
     out.results = _train(to_train, runs, **run)
     paper = finished_runs(specs["paper"], runs)  # read again: in a smoke check they are the runs just trained
-    table = fast.comparison(paper, out.results)
-    fast.save_comparison(table, out.results_dir)
-    out.texts.append(fast.comparison_markdown(table))
+    out.comparison = fast.comparison(paper, out.results)
+    fast.save_comparison(out.comparison, out.results_dir)
+    out.texts.append(fast.comparison_markdown(out.comparison))
 
 
-def _tables(out: Reproduction, profile: str, device: str, progress: bool) -> None:
+def _tables(out: Reproduction, profile: str, device: str, progress: bool, train: bool) -> None:
     """Each item's tables (the settings this notebook draws), the maps they read and the runs lack added
-    first (Table 11's SmoothGrad and guided backprop; as --train-only does)."""
+    first (Table 11's SmoothGrad and guided backprop; as --train-only does; not with train=False)."""
     for item in (k for k in NOTEBOOKS[out.notebook] if k in ITEMS):
-        out.results = tabulation.add_maps(item, out.results, device=device, progress=progress)
+        if train:
+            out.results = tabulation.add_maps(item, out.results, device=device, progress=progress)
         settings = [s for i, s in outputs(out.notebook).values() if i == item and s is not None]
         out.tables |= tabulation.tables(item, out.results, profile=profile, settings=settings)
     tabulation.save_tables(out.tables, out.results_dir)
@@ -128,31 +137,38 @@ def _figures(out: Reproduction, device: str) -> None:
 def reproduce(notebook: str, *, profile: str = "paper", results_dir: str | Path | None = None,
               runs_dir: str | Path | None = None, device: str = "cpu", executor: str = "auto",
               workers: int | None = None, threads: int | None = None, progress: bool = True,
-              force: bool = False, **options: Any) -> Reproduction:
+              force: bool = False, train: bool = True, **options: Any) -> Reproduction:
     """Run notebook `notebook`'s items (notebook.NOTEBOOKS) and write their tables and figures.
 
     The keywords are the notebooks' parameters. `options` are the run options (classes, seeds, data_root,
     data_roots, weights, config; dicts may come as JSON text). Relative paths are taken from the notebooks
     folder. Tables or an index another profile wrote in the results folder are not overwritten unless
-    `force` (FileExistsError before any run). Returns the Reproduction, which `display` shows.
+    `force` (FileExistsError before any run). train=False reads the run records only: nothing is trained
+    or added to a run (`make notebooks`). Every parameter is checked first, naming a bad one. Returns the
+    Reproduction, which `display` shows.
     """
     if notebook not in NOTEBOOKS or notebook == "00_quickstart":
         raise KeyError(f"unknown notebook {notebook!r}; reproduce runs {[n for n in NOTEBOOKS if n != '00_quickstart']}")
+    checked = notebook_options(workers=workers, threads=threads, progress=progress, force=force, train=train,
+                               **options)
+    options = {k: checked[k] for k in options}
+    profile_of(profile)
+    check_device(device)
+    executors.check_executor(executor)
     if threads:
         torch.set_num_threads(threads)
     results, runs = notebook_paths(profile, results_dir, runs_dir)
     if not force:
         refuse_overwrites(results, [notebook], profile)
-    options = notebook_options(**options)
     out, run = Reproduction(notebook, results), {"device": device, "executor": executor, "workers": workers,
-                                                 "progress": progress}
+                                                 "progress": progress, "train": train}
     _show("markdown", "## Runs")
     if notebook == "fast_vs_paper":
         _comparison(out, profile, runs, run, options)
         return out
     specs = [s for specs in notebook_specs(notebook, profile, **options).values() for s in specs]
     out.results = _train(specs, runs, **run)
-    _tables(out, profile, device, progress)
+    _tables(out, profile, device, progress, train)
     tabulation.update_index(out.results_dir, profile=profile, results=out.results)
     _figures(out, device)
     return out

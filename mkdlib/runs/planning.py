@@ -19,7 +19,8 @@ from mkdlib.features import autocast, to_input, training_targets
 from mkdlib.losses import MKDLoss
 from mkdlib.models import Cloner, Source
 from mkdlib.runs.loading import check_device, load_data
-from mkdlib.runs.spec import RunSpec
+from mkdlib.datasets import DatasetNotFoundError
+from mkdlib.runs.spec import RunResult, RunSpec
 from mkdlib.runs.store import finished_runs
 from mkdlib.train import build
 
@@ -95,6 +96,25 @@ def _train_size(spec: RunSpec) -> int | None:
         return len(load_data(spec, replace(cfg, extra={**cfg.extra, "cache": False}), split="train"))
     except (OSError, ValueError):
         return None
+
+
+def recorded(specs: Iterable[RunSpec], root: str | Path) -> list[RunResult]:
+    """The specs' runs as the records in `root` hold them, never training one: finished runs read back; the
+    others as failed results saying why, as a run would: the data is absent (DatasetNotFoundError, its
+    message), or there is no finished record of it ("NotRun"). For reading committed records only."""
+    out = []
+    for spec, result in zip(specs, finished_runs(list(specs), root)):
+        if not result.ok:
+            cfg = spec.mkd_config()
+            try:
+                load_data(spec, replace(cfg, extra={**cfg.extra, "cache": False}), split="train")
+            except DatasetNotFoundError as err:
+                result = RunResult(spec, None, None, str(err), type(err).__name__)
+            else:
+                result = RunResult(spec, None, None, f"no finished record of {spec.key()} in {root} (records "
+                                   "only: `mkd regenerate` with train=True trains it)", "NotRun")
+        out.append(result)
+    return out
 
 
 def _speed_group(spec: RunSpec) -> tuple:
