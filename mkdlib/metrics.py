@@ -61,12 +61,17 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
 
 
 def paper_pixel_auroc(masks: np.ndarray, maps: np.ndarray, labels: np.ndarray | None = None) -> float:
-    """The paper's pixel protocol on anomalous images only (pass only those, or `labels`).
+    """The paper's pixel protocol on anomalous images only (pass only those, or `labels`): the area under
+    paper_pixel_curve by the trapezoid rule over its 1000 points only (no (0, 0) end point, as coded)."""
+    fpr, tpr = paper_pixel_curve(masks, maps, labels)
+    return float(-np.trapezoid(tpr, fpr))  # fpr decreases with t
 
-    At each t in 0.000..0.999 the binary map `maps >= t` is opened with CROSS, then soft masks weight
-    the counts: TPR = sum(mask * pred) / sum(mask), FPR = sum((1 - mask) * pred) / sum(1 - mask).
-    Area by the trapezoid rule over those 1000 points only (no (0, 0) end point, as coded).
-    """
+
+def paper_pixel_curve(masks: np.ndarray, maps: np.ndarray,
+                      labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the paper's pixel protocol at t = 0.000..0.999, on anomalous images only (pass only
+    those, or `labels`). At each t the binary map `maps >= t` is opened with CROSS, then soft masks weight
+    the counts: TPR = sum(mask * pred) / sum(mask), FPR = sum((1 - mask) * pred) / sum(1 - mask)."""
     masks, maps = check_masks_maps(masks, maps)
     if labels is not None:
         labels = np.asarray(labels).ravel()
@@ -94,7 +99,7 @@ def paper_pixel_auroc(masks: np.ndarray, maps: np.ndarray, labels: np.ndarray | 
     # Predicted at threshold i <=> passed > i: reverse cumulative sums, shifted by one.
     tpr = np.cumsum(tp_at[::-1])[::-1][1:] / positives  # (1000,)
     fpr = np.cumsum(fp_at[::-1])[::-1][1:] / negatives
-    return float(-np.trapezoid(tpr, fpr))  # fpr decreases with t
+    return fpr, tpr
 
 
 def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:

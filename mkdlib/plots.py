@@ -122,6 +122,27 @@ def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -
     return fig
 
 
+NOTEBOOK_DPI = 80  # figures displayed in notebooks: legible, and an executed notebook stays small
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=NOTEBOOK_DPI)
+    return buffer.getvalue()
+
+
+def show_figures_in_notebooks() -> None:
+    """In a Jupyter kernel, let `display(figure)` show these Figures as PNGs (pyplot's inline backend, which
+    would, is never loaded: they are built on the object API). Nothing happens outside a kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
+
+
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
     """Write `fig` to `path` (format from the suffix, e.g. .png or .pdf) atomically."""
     path = Path(path)

@@ -26,7 +26,8 @@ from mkdlib.paper.numbers import paper_value
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 COMMON = {"profile", "results_dir", "runs_dir", "data_root", "data_roots", "classes", "seeds", "weights", "config",
-          "device", "executor", "workers", "threads", "progress", "force"}
+          "device", "executor", "workers", "threads", "progress", "force", "train"}
+METHOD = {"runs_dir", "data_root", "epochs", "image_size", "device", "threads"}
 QUICKSTART = {"profile", "results_dir", "data_root", "data_roots", "weights", "epochs", "image_size", "device",
               "threads", "progress"}
 DATA = Path(os.environ["MKDLIB_DATA"]) if os.environ.get("MKDLIB_DATA") else None
@@ -69,26 +70,37 @@ def test_committed_thin_and_without_outputs(name):
             if "parameters" not in cell.metadata.get("tags", []):
                 assert len(cell.source.splitlines()) <= 8, "a thin notebook: a few calls per cell"
     params = _parameters(nb)
-    assert set(params) == (QUICKSTART if name == "00_quickstart" else COMMON)
-    assert params["profile"] == "paper" and params["device"] == "cpu"
+    assert set(params) == {"00_quickstart": QUICKSTART, "01_method": METHOD}.get(name, COMMON)
+    assert params.get("profile", "paper") == "paper" and params["device"] == "cpu"
 
 
-REPRODUCED = [n for n in notebook.NOTEBOOKS if n != "00_quickstart"]
+REPRODUCED = [n for n in notebook.NOTEBOOKS if n not in notebook.WALKTHROUGHS]
 
 
 @pytest.mark.parametrize("name", REPRODUCED)
-def test_a_paper_notebook_is_its_introduction_parameters_one_call_and_a_display(name):
+def test_a_paper_notebook_is_its_introduction_parameters_one_call_a_display_then_its_analysis(name):
     """Issue 13: the introduction, the parameters, `reproduce(<this notebook>, <every parameter>)` and
-    `display(reproduction)`; the steps' headings come from the call's output (checked in test_smoke_run)."""
+    `display(reproduction)`; issue 30: then its analysis, a `## ` section a step, each code cell a few calls
+    of mkdlib.paper.analysis, and a reading at the end."""
     nb = _read(name)
-    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code", "code"], name
+    assert [c.cell_type for c in nb.cells[:4]] == ["markdown", "code", "code", "code"], name
     assert "parameters" in nb.cells[1].metadata.get("tags", [])
     tree = ast.parse(nb.cells[2].source)
-    assert ast.unparse(tree.body[0]) == "from mkdlib.paper import reproduce"
+    assert ast.unparse(tree.body[0]) == "from mkdlib.paper import analysis, reproduce"
     call = tree.body[-1].value
     assert ast.unparse(call.func) == "reproduce" and ast.literal_eval(call.args[0]) == name
     assert {k.arg: ast.unparse(k.value) for k in call.keywords} == {p: p for p in COMMON}, "every parameter, as is"
     assert nb.cells[3].source == "display(reproduction)"
+    rest = nb.cells[4:]
+    assert rest and rest[-1].cell_type == "markdown" and rest[-1].source.startswith("## Reading"), name
+    for cell in rest:
+        if cell.cell_type == "markdown":
+            assert cell.source.startswith("## "), (name, cell.source[:40])
+        else:
+            tree = ast.parse(cell.source)
+            assert len(tree.body) == 1 and ast.unparse(tree.body[0].value.func) == "display", (name, cell.source)
+            called = [ast.unparse(a.value if isinstance(a, ast.Starred) else a) for a in tree.body[0].value.args]
+            assert called and all(c.startswith("analysis.") for c in called), (name, called)
 
 
 def test_the_quickstart_has_a_heading_before_each_step():
@@ -149,7 +161,8 @@ def _has_data(key: str) -> bool:
 
 def _check_table(results: Path, output: str, item: str, setting: str | None) -> None:
     df = pd.read_csv(results / f"{output}.csv", index_col=0, dtype={"class": str, "setting": str})
-    assert list(df.columns) == [*COLUMNS, "profile", "weights", "overrides"], output
+    paddle = ["paddle"] if item in ("table3", "table4") else []  # the MVTec tables carry the Paddle port's numbers
+    assert list(df.columns) == [*COLUMNS[:2], *paddle, *COLUMNS[2:], "profile", "weights", "overrides"], output
     assert (df["profile"] == "smoke").all()
     assert "smoke" in (results / f"{output}.md").read_text().splitlines()[0]  # labelled, not passed off
     ours = df[["ours_final", "ours_mean"]].stack().dropna()
@@ -169,7 +182,8 @@ def _check_table(results: Path, output: str, item: str, setting: str | None) -> 
 
 
 # display(Markdown(...)), display(Image(...)), tqdm's progress bar widget; text/plain: their text version
-SHOWN = {"text/markdown", "image/png", "application/vnd.jupyter.widget-view+json", "text/plain"}
+SHOWN = {"text/markdown", "image/png", "application/vnd.jupyter.widget-view+json", "text/plain",
+         "text/html"}  # and the analysis' figures (image/png) and DataFrames (text/html)
 
 
 def _check_outputs(executed: nbformat.NotebookNode, name: str) -> None:
@@ -183,7 +197,7 @@ def _check_outputs(executed: nbformat.NotebookNode, name: str) -> None:
     shown = [out.data["text/markdown"] for c in executed.cells for out in c.get("outputs", [])
              if out.output_type == "display_data" and "text/markdown" in out.data]
     headings = [text for text in shown if text.startswith("## ")]
-    if name != "00_quickstart":  # reproduce's sections, in order; each table under a ### heading
+    if name not in notebook.WALKTHROUGHS:  # reproduce's sections, in order; each table under a ### heading
         want = ["## Runs"] + ["## Tables"] * bool(notebook.outputs(name) or name == "fast_vs_paper")
         assert headings[:len(want)] == want, (name, headings)
         tables = [text for text in shown if text.startswith("### ")]
@@ -229,7 +243,7 @@ def test_smoke_run(name, smoke):
         assert (ran["fast_final"] == ran["paper_final"]).all() and (ran["passes_ratio"] == 1).all()
         assert len(ran) or not any(PRESENT.values()), "rows ran where their data is present"
         assert "| item | metric | class | dev |" in (smoke / "fast_vs_paper.md").read_text()
-    elif name != "00_quickstart":
+    elif name not in notebook.WALKTHROUGHS:
         assert "smoke" in (smoke / "README.md").read_text()
     for metrics in (smoke / "runs").glob("*/metrics.json"):  # every finished run: fractions in [0, 1]
         m = json.loads(metrics.read_text())
@@ -279,3 +293,14 @@ def test_a_notebook_in_another_profile_does_not_overwrite_the_paper_tables(tmp_p
                             kernel_name=regenerate.kernel_name(), cwd=str(NOTEBOOK_DIR), progress_bar=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert not (tmp_path / "runs").exists(), "refused before any run"
+
+
+def test_the_method_walkthrough_has_a_section_per_step_naming_the_paper():
+    """Issue 30: 01_method, each step a `## ` section that names the paper's section or equation, a few
+    lines of text, then one display of mkdlib.paper.walkthrough's figures or tables."""
+    nb = _read("01_method")
+    steps = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    numbered = [s for s in steps if s[3].isdigit()]
+    assert len(numbered) == 7 and all(("sec." in s or "Eq" in s or "metrics" in s) for s in numbered), steps
+    calls = [c.source for c in nb.cells if c.cell_type == "code" and "walkthrough." in c.source]
+    assert all(len(c.splitlines()) <= 8 for c in calls) and sum(c.startswith("display(walkthrough.") for c in calls) == 7

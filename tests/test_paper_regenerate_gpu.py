@@ -42,7 +42,7 @@ def _notebook_keys(name: str, **parameters) -> list[str]:
     raise AssertionError(f"{name} trains nothing")
 
 
-@pytest.mark.parametrize("name", [nb for nb in NOTEBOOKS if nb != "00_quickstart"])
+@pytest.mark.parametrize("name", [nb for nb in NOTEBOOKS if nb not in notebook.WALKTHROUGHS])
 @pytest.mark.parametrize("parameters", [{"profile": "paper"}, {"profile": "smoke"},
                                         {"profile": "smoke", "classes": {"mvtec": ["bottle"]}, "seeds": [3]}])
 def test_notebook_specs_are_the_notebooks_own(name, parameters, no_locations):

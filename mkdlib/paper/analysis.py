@@ -2,8 +2,8 @@
 paper beside ours per class, the training curves of its runs, their score distributions and ROC curves,
 AUROC per defect type, and a few generated lines reading the table.
 
-Each function takes a notebook's `Reproduction` (or its parts) and returns a matplotlib Figure, a
-DataFrame or Markdown text for `display`; none draws on screen by itself.
+Each function takes a notebook's tables or runs and returns what `display` shows (matplotlib Figures,
+DataFrames, IPython Markdown); none draws on screen by itself.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from sklearn.metrics import roc_curve
 
 from mkdlib.metrics import image_auroc
 from mkdlib.paper.numbers import PADDLE_LABEL
+from mkdlib.plots import show_figures_in_notebooks
 from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import HISTORY, SCORES
 
 MAX_RUNS_DRAWN = 12  # runs drawn one by one in a panel (more: the first ones, and the figure says so)
+show_figures_in_notebooks()
+
+
 
 
 def _label(result: RunResult) -> str:
@@ -70,12 +74,32 @@ def _history(result: RunResult) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def nothing_ran(results: Sequence[RunResult]) -> str | None:
+def _markdown(text: str):
+    from IPython.display import Markdown  # IPython comes with the notebooks' kernel
+
+    return Markdown(text)
+
+
+def nothing_ran(results: Sequence[RunResult]):
     """A Markdown line where none of `results` finished (the plots need records), else None."""
-    return None if _finished(results) else "*No finished run here, so nothing to plot (the tables say why).*"
+    return None if _finished(results) else _markdown("*No finished run here: nothing to plot (the tables say why).*")
 
 
-def training_curves(results: Sequence[RunResult]) -> Figure | str:
+def comparisons(tables) -> list:
+    """For each table with ours in it: paper_vs_ours and its reading (Markdown), in order, for display(*...)."""
+    out = []
+    for table in (tables.values() if hasattr(tables, "values") else tables):
+        if table["ours_final"].notna().any():
+            out += [paper_vs_ours(table), _markdown(reading(table))]
+    return out or [_markdown("*No table has a number of ours here (the tables say why).*")]
+
+
+def per_group_aurocs(results: Sequence[RunResult]) -> list:
+    """per_group_auroc of each finished run, for display(*...)."""
+    return [per_group_auroc(r) for r in _finished(results)] or [nothing_ran(results)]
+
+
+def training_curves(results: Sequence[RunResult]) -> Figure:
     """Per dataset, left: each run's training loss per epoch (history.csv); right: the image AUROC of its
     sampled cloners (the epochs the tables average over), the final one marked."""
     runs = _finished(results)
@@ -129,7 +153,7 @@ def per_group_auroc(result: RunResult) -> pd.DataFrame:
     return out
 
 
-def score_distributions(results: Sequence[RunResult], *, runs: int = 3) -> Figure | str:
+def score_distributions(results: Sequence[RunResult], *, runs: int = 3) -> Figure:
     """For up to `runs` runs: the histogram of test scores per group (normal first), and one panel with the
     ROC curve of every run (up to MAX_RUNS_DRAWN) and its AUROC."""
     done = _finished(results)
@@ -158,7 +182,7 @@ def score_distributions(results: Sequence[RunResult], *, runs: int = 3) -> Figur
     return fig
 
 
-def per_split(table: pd.DataFrame, results: Sequence[RunResult]) -> Figure | str:
+def per_split(table: pd.DataFrame, results: Sequence[RunResult]) -> Figure:
     """Rows with several seeded splits (Table 6): each split's final AUROC as a dot, their mean, and the
     paper's number: how much of a row's spread is the split."""
     from mkdlib.paper.tabulation import row_of
@@ -185,11 +209,11 @@ def per_split(table: pd.DataFrame, results: Sequence[RunResult]) -> Figure | str
     return fig
 
 
-def fast_vs_paper(comparison: pd.DataFrame) -> Figure | str:
+def fast_vs_paper(comparison: pd.DataFrame) -> Figure:
     """The fast profile beside the paper's, per reported row: fast − paper at the final epoch, the 1-point
     bound, development rows marked; with the image passes each spent."""
     if comparison is None or comparison.empty:
-        return "*No row has both profiles finished here.*"
+        return _markdown("*No row has both profiles finished here.*")
     rows = comparison[comparison["class"] != "mean"].dropna(subset=["diff"])
     labels = [f"{i.replace('table2_', '').replace('table', 'T')} {m.replace('_auroc', '')} {c}"
               for i, m, c in zip(rows["item"], rows["metric"], rows["class"])]
@@ -215,6 +239,10 @@ def reading(table: pd.DataFrame) -> str:
     df = table.drop(index="mean", errors="ignore")
     ran = df[df["ours_final"].notna() & df["paper"].notna()]
     name = table.attrs.get("title", "this table")
+    ours = df["ours_final"].dropna()
+    if df["paper"].isna().all() and not ours.empty:  # a metric the paper does not report
+        return (f"**{name}**: the paper reports no such number; ours over the {len(ours)} classes run: mean "
+                f"{ours.mean():.2f} (" + ", ".join(f"{c} {v:.2f}" for c, v in ours.items()) + ").")
     if ran.empty:
         return f"**{name}**: no class ran here (see the notes for why)."
     diff = ran["ours_final"] - ran["paper"]

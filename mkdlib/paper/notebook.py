@@ -30,6 +30,7 @@ NOTEBOOKS_ENV = "MKDLIB_NOTEBOOKS"  # the notebooks folder, for kernels started 
 # cloner (Figure 4) and loss (Figure 5) notebooks by setting; both write the shared SmallerNet = Total Loss runs.
 NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "00_quickstart": ("quickstart",),
+    "01_method": ("method",),
     "table2_one_class_detection": ("table2_mnist", "table2_fashionmnist", "table2_cifar10"),
     "table3_mvtec_detection": ("table3",),
     "table4_figure6_mvtec_localization": ("table4", "figure6"),
@@ -42,6 +43,9 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "figure1_heatmaps": ("figure1",),
     "fast_vs_paper": ("fast_vs_paper",),
 }
+
+
+WALKTHROUGHS = ("00_quickstart", "01_method")  # notebooks that show the method, not a paper item (no reproduce)
 
 
 def notebooks_for(key: str) -> list[str]:

@@ -82,7 +82,7 @@ def _drawn(results_dir: Path, figure: str, since: float) -> bool:
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
             notebook_dir: str | Path | None = None, parameters: Mapping[str, Any] | None = None,
             kernel: str | None = None, log_output: bool = False, force: bool = False,
-            strict: bool = False) -> dict[str, str | None]:
+            strict: bool = False, executed_dir: str | Path | None = None) -> dict[str, str | None]:
     """Execute each notebook into `<results_dir>/executed/<name>.ipynb`; name -> None or its error.
 
     notebook_dir: the suite's notebooks (default: notebook.notebooks_folder()); results_dir:
@@ -98,7 +98,7 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
     results_dir = default_results(profile, notebook_dir) if results_dir is None else Path(results_dir).resolve()
     if not force:  # every notebook checked before the first runs (each checks itself again: reproduce)
         refuse_overwrites(results_dir, names, profile)
-    executed = results_dir / "executed"
+    executed = results_dir / "executed" if executed_dir is None else Path(executed_dir).resolve()
     executed.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
     params = {"profile": profile, "results_dir": str(results_dir), "force": force, **(parameters or {})}
@@ -150,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
                    help="overwrite tables and the index even where another profile wrote them")
     p.add_argument("--strict", action="store_true",
                    help="fail a notebook with an item that ran no run (all not run or failed), as CI should")
+    p.add_argument("--records-only", action="store_true",
+                   help="read the run records only, train nothing (the notebooks' train=False): `make notebooks`")
+    p.add_argument("--executed", metavar="DIR", help="where the executed copies go (default: <results>/executed)")
     p.add_argument("--kernel", help="Jupyter kernel name (default: one running this Python)")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p.add_argument("--list", action="store_true", help="list the notebooks and what they write, then exit")
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = default_results(args.profile, notebooks) if args.results is None else Path(args.results).resolve()
     runs = Path(args.runs_dir).resolve() if args.runs_dir else None
     parameters = {**dict(args.parameter), **{k: str(v) for k, v in (("device", args.device), ("runs_dir", runs))
-                                             if v is not None}}
+                                             if v is not None}, **({"train": False} if args.records_only else {})}
     try:
         use_locations(args.data_root, args.weights)
         if args.unpack:
@@ -197,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_only.main(args, names, runs or results / "runs")
         status = execute(names, profile=args.profile, results_dir=results, notebook_dir=notebooks,
                          parameters=parameters, kernel=args.kernel, log_output=args.log_output,
-                         force=args.force, strict=args.strict)
+                         force=args.force, strict=args.strict, executed_dir=args.executed)
     except (FileExistsError, ValueError) as err:
         print(f"mkd regenerate: {err}", file=sys.stderr)
         return 2

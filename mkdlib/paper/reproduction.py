@@ -17,7 +17,7 @@ import torch
 from mkdlib.config import profile_of
 from mkdlib.paper import fast, figures, markdown, tabulation
 from mkdlib.paper.items import FIGURES, ITEMS
-from mkdlib.paper.notebook import (NOTEBOOKS, notebook_options, notebook_paths, notebook_specs, outputs,
+from mkdlib.paper.notebook import (NOTEBOOKS, WALKTHROUGHS, notebook_options, notebook_paths, notebook_specs, outputs,
                                    refuse_overwrites)
 from mkdlib.plots import save_figure
 from mkdlib.runs import executors, planning
@@ -147,8 +147,8 @@ def reproduce(notebook: str, *, profile: str = "paper", results_dir: str | Path 
     or added to a run (`make notebooks`). Every parameter is checked first, naming a bad one. Returns the
     Reproduction, which `display` shows.
     """
-    if notebook not in NOTEBOOKS or notebook == "00_quickstart":
-        raise KeyError(f"unknown notebook {notebook!r}; reproduce runs {[n for n in NOTEBOOKS if n != '00_quickstart']}")
+    if notebook not in NOTEBOOKS or notebook in WALKTHROUGHS:
+        raise KeyError(f"unknown notebook {notebook!r}; reproduce runs {[n for n in NOTEBOOKS if n not in WALKTHROUGHS]}")
     checked = notebook_options(workers=workers, threads=threads, progress=progress, force=force, train=train,
                                **options)
     options = {k: checked[k] for k in options}
