@@ -32,5 +32,7 @@ def test_cutpaste_pastes_one_rectangle_of_another_image_and_is_seeded():
 def test_every_candidate_changes_only_the_schedule():
     from mkdlib.config import fast_overrides
 
-    for overrides in _script().CANDIDATES.values():
-        assert set(overrides) <= {"schedule", "lr", "warmup_epochs"} and set(overrides) <= set(fast_overrides("mnist"))
+    for schedule, extra in _script().CANDIDATES.values():
+        assert set(schedule) == {"fraction", "schedule", "lr"} and set(extra) <= {"warmup_epochs"}
+        changed = fast_overrides("mvtec", **schedule)
+        assert set(changed) == {"epochs", "warmup_epochs", "sample_last", "eval_every", "schedule", "lr"}
