@@ -155,7 +155,7 @@ class Execution(_Checked):
 
     amp: bool = param(False)  # bf16 autocast everywhere, the cloner's training step included (opt-in)
     bf16_inference: bool = param(False)  # bf16 for the passes without gradients (source features, scoring)
-    channels_last: bool = param(True)  # memory format: measured faster on AVX2 and AVX-512 CPUs (README "Speed")
+    channels_last: bool = param(True)  # memory format: measured faster on AVX2 and AVX-512 CPUs (docs/speed.md)
     deterministic: bool = param(False)  # torch deterministic algorithms (exact resume, cached == uncached)
     cache_features: bool = param(True)  # source features computed once when the data is deterministic
     cache_dtype: str = param("float32", choices=lambda: ("float32", "float16"))  # float16 halves the cache

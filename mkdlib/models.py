@@ -110,7 +110,7 @@ def make_cloner_layers(cfg: Sequence[int | str]) -> tuple[nn.Sequential, dict[in
         modules.append(nn.Conv2d(in_ch, int(item), kernel_size=3, padding=1, bias=False))
         if i + 1 < len(cfg) and cfg[i + 1] != "M":
             modules.append(nn.BatchNorm2d(int(item)))
-        # In place, as torchvision's VGG: ~15% faster training steps on CPU (README "Speed"); guided backprop
+        # In place, as torchvision's VGG: ~15% faster training steps on CPU (docs/speed.md); guided backprop
         # turns it off while its hooks are on (localization._GuidedReLUs).
         modules.append(nn.ReLU(inplace=True))
         in_ch = int(item)

@@ -39,7 +39,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["epochs", "lambda"])
 parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the splits (Table 6's are seeds 0-4)")
 parser.add_argument("--profile", choices=("paper", "fast"), default="paper",
-                    help="fast: ours, a fifth of the epochs (README, 'The fast profile'), for a cheap spread")
+                    help="fast: ours, a fifth of the epochs (docs/fast-profile.md), for a cheap spread")
 parser.add_argument("--dataset", choices=list(DATASETS), default="headct")
 parser.add_argument("--runs-dir", type=Path, default=Path.home() / "mkd-runs")
 parser.add_argument("--table", type=Path, help="write the per-split table of the finished unchanged runs here")
@@ -91,7 +91,7 @@ def split_table(seeds: list[int]) -> str:
     lines = [f"# {name}: image AUROC (%) per seeded split (10 random normals + {anomalies} as the test set)", "",
              f"Written by `python scripts/headct_investigation.py --dataset {args.dataset} --variants --seeds ... "
              "--table ...` from the finished runs (records in `results/runs/`). paper: 601 epochs; fast: ours, 120 "
-             f"epochs with warm-up + cosine (README, 'The fast profile'). Paper (Table 6): {paper}.", "",
+             f"epochs with warm-up + cosine (docs/fast-profile.md). Paper (Table 6): {paper}.", "",
              "| split | paper final | paper mean ± std (sampled cloners) | fast final | fast mean ± std | training | records |",
              "|---|---|---|---|---|---|---|"]
     for i, seed in enumerate(seeds):

@@ -2,7 +2,7 @@
 
 `amp` is not part of the run key, so the bf16 run must not share the main cache with the fp32 record it is
 compared to: a cache holding that record would return it, and the script refuses to print it as bf16. Used
-for the README's BrainMRI note (split 0: fp32 96.77 final, bf16 95.68).
+for the BrainMRI note in docs/fidelity.md (split 0: fp32 96.77 final, bf16 95.68).
 
     python scripts/precision_check.py [dataset] [seed] [--runs-dir DIR]   # brainmri 0 ~/mkd-runs-bf16check
 """

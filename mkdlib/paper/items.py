@@ -117,7 +117,7 @@ _HEADCT_NOTE = ("HeadCT: with 10 normal test images, one normal image scored abo
                 "states neither (128 px, no normalisation), and the normalisation lowers BrainMRI too, away from "
                 "its paper value, so the profile keeps [0, 1] at 128 px. Ruled out on split 0: the number of "
                 "epochs, λ 0.5, grey conversion; augmentation leaves the 5 splits at 91.10 ± 3.09 "
-                "(README, 'HeadCT'; results/checks/headct_splits.md).")
+                "(docs/fidelity.md, HeadCT; results/checks/headct_splits.md).")
 
 ITEMS: dict[str, Item] = {it.id: it for it in (
     Item("table2_mnist", _onecls("mnist", MNIST_CLASSES), {"": Setting("ours")}, ("0",)),

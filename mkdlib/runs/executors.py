@@ -36,7 +36,7 @@ def executor(kind: str = "auto", workers: int | None = None, device: str = "cpu"
     """run_many's keywords for a notebook's `executor` parameter: "sequential" (in this process),
     "processes" (a local pool of `workers`, default one per core), a Dask scheduler address, or "auto":
     on a CPU with several cores, "processes" of one thread each (two one-thread runs side by side train
-    1.04-1.14x the images of one two-thread run: README, "Speed"); on a GPU, "sequential"."""
+    1.04-1.14x the images of one two-thread run: docs/speed.md); on a GPU, "sequential"."""
     if check_executor(kind) == "auto":
         kind = "processes" if str(device).startswith("cpu") and (workers or os.cpu_count() or 1) > 1 else "sequential"
     if kind == "sequential":
@@ -92,7 +92,7 @@ def run_many(specs: Iterable[RunSpec], results_root: str | Path, *, executor: Ex
         local, remote = [], unique
     elif (workers or 1) > 1:
         # A pool only for the runs left to train (finished ones are read here), no larger than their number:
-        # one run left trains in this process on every thread (README, "Speed": machine throughput).
+        # one run left trains in this process on every thread (docs/speed.md: machine throughput).
         remote = [s for s in unique if not is_finished(s, root)]
         if len(remote) > 1:
             local = [s for s in unique if s not in remote]
