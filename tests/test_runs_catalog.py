@@ -229,3 +229,81 @@ def test_plan_of_finished_runs_measures_nothing(results, monkeypatch):
     specs = [tiny(data), tiny(data, localization=("gradients",)), tiny(data, config=SMOKE_CONFIG, max_train=6)]
     assert plan(specs, root) == "2 runs, all finished (cached): nothing to train"
     assert calls == []
+
+
+# --- issue 29: failed runs, a finished run's unreadable last.pt, a read-only folder, the created time ----
+
+def _nan_after_epoch_1(epoch: int, cloner) -> None:
+    """on_epoch_end that leaves NaN weights after epoch 1: epoch 2's loss is not finite."""
+    if epoch == 1:
+        for p in cloner.parameters():
+            p.data.fill_(float("nan"))
+
+
+def test_a_run_that_fails_in_training_is_listed_failed_with_its_error(tmp_path, capsys, monkeypatch):
+    """`mkd train` says the FloatingPointError in one line; the run keeps error.txt and is listed failed."""
+    import mkdlib.runs.runner as runner
+
+    real_fit = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda *a, **kw: real_fit(*a, **{**kw, "on_epoch_end": _nan_after_epoch_1}))
+    spec, root = tiny(tmp_path), tmp_path / "runs"
+    argv = ["train", "--dataset", "synthetic", "--weights", "none", "--quiet", "--device", "cpu",
+            "--data-root", spec.data_root, "--results", str(root),
+            *[a for k, v in TINY_CONFIG.items() for a in ("--config", f"{k}={json.dumps(v)}")],
+            *[a for k, v in spec.dataset_options.items() for a in ("--option", f"{k}={v}")]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "non-finite training loss" in err and "epoch 2" in err, err
+    run_dir = root / spec.key()
+    assert (run_dir / ERROR).is_file()
+    [row] = list_runs(root)
+    assert row["status"] == "failed" and row["reason"].startswith("FloatingPointError: non-finite training loss")
+    code, out, _ = _runs(capsys, "--results", str(root))
+    assert f"failed {run_dir}: FloatingPointError: non-finite training loss" in out
+
+
+def test_a_run_that_fails_after_training_is_listed_failed_with_its_error(tmp_path, monkeypatch):
+    import mkdlib.runs.runner as runner
+    from mkdlib.datasets import MaskSizeError
+
+    def bad_mask(*args, **kwargs):
+        raise MaskSizeError("mask ground_truth/crack/000_mask.png is 20x20 px but its image is 32x32 px")
+
+    monkeypatch.setattr(runner, "pixel_metrics", bad_mask)
+    spec, root = tiny(tmp_path, localization=("gradients",)), tmp_path / "runs"
+    with pytest.raises(MaskSizeError):
+        run(spec, root, progress=False)
+    assert (root / spec.key() / ERROR).read_text().startswith("MaskSizeError: mask ground_truth/crack/000_mask.png")
+    [row] = list_runs(root)
+    assert (row["status"], row["reason"]) == ("failed", "MaskSizeError: mask ground_truth/crack/000_mask.png is "
+                                                        "20x20 px but its image is 32x32 px")
+
+
+def test_an_older_error_txt_gives_its_exception_line(results):
+    root, keys = results  # the fixture's error.txt is a bare traceback
+    row = next(r for r in list_runs(root) if r["key"] == keys["failed"])
+    assert row["reason"] == "ValueError: boom"
+
+
+def test_a_failed_run_training_again_is_listed_training(results):
+    root, keys = results
+    with RunLock(root / keys["failed"], quiet=True):
+        row = next(r for r in list_runs(root) if r["key"] == keys["failed"])
+        assert (row["status"], row["reason"]) == ("training 0/2 (locked)", None)
+        assert keys["failed"] in {r["key"] for r in list_runs(root, status="training")}
+        assert keys["failed"] not in {r["key"] for r in list_runs(root, status="failed")}
+
+
+def test_a_finished_run_with_an_unreadable_last_pt_is_finished_with_a_note(copy, capsys):
+    root, keys = copy
+    last = root / keys["custom"] / "checkpoints" / "last.pt"
+    last.write_bytes(b"not a checkpoint")
+    row = next(r for r in list_runs(root) if r["key"] == keys["custom"])
+    assert row["status"] == "finished (last.pt unreadable: only needed to train further)"
+    assert row["image_auroc"] is not None and str(last) in row["reason"]
+    assert "nothing is recomputed" in row["reason"] and "from scratch" not in row["reason"]
+    assert keys["custom"] in {r["key"] for r in list_runs(root, status="finished")}
+    _, out, _ = _runs(capsys, "--results", str(root))
+    assert f"finished {root / keys['custom']}: checkpoint {last} is unreadable" in out
+
+

@@ -147,7 +147,44 @@ def test_an_unreadable_checkpoint_is_a_one_line_error(tmp_path):
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(RunError, match="last.pt is unreadable") as err:
         run(spec, tmp_path / "runs", progress=False)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "the run restarts from scratch" in str(err.value)
+
+
+def test_an_unreadable_last_pt_of_a_finished_run_costs_nothing_to_delete(tmp_path, monkeypatch):
+    """A finished run needs last.pt only to train further: the advice says so, and deleting it recomputes nothing."""
+    first = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    last = first.run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(b"garbage")
+    with pytest.raises(RunError, match="last.pt is unreadable") as err:
+        ex.evaluate(first.run_dir)
+    message = str(err.value)
+    assert "nothing is recomputed: the run is finished" in message and "from scratch" not in message, message
+    assert not (first.run_dir / "error.txt").exists()  # a finished run has not failed
+    last.unlink()
+    calls = _fit_calls(monkeypatch)
+    assert ex.evaluate(first.run_dir).metrics["image_auroc"] == first.metrics["image_auroc"] and calls == []
+
+
+def test_an_unreadable_final_cloner_says_what_deleting_it_costs(tmp_path):
+    import shutil
+
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    (result.run_dir / "checkpoints" / "cloner_e0004.pt").write_bytes(b"garbage")
+    with pytest.raises(RunError) as err:
+        loading.load_model(result.run_dir)
+    message = str(err.value)
+    assert "cloner_e0004.pt is unreadable" in message and message.count("delete") == 1, message
+    assert "only it is recomputed" in message, message
+    record = tmp_path / "record" / result.run_dir.name  # a record without checkpoints/: cloner.pt is all it has
+    shutil.copytree(result.run_dir, record, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = json.loads((record / "metrics.json").read_text())
+    del metrics["cloner_sha256"]  # as before records kept its digest: the file itself is read
+    (record / "metrics.json").write_text(json.dumps(metrics))
+    (record / "cloner.pt").write_bytes(b"garbage")
+    with pytest.raises(RunError) as err:
+        loading.load_model(record)
+    message = str(err.value)
+    assert "cloner.pt is unreadable" in message and "delete" not in message and "cannot be recomputed" in message
 
 
 def test_maps_with_and_without_the_gaussian_share_one_attribution(tmp_path, monkeypatch):

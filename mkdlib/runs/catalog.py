@@ -1,7 +1,8 @@
 """The runs of a results folder as a table (`mkd runs`) and their removal (`mkd runs --rm KEY`).
 
 Each `<results>/<key>/` is read with the run directory's own helpers (`mkdlib.runs.store`); an unreadable
-one is listed as `corrupt` with the reason, never a crash, so that one bad folder does not hide the rest.
+one is listed as `corrupt` with the reason, never a crash, so that one bad folder does not hide the rest; a
+failed run with its error's first line; a finished run whose last.pt is unreadable as finished, with a note.
 Listing writes nothing: a lock is only tested, and only where a `.lock` file already exists.
 """
 
@@ -13,7 +14,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from mkdlib.checkpoints import CheckpointError, trained_epochs
+from mkdlib.checkpoints import LAST, CheckpointError, check_readable, trained_epochs
 from mkdlib.config import EXECUTION_FIELDS, PROFILES
 from mkdlib.datasets import DATASET_NAMES
 from mkdlib.datasets.factory import ALIASES
@@ -79,17 +80,38 @@ def _pixel_auroc(metrics: dict) -> dict | None:
     return None if method is None else {"method": method, "auroc": round(100 * pixel[method]["pixel_auroc"], 2)}
 
 
-def _state(run_dir: Path, epochs: int) -> tuple[str, dict | None]:
-    """(status, metrics): finished with readable metrics.json, else failed (error.txt), else training
-    e/N from checkpoints/last.pt. Raises RunError for corrupt metrics or an unreadable last.pt."""
+def _state(run_dir: Path, epochs: int, locked: bool) -> tuple[str, dict | None, str | None]:
+    """(status, metrics, reason): finished with readable metrics.json (noting an unreadable last.pt, which
+    only training further needs), else failed (error.txt; its first line the reason) unless another process
+    holds the run (training it again), else training e/N from checkpoints/last.pt. Raises RunError for
+    corrupt metrics or an unfinished run's unreadable last.pt."""
+    last = run_dir / "checkpoints" / LAST
     if (run_dir / METRICS).is_file():
-        return "finished", read_metrics(run_dir)
-    if (run_dir / ERROR).is_file():
-        return "failed", None
+        metrics = read_metrics(run_dir)
+        try:
+            if last.is_file():
+                check_readable(last)
+        except CheckpointError as err:
+            return "finished (last.pt unreadable: only needed to train further)", metrics, str(err)
+        return "finished", metrics, None
+    if (run_dir / ERROR).is_file() and not locked:
+        return "failed", None, _failure(run_dir / ERROR)
     try:
-        return f"training {trained_epochs(run_dir / 'checkpoints')}/{epochs}", None
+        return f"training {trained_epochs(run_dir / 'checkpoints')}/{epochs}", None, None
     except CheckpointError as err:
         raise RunError(str(err)) from None
+
+
+def _failure(path: Path) -> str:
+    """The error of a failed run: error.txt's first line (runner._failure_text), or the exception line
+    ending an older error.txt that holds the traceback alone."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError as err:
+        return f"{path} is unreadable ({err.strerror})"
+    if lines and lines[0].startswith("Traceback"):
+        lines = [line for line in lines if not line.startswith(" ")][-1:]
+    return " ".join(lines[0].split()) if lines else f"{path} is empty"
 
 
 def describe(run_dir: Path) -> dict:
@@ -109,7 +131,7 @@ def describe(run_dir: Path) -> dict:
         epochs = spec.mkd_config().epochs
         row.update({"dataset": spec.dataset, "class": spec.normal_class, "profile": profile_name(spec),
                     "epochs": epochs})
-        row["status"], metrics = _state(run_dir, epochs)
+        row["status"], metrics, row["reason"] = _state(run_dir, epochs, row["locked"])
         if metrics is not None:
             row.update(image_auroc=_image_auroc(metrics), pixel_auroc=_pixel_auroc(metrics))
     except (RunError, OSError, ValueError) as err:
@@ -190,11 +212,11 @@ def _cells(row: dict) -> list[str]:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table (image AUROC: final (mean +- std over the sampled cloners), in %), then one
-    line per corrupt run naming its folder and what is wrong."""
+    line per run with a reason (corrupt, failed, or finished with a note) naming its folder and what is wrong."""
     import pandas as pd
 
     table = pd.DataFrame([_cells(r) for r in rows], columns=list(COLUMNS)).to_string(index=False)
-    notes = [f"corrupt {r['run_dir']}: {r['reason']}" for r in rows if r["reason"]]
+    notes = [f"{r['status'].split()[0]} {r['run_dir']}: {r['reason']}" for r in rows if r["reason"]]
     return "\n".join([table, *notes])
 
 
