@@ -1,5 +1,6 @@
 """runs.catalog / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm; and runs.planning's plan."""
 
+import errno
 import json
 import os
 import shutil
@@ -136,6 +137,13 @@ def test_bad_filters_are_one_line_errors(results, capsys, args, message):
 def test_a_missing_results_folder_is_named(tmp_path, capsys):
     code, _, err = _runs(capsys, "--results", str(tmp_path / "nope"))
     assert code == 2 and f"results folder {tmp_path / 'nope'} does not exist" in err
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = _runs(capsys, "--results", str(tmp_path / "file"))
+    assert code == 2 and f"results folder {tmp_path / 'file'} is a file; pass --results DIR" in err
+    train = ["train", "--dataset", "synthetic", "--weights", "none", "--data-root", str(tmp_path / "data")]
+    assert main([*train, "--results", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert f"results folder {tmp_path / 'file'} is a file" in err and "Errno" not in err, err
 
 
 @pytest.fixture
@@ -307,3 +315,42 @@ def test_a_finished_run_with_an_unreadable_last_pt_is_finished_with_a_note(copy,
     assert f"finished {root / keys['custom']}: checkpoint {last} is unreadable" in out
 
 
+def _read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", "metrics.json")  # as rmtree's relative unlink says it
+
+
+def test_rm_in_a_read_only_folder_names_it(copy, capsys, monkeypatch):
+    from mkdlib.runs import catalog
+
+    root, keys = copy
+    monkeypatch.setattr(catalog.shutil, "rmtree", _read_only)
+    code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["smoke"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{root / keys['smoke']}" in err and "Read-only file system" in err and "writable" in err, err
+
+
+def test_rm_in_a_folder_chmod_read_only_removes_nothing(copy, capsys):
+    root, keys = copy
+    os.chmod(root, 0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["smoke"])
+    finally:
+        os.chmod(root, 0o755)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(root) in err and "writable" in err, err
+    assert (root / keys["smoke"] / "metrics.json").is_file()
+
+
+def test_created_is_kept_when_a_run_is_resumed(tmp_path):
+    """env.json is rewritten by every process that trains the run; its first time stays the run's created."""
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    env = result.run_dir / "env.json"
+    first = {k: v for k, v in json.loads(env.read_text()).items() if k != "created"}  # as an older mkdlib wrote it
+    env.write_text(json.dumps({**first, "written": "2020-01-02T03:04:05+0000"}))
+    (result.run_dir / "metrics.json").unlink()  # evaluated again by the next process: env.json rewritten
+    run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    assert json.loads(env.read_text())["written"][:4] != "2020"  # this process's environment
+    assert json.loads(env.read_text())["created"] == "2020-01-02T03:04:05+0000"
+    [row] = list_runs(tmp_path / "runs")
+    assert row["created"] == "2020-01-02T03:04:05+00:00"

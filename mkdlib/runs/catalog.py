@@ -8,6 +8,7 @@ Listing writes nothing: a lock is only tested, and only where a `.lock` file alr
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from contextlib import ExitStack
@@ -58,10 +59,12 @@ def _locked(run_dir: Path) -> bool:
 
 
 def _created(run_dir: Path) -> datetime:
-    """When the run was started: env.json's "written" (kept by a copy or a git checkout), else the
+    """When the run was started: env.json's "created" (its first "written", kept by every process that
+    resumes the run; kept by a copy or a git checkout), or "written" in an older env.json, else the
     modification time of spec.json (else of the folder), as a local time with its UTC offset."""
     try:
-        return datetime.strptime(read_json(run_dir / ENV)["written"], "%Y-%m-%dT%H:%M:%S%z")
+        env = read_json(run_dir / ENV)
+        return datetime.strptime(env.get("created") or env["written"], "%Y-%m-%dT%H:%M:%S%z")
     except (RunError, KeyError, TypeError, ValueError):
         pass
     path = run_dir / SPEC if (run_dir / SPEC).is_file() else run_dir
@@ -148,7 +151,8 @@ def results_root(path: str | Path) -> Path:
     """The results folder, checked to exist; RunError saying how to name another one."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise RunError(f"results folder {root} does not exist; pass --results DIR (or set $MKDLIB_RESULTS)")
+        what = "is a file" if root.exists() else "does not exist"
+        raise RunError(f"results folder {root} {what}; pass --results DIR (or set $MKDLIB_RESULTS)")
     upgrade_root(root)
     return root
 
@@ -237,14 +241,34 @@ def _checked_run_dir(root: Path, key: str) -> Path:
 
 def remove_runs(root: str | Path, keys: list[str]) -> list[Path]:
     """Remove the run directories root/<key>; every key is checked, and every lock taken, before
-    anything is removed, so an unknown key or a run another process holds removes nothing."""
+    anything is removed, so an unknown key, a folder this process may not change (read-only) or a run
+    another process holds removes nothing."""
     root = results_root(root)
     run_dirs = list(dict.fromkeys(_checked_run_dir(root, k) for k in keys))
+    for run_dir in run_dirs:
+        _check_writable(run_dir)
     with ExitStack() as locks:
         for run_dir in run_dirs:
             if not locks.enter_context(lock_if_free(run_dir, create=True)):
                 raise RunError(f"run {run_dir} is in use by another process (its {LOCK} is held); "
                                "wait for it to finish or stop it, then remove it")
         for run_dir in run_dirs:
-            shutil.rmtree(run_dir)
+            _remove(run_dir)
     return run_dirs
+
+
+def _check_writable(run_dir: Path) -> None:
+    """RunError naming the folder when this process may not remove run_dir (a read-only folder or file system)."""
+    for folder in (run_dir.parent, run_dir):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RunError(f"cannot remove run {run_dir}: {folder} is not writable here (read-only); make it "
+                           "writable (or remove the run as its owner), nothing was removed")
+
+
+def _remove(run_dir: Path) -> None:
+    """shutil.rmtree(run_dir), its error naming the run's folder (rmtree's names a file without its folder)."""
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as err:
+        raise RunError(f"cannot remove run {run_dir} ({err.strerror or err}: {err.filename}); make it writable, "
+                       f"then run `mkd runs --rm {run_dir.name}` again") from None
