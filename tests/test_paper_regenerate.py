@@ -194,3 +194,49 @@ def test_strict_passes_a_smoke_run_with_its_data(tmp_path):
     argv = ["--profile", "smoke", "--only", "table3", "--results", str(tmp_path / "results"), "--strict",
             "-p", f'data_roots={{"mvtec": "{LEATHER}"}}', "-p", "threads=1", "-p", "progress=false"]
     assert regenerate.main(argv) == 0
+
+
+# --- issue 29: --strict judges what was asked for; --weights none; a read-only or file results folder -----
+
+def _tables_papermill(monkeypatch, finished: set[str]) -> list[str]:
+    """A stand-in for papermill that writes each notebook's tables as it would without data, with one number
+    in the tables of the items in `finished` (a run that finished); returns the notebooks executed."""
+    executed: list[str] = []
+
+    def execute_notebook(source, target, *, parameters, **kw):
+        name, results = Path(source).stem, Path(parameters["results_dir"])
+        executed.append(name)
+        for out, (item, _) in notebook.outputs(name).items():
+            tabulation.save_tables({k: v for k, v in tabulation.tables(item, [], profile=parameters["profile"])
+                                    .items() if k == out}, results)
+            if item in finished:
+                table = pd.read_csv(results / f"{out}.csv", index_col=0)
+                table.iloc[0, table.columns.get_loc("ours_final")] = 51.0
+                table.to_csv(results / f"{out}.csv")
+
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    return executed
+
+
+def test_strict_judges_the_items_asked_for_not_their_notebooks_others(tmp_path, monkeypatch, capsys):
+    """Table 2 on a machine with MNIST only: --only table2_mnist --strict passes, whatever CIFAR-10's rows say;
+    an item asked for that ran nothing still fails, and so does a notebook asked for by name."""
+    executed = _tables_papermill(monkeypatch, finished={"table2_mnist"})
+    argv = ["--profile", "smoke", "--results", str(tmp_path / "results"), "--kernel", "python3", "--strict"]
+    assert regenerate.main([*argv, "--only", "table2_mnist"]) == 0, capsys.readouterr().err
+    assert executed == ["table2_one_class_detection"]
+    assert regenerate.main([*argv, "--only", "table2_mnist", "table2_cifar10"]) == 1
+    assert "FAILED table2_one_class_detection: ran no runs for table2_cifar10 (--strict" in capsys.readouterr().err
+    assert regenerate.main([*argv, "--only", "table2_one_class_detection"]) == 1
+    assert "ran no runs for table2_fashionmnist, table2_cifar10 (--strict" in capsys.readouterr().err
+
+
+def test_strict_judges_the_tables_a_figure_asked_for_draws(tmp_path, monkeypatch, capsys):
+    _tables_papermill(monkeypatch, finished=set())
+    argv = ["--profile", "smoke", "--results", str(tmp_path / "results"), "--kernel", "python3", "--strict"]
+    assert regenerate.main([*argv, "--only", "figure6"]) == 1
+    assert "ran no runs for table4" in capsys.readouterr().err
+    assert regenerate.main([*argv, "--only", "table1"]) == 1  # Table 1 is Table 11's summary
+    assert "ran no runs for table11" in capsys.readouterr().err
+
+
