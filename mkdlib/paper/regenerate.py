@@ -15,6 +15,7 @@ Jupyter): the records it leaves are then found, by key, when the notebooks rende
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from mkdlib.paper import train_only
 from mkdlib.paper.items import FIGURES, ITEMS
 from mkdlib.paper.notebook import (NOTEBOOKS, NOTEBOOKS_ENV, default_results, notebooks_folder, outputs,
                                    refuse_overwrites, select, use_locations)
+from mkdlib.runs.store import check_folder
 
 KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
@@ -136,6 +138,16 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
     return status
 
 
+def _check_writable(folder: Path, what: str, option: str, *, exists_only: bool = False) -> None:
+    """ValueError naming `folder` when it, or a folder above it, is a file, or (unless exists_only) when the
+    nearest existing one is not writable here (read-only): before any notebook runs."""
+    check_folder(folder, what, option)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not exists_only and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {folder}: {existing} is not writable here (read-only); make it writable, or pass "
+                         f"{option} DIR (a writable folder)")
+
+
 def _unpack(archive: str, runs: Path) -> None:
     if not Path(archive).is_file():
         raise ValueError(f"--unpack {archive}: no such file; pass the runs.tar.gz a --train-only run wrote")
@@ -170,7 +182,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the notebooks and what they write, then exit")
     p.add_argument("--device", help="where runs train: cpu, cuda, cuda:1 (default: cpu; for notebooks, as -p device)")
     p.add_argument("--data-root", help="the datasets' folder, as $MKDLIB_DATA (keeps the run keys portable)")
-    p.add_argument("--weights", help="the VGG-16 source weights file, as $MKDLIB_VGG16_WEIGHTS")
+    p.add_argument("--weights", help="the VGG-16 source weights file, as $MKDLIB_VGG16_WEIGHTS; none: a random "
+                                     "source for every run, as `mkd train --weights none` (-p weights=null)")
     p.add_argument("--runs-dir", help="the run cache (default: <results>/runs; for notebooks, as -p runs_dir)")
     g = p.add_argument_group("--train-only: the notebooks' runs without papermill or tables (a GPU machine)")
     g.add_argument("--train-only", action="store_true",
@@ -200,11 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"mkd regenerate: {err}", file=sys.stderr)
         return 2
+    if args.weights is not None and args.weights.lower() == "none":  # a random source, as `mkd train --weights none`
+        args.weights, args.parameter = None, [*args.parameter, ("weights", None)]
     results = default_results(args.profile, notebooks) if args.results is None else Path(args.results).resolve()
     runs = Path(args.runs_dir).resolve() if args.runs_dir else None
     parameters = {**dict(args.parameter), **{k: str(v) for k, v in (("device", args.device), ("runs_dir", runs))
                                              if v is not None}}
     try:
+        _check_writable(results, "results folder", "--results", exists_only=args.train_only)
+        _check_writable(runs or results / "runs", "run cache", "--runs-dir" if runs else "--results")
         use_locations(args.data_root, args.weights)
         if args.unpack:
             _unpack(args.unpack, runs or results / "runs")
@@ -215,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          force=args.force, strict=args.strict, only=args.only)
     except (FileExistsError, ValueError) as err:
         print(f"mkd regenerate: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a read-only file system: its error names a file, without what to do
+        print(f"mkd regenerate: cannot write {err.filename or ''} ({err.strerror or err}): make that folder writable, "
+              "or pass --results DIR (a writable folder)", file=sys.stderr)
         return 2
     failed = {k: v for k, v in status.items() if v is not None}
     print(f"mkd regenerate: {len(status) - len(failed)} of {len(status)} notebooks ok; executed copies in "
