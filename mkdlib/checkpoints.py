@@ -35,19 +35,46 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 class CheckpointError(RuntimeError):
-    """An unreadable or unusable checkpoint file; the message says to delete it (and what that recomputes)."""
+    """An unreadable or unusable checkpoint file; the message says what deleting it costs (`deletion_cost`)."""
+
+
+FINISHED = "metrics.json"  # beside a run's checkpoints/, it marks the run finished (mkdlib/runs/store.py)
+
+
+def deletion_cost(path: str | Path) -> str:
+    """The advice for an unusable checkpoint: delete it, and what that costs in the state of the run whose
+    checkpoints/ holds it. last.pt: nothing once the run is finished (it is only needed to train further),
+    else the run restarts from scratch; a sampled cloner: only it is recomputed (runs/repair.py)."""
+    path = Path(path)
+    if path.name != LAST:
+        return ("delete it and run the same command again: only it is recomputed (from last.pt, or by retracing "
+                "the run to its epoch)")
+    if path.parent.name == "recover":
+        return "delete it and run the same command again: the recovery of the lost sampled cloners restarts"
+    if (path.parent.parent / FINISHED).is_file():
+        return ("delete it (nothing is recomputed: the run is finished, and last.pt is only needed to train it "
+                "further)")
+    return "delete it and run the same command again: the run restarts from scratch"
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}); {deletion_cost(path)}")
 
 
 def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        what = ("the run restarts from scratch" if Path(path).name == LAST else
-                "only it is recomputed, from the nearest earlier checkpoint")
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it and run the same command "
-            f"again: {what}"
-        ) from None
+        raise _unreadable(path, err) from None
+
+
+def check_readable(path: Path) -> None:
+    """CheckpointError (as load_checkpoint's) if torch cannot open `path`; cheap (memory-mapped, the tensors'
+    bytes are not read), for a listing."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise _unreadable(path, err) from None
 
 
 def read_last(checkpoint_dir: str | Path, cloner: torch.nn.Module, cfg: MKDConfig | None = None) -> dict | None:
@@ -61,15 +88,16 @@ def read_last(checkpoint_dir: str | Path, cloner: torch.nn.Module, cfg: MKDConfi
         return None
     state = load_checkpoint(path)
     if not isinstance(state, dict) or not {"cloner", "optimizer", "epoch", "history"} <= set(state):
-        raise CheckpointError(f"checkpoint {path} lacks fields this mkdlib needs (incompatible version); delete it")
+        raise CheckpointError(f"checkpoint {path} lacks fields this mkdlib needs (incompatible version); "
+                              f"{deletion_cost(path)}")
     if cfg is not None and state.get("config") is not None and not cfg.matches(canonical_json(state["config"])):
-        raise CheckpointError(f"checkpoint {path} was trained with another configuration; delete it or use "
-                              "another results folder")
+        raise CheckpointError(f"checkpoint {path} was trained with another configuration; use another results "
+                              f"folder, or {deletion_cost(path)}")
     try:
         cloner.load_state_dict(state["cloner"])
     except (RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} does not fit this cloner ({str(err).splitlines()[0]}); "
-                              "delete it") from None
+                              f"{deletion_cost(path)}") from None
     return state
 
 

@@ -161,9 +161,10 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
                        description="A table of the runs in RESULTS: key, dataset, class, profile, epochs, "
                        "status, image AUROC in percent (final (mean +- std over the sampled cloners)), pixel "
                        "AUROC in percent (of the first localisation method the run has), created (when it "
-                       "started); oldest first. status: finished, training e/N, failed (error.txt) or corrupt "
-                       "(the reason is printed below the table), with (locked) while another process holds the "
-                       "run. profile: paper (no overrides, whole data), smoke (max-train/max-test or the smoke "
+                       "started); oldest first. status: finished, training e/N, failed (error.txt; its first "
+                       "line is printed below the table) or corrupt (the reason below the table), with (locked) "
+                       "while another process holds the run; a finished run whose last.pt is unreadable gets a "
+                       "note (it is only needed to train further). profile: paper (no overrides, whole data), smoke (max-train/max-test or the smoke "
                        "profile's epochs), fast (the fast profile's schedule) or custom.")
     s.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
     s.add_argument("--dataset", metavar="NAME", help="only runs of this dataset")

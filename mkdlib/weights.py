@@ -36,7 +36,8 @@ def _state_dict_from_file(path: Path) -> dict[str, Tensor]:
     """A state dict for `vgg16().features` from a file holding it or a whole `vgg16()` one. Only tensors
     are unpickled (weights_only), so a planted pickle cannot run code; its keys are checked on loading."""
     if not path.is_file():
-        raise FileNotFoundError(f"VGG-16 weights file not found: {path}")
+        raise FileNotFoundError(f"VGG-16 weights file not found: {path}; pass --weights FILE with its location on "
+                                "this machine (a run records the path it was trained with)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # text, truncated zip, arbitrary pickles: KeyError, EOFError, UnpicklingError ...

@@ -158,3 +158,14 @@ def test_train_help_names_every_folder_option(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in dataset_options("folder"))  # the static help cannot drift from the code
     assert "abnormal_dir='abnormal'" in describe_options("folder")
+
+
+def test_evaluate_figures_removes_what_a_killed_one_left(trained, capsys, tmp_path):
+    """`mkd evaluate --figures` writes through mkdlib.outputs, as predict does: a killed process's temporary
+    folder beside --out is removed (issue 29, point 12)."""
+    _, run_dir, _ = _train(trained, capsys)
+    dead = tmp_path / ".figs.tmp-999999999-abc"  # a pid no process has
+    dead.mkdir()
+    (dead / "half.png").write_bytes(b"half written")
+    assert main(["evaluate", run_dir, "--figures", "--out", str(tmp_path / "figs"), "--quiet", "--device", "cpu"]) == 0
+    assert not dead.exists() and (tmp_path / "figs" / ".mkdlib-output").is_file()

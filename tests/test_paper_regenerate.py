@@ -3,6 +3,7 @@ profile's own results folder (never overwriting another profile's tables) and --
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -194,3 +195,97 @@ def test_strict_passes_a_smoke_run_with_its_data(tmp_path):
     argv = ["--profile", "smoke", "--only", "table3", "--results", str(tmp_path / "results"), "--strict",
             "-p", f'data_roots={{"mvtec": "{LEATHER}"}}', "-p", "threads=1", "-p", "progress=false"]
     assert regenerate.main(argv) == 0
+
+
+# --- issue 29: --strict judges what was asked for; --weights none; a read-only or file results folder -----
+
+def _tables_papermill(monkeypatch, finished: set[str]) -> list[str]:
+    """A stand-in for papermill that writes each notebook's tables as it would without data, with one number
+    in the tables of the items in `finished` (a run that finished); returns the notebooks executed."""
+    executed: list[str] = []
+
+    def execute_notebook(source, target, *, parameters, **kw):
+        name, results = Path(source).stem, Path(parameters["results_dir"])
+        executed.append(name)
+        for out, (item, _) in notebook.outputs(name).items():
+            tabulation.save_tables({k: v for k, v in tabulation.tables(item, [], profile=parameters["profile"])
+                                    .items() if k == out}, results)
+            if item in finished:
+                table = pd.read_csv(results / f"{out}.csv", index_col=0)
+                table.iloc[0, table.columns.get_loc("ours_final")] = 51.0
+                table.to_csv(results / f"{out}.csv")
+
+    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    return executed
+
+
+def test_strict_judges_the_items_asked_for_not_their_notebooks_others(tmp_path, monkeypatch, capsys):
+    """Table 2 on a machine with MNIST only: --only table2_mnist --strict passes, whatever CIFAR-10's rows say;
+    an item asked for that ran nothing still fails, and so does a notebook asked for by name."""
+    executed = _tables_papermill(monkeypatch, finished={"table2_mnist"})
+    argv = ["--profile", "smoke", "--results", str(tmp_path / "results"), "--kernel", "python3", "--strict"]
+    assert regenerate.main([*argv, "--only", "table2_mnist"]) == 0, capsys.readouterr().err
+    assert executed == ["table2_one_class_detection"]
+    assert regenerate.main([*argv, "--only", "table2_mnist", "table2_cifar10"]) == 1
+    assert "FAILED table2_one_class_detection: ran no runs for table2_cifar10 (--strict" in capsys.readouterr().err
+    assert regenerate.main([*argv, "--only", "table2_one_class_detection"]) == 1
+    assert "ran no runs for table2_fashionmnist, table2_cifar10 (--strict" in capsys.readouterr().err
+
+
+def test_strict_judges_the_tables_a_figure_asked_for_draws(tmp_path, monkeypatch, capsys):
+    _tables_papermill(monkeypatch, finished=set())
+    argv = ["--profile", "smoke", "--results", str(tmp_path / "results"), "--kernel", "python3", "--strict"]
+    assert regenerate.main([*argv, "--only", "figure6"]) == 1
+    assert "ran no runs for table4" in capsys.readouterr().err
+    assert regenerate.main([*argv, "--only", "table1"]) == 1  # Table 1 is Table 11's summary
+    assert "ran no runs for table11" in capsys.readouterr().err
+
+
+def test_weights_none_is_a_random_source_as_for_train(tmp_path, papermill, monkeypatch):
+    from mkdlib.weights import WEIGHTS_ENV
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    argv = ["--profile", "smoke", "--only", "table3", "--results", str(tmp_path / "results"), "--kernel", "python3"]
+    assert regenerate.main([*argv, "--weights", "none"]) == 0
+    assert papermill[0]["parameters"]["weights"] is None and WEIGHTS_ENV not in os.environ
+    seen = []
+    monkeypatch.setattr(regenerate.train_only, "main", lambda args, names, runs: seen.append(args.parameter) or 0)
+    assert regenerate.main([*argv, "--weights", "None", "--train-only"]) == 0
+    assert ("weights", None) in seen[0] and WEIGHTS_ENV not in os.environ
+
+
+def test_a_results_folder_that_is_a_file_is_one_line(tmp_path, papermill, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    for option in ("--results", "--runs-dir"):
+        assert regenerate.main(["--only", "table3", option, str(tmp_path / "file"), "--kernel", "python3"]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'file'} is a file: pass {option} DIR" in err and "Errno" not in err, err
+        assert len(err.strip().splitlines()) == 1 and papermill == []
+
+
+def test_a_read_only_results_folder_is_one_line(tmp_path, papermill, monkeypatch, capsys):
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if tmp_path in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert regenerate.main(["--only", "table3", "--results", str(tmp_path / "results"), "--kernel", "python3"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(tmp_path / "results") in err and "Read-only file system" in err and "writable" in err, err
+
+
+def test_a_results_folder_chmod_read_only_is_refused_before_any_notebook(tmp_path, papermill, capsys):
+    results = tmp_path / "results"
+    results.mkdir(mode=0o555)
+    try:
+        if os.access(results, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        code = regenerate.main(["--only", "table3", "--results", str(results), "--kernel", "python3"])
+    finally:
+        results.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2 and str(results) in err and "writable" in err and papermill == [], err

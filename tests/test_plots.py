@@ -110,5 +110,6 @@ def test_save_heatmaps_lists_a_record_without_its_final_cloner(tmp_path, capsys)
                    dataset_options=dict(size=32, n_train=4, n_test_good=2, n_test_defect=2))
     result = run(spec, tmp_path / "runs", progress=False)
     shutil.rmtree(result.run_dir / "checkpoints")
+    (result.run_dir / "cloner.pt").unlink()  # records keep it now: without it too, the final cloner is missing
     assert figures.save_heatmaps("figure6", [result], tmp_path) == []
     assert "figure6_synthetic: not drawn: missing final cloner" in capsys.readouterr().out

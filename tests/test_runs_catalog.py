@@ -1,5 +1,6 @@
 """runs.catalog / `mkd runs`: the table of a results folder's runs, its filters, --json and --rm; and runs.planning's plan."""
 
+import errno
 import json
 import os
 import shutil
@@ -136,6 +137,13 @@ def test_bad_filters_are_one_line_errors(results, capsys, args, message):
 def test_a_missing_results_folder_is_named(tmp_path, capsys):
     code, _, err = _runs(capsys, "--results", str(tmp_path / "nope"))
     assert code == 2 and f"results folder {tmp_path / 'nope'} does not exist" in err
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = _runs(capsys, "--results", str(tmp_path / "file"))
+    assert code == 2 and f"results folder {tmp_path / 'file'} is a file; pass --results DIR" in err
+    train = ["train", "--dataset", "synthetic", "--weights", "none", "--data-root", str(tmp_path / "data")]
+    assert main([*train, "--results", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert f"results folder {tmp_path / 'file'} is a file" in err and "Errno" not in err, err
 
 
 @pytest.fixture
@@ -229,3 +237,120 @@ def test_plan_of_finished_runs_measures_nothing(results, monkeypatch):
     specs = [tiny(data), tiny(data, localization=("gradients",)), tiny(data, config=SMOKE_CONFIG, max_train=6)]
     assert plan(specs, root) == "2 runs, all finished (cached): nothing to train"
     assert calls == []
+
+
+# --- issue 29: failed runs, a finished run's unreadable last.pt, a read-only folder, the created time ----
+
+def _nan_after_epoch_1(epoch: int, cloner) -> None:
+    """on_epoch_end that leaves NaN weights after epoch 1: epoch 2's loss is not finite."""
+    if epoch == 1:
+        for p in cloner.parameters():
+            p.data.fill_(float("nan"))
+
+
+def test_a_run_that_fails_in_training_is_listed_failed_with_its_error(tmp_path, capsys, monkeypatch):
+    """`mkd train` says the FloatingPointError in one line; the run keeps error.txt and is listed failed."""
+    import mkdlib.runs.runner as runner
+
+    real_fit = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda *a, **kw: real_fit(*a, **{**kw, "on_epoch_end": _nan_after_epoch_1}))
+    spec, root = tiny(tmp_path), tmp_path / "runs"
+    argv = ["train", "--dataset", "synthetic", "--weights", "none", "--quiet", "--device", "cpu",
+            "--data-root", spec.data_root, "--results", str(root),
+            *[a for k, v in TINY_CONFIG.items() for a in ("--config", f"{k}={json.dumps(v)}")],
+            *[a for k, v in spec.dataset_options.items() for a in ("--option", f"{k}={v}")]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "non-finite training loss" in err and "epoch 2" in err, err
+    run_dir = root / spec.key()
+    assert (run_dir / ERROR).is_file()
+    [row] = list_runs(root)
+    assert row["status"] == "failed" and row["reason"].startswith("FloatingPointError: non-finite training loss")
+    code, out, _ = _runs(capsys, "--results", str(root))
+    assert f"failed {run_dir}: FloatingPointError: non-finite training loss" in out
+
+
+def test_a_run_that_fails_after_training_is_listed_failed_with_its_error(tmp_path, monkeypatch):
+    import mkdlib.runs.runner as runner
+    from mkdlib.datasets import MaskSizeError
+
+    def bad_mask(*args, **kwargs):
+        raise MaskSizeError("mask ground_truth/crack/000_mask.png is 20x20 px but its image is 32x32 px")
+
+    monkeypatch.setattr(runner, "pixel_metrics", bad_mask)
+    spec, root = tiny(tmp_path, localization=("gradients",)), tmp_path / "runs"
+    with pytest.raises(MaskSizeError):
+        run(spec, root, progress=False)
+    assert (root / spec.key() / ERROR).read_text().startswith("MaskSizeError: mask ground_truth/crack/000_mask.png")
+    [row] = list_runs(root)
+    assert (row["status"], row["reason"]) == ("failed", "MaskSizeError: mask ground_truth/crack/000_mask.png is "
+                                                        "20x20 px but its image is 32x32 px")
+
+
+def test_an_older_error_txt_gives_its_exception_line(results):
+    root, keys = results  # the fixture's error.txt is a bare traceback
+    row = next(r for r in list_runs(root) if r["key"] == keys["failed"])
+    assert row["reason"] == "ValueError: boom"
+
+
+def test_a_failed_run_training_again_is_listed_training(results):
+    root, keys = results
+    with RunLock(root / keys["failed"], quiet=True):
+        row = next(r for r in list_runs(root) if r["key"] == keys["failed"])
+        assert (row["status"], row["reason"]) == ("training 0/2 (locked)", None)
+        assert keys["failed"] in {r["key"] for r in list_runs(root, status="training")}
+        assert keys["failed"] not in {r["key"] for r in list_runs(root, status="failed")}
+
+
+def test_a_finished_run_with_an_unreadable_last_pt_is_finished_with_a_note(copy, capsys):
+    root, keys = copy
+    last = root / keys["custom"] / "checkpoints" / "last.pt"
+    last.write_bytes(b"not a checkpoint")
+    row = next(r for r in list_runs(root) if r["key"] == keys["custom"])
+    assert row["status"] == "finished (last.pt unreadable: only needed to train further)"
+    assert row["image_auroc"] is not None and str(last) in row["reason"]
+    assert "nothing is recomputed" in row["reason"] and "from scratch" not in row["reason"]
+    assert keys["custom"] in {r["key"] for r in list_runs(root, status="finished")}
+    _, out, _ = _runs(capsys, "--results", str(root))
+    assert f"finished {root / keys['custom']}: checkpoint {last} is unreadable" in out
+
+
+def _read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", "metrics.json")  # as rmtree's relative unlink says it
+
+
+def test_rm_in_a_read_only_folder_names_it(copy, capsys, monkeypatch):
+    from mkdlib.runs import catalog
+
+    root, keys = copy
+    monkeypatch.setattr(catalog.shutil, "rmtree", _read_only)
+    code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["smoke"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{root / keys['smoke']}" in err and "Read-only file system" in err and "writable" in err, err
+
+
+def test_rm_in_a_folder_chmod_read_only_removes_nothing(copy, capsys):
+    root, keys = copy
+    os.chmod(root, 0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["smoke"])
+    finally:
+        os.chmod(root, 0o755)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(root) in err and "writable" in err, err
+    assert (root / keys["smoke"] / "metrics.json").is_file()
+
+
+def test_created_is_kept_when_a_run_is_resumed(tmp_path):
+    """env.json is rewritten by every process that trains the run; its first time stays the run's created."""
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    env = result.run_dir / "env.json"
+    first = {k: v for k, v in json.loads(env.read_text()).items() if k != "created"}  # as an older mkdlib wrote it
+    env.write_text(json.dumps({**first, "written": "2020-01-02T03:04:05+0000"}))
+    (result.run_dir / "metrics.json").unlink()  # evaluated again by the next process: env.json rewritten
+    run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    assert json.loads(env.read_text())["written"][:4] != "2020"  # this process's environment
+    assert json.loads(env.read_text())["created"] == "2020-01-02T03:04:05+0000"
+    [row] = list_runs(tmp_path / "runs")
+    assert row["created"] == "2020-01-02T03:04:05+00:00"

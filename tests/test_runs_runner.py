@@ -147,7 +147,78 @@ def test_an_unreadable_checkpoint_is_a_one_line_error(tmp_path):
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(RunError, match="last.pt is unreadable") as err:
         run(spec, tmp_path / "runs", progress=False)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "the run restarts from scratch" in str(err.value)
+
+
+def test_an_unreadable_last_pt_of_a_finished_run_costs_nothing_to_delete(tmp_path, monkeypatch):
+    """A finished run needs last.pt only to train further: the advice says so, and deleting it recomputes nothing."""
+    first = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    last = first.run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(b"garbage")
+    with pytest.raises(RunError, match="last.pt is unreadable") as err:
+        ex.evaluate(first.run_dir)
+    message = str(err.value)
+    assert "nothing is recomputed: the run is finished" in message and "from scratch" not in message, message
+    assert not (first.run_dir / "error.txt").exists()  # a finished run has not failed
+    last.unlink()
+    calls = _fit_calls(monkeypatch)
+    assert ex.evaluate(first.run_dir).metrics["image_auroc"] == first.metrics["image_auroc"] and calls == []
+
+
+def test_an_unreadable_final_cloner_says_what_deleting_it_costs(tmp_path):
+    import shutil
+
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    (result.run_dir / "checkpoints" / "cloner_e0004.pt").write_bytes(b"garbage")
+    with pytest.raises(RunError) as err:
+        loading.load_model(result.run_dir)
+    message = str(err.value)
+    assert "cloner_e0004.pt is unreadable" in message and message.count("delete") == 1, message
+    assert "only it is recomputed" in message, message
+    record = tmp_path / "record" / result.run_dir.name  # a record without checkpoints/: cloner.pt is all it has
+    shutil.copytree(result.run_dir, record, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = json.loads((record / "metrics.json").read_text())
+    del metrics["cloner_sha256"]  # as before records kept its digest: the file itself is read
+    (record / "metrics.json").write_text(json.dumps(metrics))
+    (record / "cloner.pt").write_bytes(b"garbage")
+    with pytest.raises(RunError) as err:
+        loading.load_model(record)
+    message = str(err.value)
+    assert "cloner.pt is unreadable" in message and "delete" not in message and "cannot be recomputed" in message
+
+
+def test_an_edited_spec_json_is_said_not_to_match_its_key(tmp_path):
+    result = run(tiny(tmp_path), tmp_path / "runs", progress=False)
+    path = result.run_dir / "spec.json"
+    d = json.loads(path.read_text())
+    d["spec"]["seed"] = 5
+    path.write_text(json.dumps(d))
+    with pytest.raises(RunError) as err:
+        load_run(result.run_dir)
+    message = str(err.value)
+    assert f"{path} does not match its key {result.run_dir.name}" in message, message
+    assert "edited or belongs to another run" in message and "incompatible" not in message, message
+
+
+def test_a_moved_run_without_its_weights_file_suggests_weights(tmp_path):
+    import torch
+
+    from mkdlib.models import vgg16_features
+
+    weights = tmp_path / "vgg16_features.pth"
+    torch.save(vgg16_features().state_dict(), weights)
+    result = run(tiny(tmp_path, weights=str(weights)), tmp_path / "runs", progress=False)
+    weights.rename(tmp_path / "elsewhere.pth")  # the run on another machine, its weights file elsewhere
+    with pytest.raises(FileNotFoundError) as err:
+        loading.load_model(result.run_dir)
+    assert str(weights) in str(err.value) and "--weights FILE" in str(err.value), err.value
+    loading.load_model(result.run_dir, weights=tmp_path / "elsewhere.pth")
+
+
+def test_a_results_folder_that_is_a_file_is_said_to_be_one(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(ValueError, match=f"results folder {tmp_path / 'runs'} is a file"):
+        run(tiny(tmp_path), tmp_path / "runs", progress=False)
 
 
 def test_maps_with_and_without_the_gaussian_share_one_attribution(tmp_path, monkeypatch):

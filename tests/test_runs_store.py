@@ -86,7 +86,7 @@ def test_load_run_tells_unfinished_from_corrupt_and_incompatible(tmp_path):
 
     d = json.loads((run_dir / "spec.json").read_text())
     (run_dir / "spec.json").write_text(json.dumps({**d, "key": "0" * 16}))
-    with pytest.raises(RunError, match="does not match its spec"):
+    with pytest.raises(RunError, match="does not match its key"):
         load_run(run_dir)
     (run_dir / "spec.json").write_text(json.dumps({**d, "format": 0}))
     with pytest.raises(RunError, match="format 0"):

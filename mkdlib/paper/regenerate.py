@@ -4,7 +4,7 @@ Each notebook of `notebook.NOTEBOOKS` runs with the chosen profile and writes it
 the results folder; the executed copy goes to `<results>/executed/`. Each profile has its own folder
 (results/ for the paper's, results/<profile>/ for the others), and tables or an index that another profile
 wrote are not overwritten without --force. A failing notebook is reported and the others still run; the
-exit code is 1 if any failed (with --strict, also a notebook with an item that ran nothing).
+exit code is 1 if any failed (with --strict, also a notebook with an item asked for that ran nothing).
 
 The notebooks call `notebook_paths` and `notebook_options` on their parameters, so that they write the
 same place from any working directory and take dicts given as JSON strings (papermill's `-p`), and
@@ -15,6 +15,7 @@ Jupyter): the records it leaves are then found, by key, when the notebooks rende
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -26,9 +27,10 @@ import pandas as pd
 from mkdlib.cli_parser import key_value
 from mkdlib.config import PROFILES
 from mkdlib.paper import train_only
-from mkdlib.paper.items import FIGURES
+from mkdlib.paper.items import FIGURES, ITEMS
 from mkdlib.paper.notebook import (NOTEBOOKS, NOTEBOOKS_ENV, default_results, notebooks_folder, outputs,
                                    refuse_overwrites, select, use_locations)
+from mkdlib.runs.store import check_folder
 
 KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
@@ -74,6 +76,19 @@ def ran_nothing(results_dir: str | Path, name: str, since: float) -> list[str]:
     return [key for key in NOTEBOOKS[name] if key in FIGURES and not _drawn(results_dir, key, since)]
 
 
+def judged(name: str, only: Sequence[str] | None) -> set[str]:
+    """The keys of notebook `name` that --strict judges: those `only` asks for (every key where it names
+    the notebook, or asks for nothing), with the tables a figure asked for draws and the item whose summary
+    a table asked for is (Table 1: Table 11). A notebook writes all its items; those not asked for (CIFAR-10
+    for --only table2_mnist) may run nothing on a machine without their data."""
+    keys = NOTEBOOKS[name]
+    if not only or name in only:
+        return set(keys)
+    asked = {k for k in keys if k in only}
+    return asked | {item for k in asked if k in FIGURES for item in FIGURES[k][1]} | \
+        {item for item in keys if item in ITEMS and ITEMS[item].summary in asked}
+
+
 def _drawn(results_dir: Path, figure: str, since: float) -> bool:
     """Whether `<results_dir>/figures/<figure>_*.png` has a file written after `since`."""
     return any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{figure}_*.png"))
@@ -82,12 +97,14 @@ def _drawn(results_dir: Path, figure: str, since: float) -> bool:
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
             notebook_dir: str | Path | None = None, parameters: Mapping[str, Any] | None = None,
             kernel: str | None = None, log_output: bool = False, force: bool = False,
-            strict: bool = False, executed_dir: str | Path | None = None) -> dict[str, str | None]:
+            strict: bool = False, only: Sequence[str] | None = None,
+            executed_dir: str | Path | None = None) -> dict[str, str | None]:
     """Execute each notebook into `<results_dir>/executed/<name>.ipynb`; name -> None or its error.
 
     notebook_dir: the suite's notebooks (default: notebook.notebooks_folder()); results_dir:
     default_results(profile) when None. Files of another profile are not overwritten unless
-    `force` (FileExistsError before anything runs). strict: a notebook with an item that ran nothing fails.
+    `force` (FileExistsError before anything runs). strict: a notebook with an item that ran nothing fails,
+    among the items `only` (--only) asks for (`judged`; all without it).
     """
     import papermill as pm
 
@@ -110,7 +127,7 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
             pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed / f"{name}.ipynb", parameters=params,
                                 kernel_name=kernel, cwd=str(notebook_dir), progress_bar=False,
                                 log_output=log_output)
-            empty = ran_nothing(results_dir, name, since) if strict else []
+            empty = [k for k in ran_nothing(results_dir, name, since) if k in judged(name, only)] if strict else []
             status[name] = f"ran no runs for {', '.join(empty)} (--strict; see {results_dir})" if empty else None
         except Exception as err:  # a failing notebook is reported; the others still run
             if hasattr(err, "ename"):  # papermill's PapermillExecutionError: the cell's exception
@@ -120,6 +137,16 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
         took = time.perf_counter() - start
         print(f"mkd regenerate: {name} {'ok' if status[name] is None else 'FAILED'} in {took:.0f} s", flush=True)
     return status
+
+
+def _check_writable(folder: Path, what: str, option: str, *, exists_only: bool = False) -> None:
+    """ValueError naming `folder` when it, or a folder above it, is a file, or (unless exists_only) when the
+    nearest existing one is not writable here (read-only): before any notebook runs."""
+    check_folder(folder, what, option)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not exists_only and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {folder}: {existing} is not writable here (read-only); make it writable, or pass "
+                         f"{option} DIR (a writable folder)")
 
 
 def _unpack(archive: str, runs: Path) -> None:
@@ -149,7 +176,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="overwrite tables and the index even where another profile wrote them")
     p.add_argument("--strict", action="store_true",
-                   help="fail a notebook with an item that ran no run (all not run or failed), as CI should")
+                   help="fail a notebook with an item that ran no run (all not run or failed), as CI should; "
+                        "with --only, only the items asked for are judged")
     p.add_argument("--records-only", action="store_true",
                    help="read the run records only, train nothing (the notebooks' train=False): `make notebooks`")
     p.add_argument("--executed", metavar="DIR", help="where the executed copies go (default: <results>/executed)")
@@ -158,7 +186,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the notebooks and what they write, then exit")
     p.add_argument("--device", help="where runs train: cpu, cuda, cuda:1 (default: cpu; for notebooks, as -p device)")
     p.add_argument("--data-root", help="the datasets' folder, as $MKDLIB_DATA (keeps the run keys portable)")
-    p.add_argument("--weights", help="the VGG-16 source weights file, as $MKDLIB_VGG16_WEIGHTS")
+    p.add_argument("--weights", help="the VGG-16 source weights file, as $MKDLIB_VGG16_WEIGHTS; none: a random "
+                                     "source for every run, as `mkd train --weights none` (-p weights=null)")
     p.add_argument("--runs-dir", help="the run cache (default: <results>/runs; for notebooks, as -p runs_dir)")
     g = p.add_argument_group("--train-only: the notebooks' runs without papermill or tables (a GPU machine)")
     g.add_argument("--train-only", action="store_true",
@@ -188,11 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"mkd regenerate: {err}", file=sys.stderr)
         return 2
+    if args.weights is not None and args.weights.lower() == "none":  # a random source, as `mkd train --weights none`
+        args.weights, args.parameter = None, [*args.parameter, ("weights", None)]
     results = default_results(args.profile, notebooks) if args.results is None else Path(args.results).resolve()
     runs = Path(args.runs_dir).resolve() if args.runs_dir else None
     parameters = {**dict(args.parameter), **{k: str(v) for k, v in (("device", args.device), ("runs_dir", runs))
                                              if v is not None}, **({"train": False} if args.records_only else {})}
     try:
+        _check_writable(results, "results folder", "--results", exists_only=args.train_only)
+        _check_writable(runs or results / "runs", "run cache", "--runs-dir" if runs else "--results")
         use_locations(args.data_root, args.weights)
         if args.unpack:
             _unpack(args.unpack, runs or results / "runs")
@@ -200,9 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_only.main(args, names, runs or results / "runs")
         status = execute(names, profile=args.profile, results_dir=results, notebook_dir=notebooks,
                          parameters=parameters, kernel=args.kernel, log_output=args.log_output,
-                         force=args.force, strict=args.strict, executed_dir=args.executed)
+                         force=args.force, strict=args.strict, only=args.only, executed_dir=args.executed)
     except (FileExistsError, ValueError) as err:
         print(f"mkd regenerate: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a read-only file system: its error names a file, without what to do
+        print(f"mkd regenerate: cannot write {err.filename or ''} ({err.strerror or err}): make that folder writable, "
+              "or pass --results DIR (a writable folder)", file=sys.stderr)
         return 2
     failed = {k: v for k, v in status.items() if v is not None}
     print(f"mkd regenerate: {len(status) - len(failed)} of {len(status)} notebooks ok; executed copies in "

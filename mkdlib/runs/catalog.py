@@ -1,19 +1,21 @@
 """The runs of a results folder as a table (`mkd runs`) and their removal (`mkd runs --rm KEY`).
 
 Each `<results>/<key>/` is read with the run directory's own helpers (`mkdlib.runs.store`); an unreadable
-one is listed as `corrupt` with the reason, never a crash, so that one bad folder does not hide the rest.
+one is listed as `corrupt` with the reason, never a crash, so that one bad folder does not hide the rest; a
+failed run with its error's first line; a finished run whose last.pt is unreadable as finished, with a note.
 Listing writes nothing: a lock is only tested, and only where a `.lock` file already exists.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from mkdlib.checkpoints import CheckpointError, trained_epochs
+from mkdlib.checkpoints import LAST, CheckpointError, check_readable, trained_epochs
 from mkdlib.config import EXECUTION_FIELDS, PROFILES
 from mkdlib.datasets import DATASET_NAMES
 from mkdlib.datasets.factory import ALIASES
@@ -57,10 +59,12 @@ def _locked(run_dir: Path) -> bool:
 
 
 def _created(run_dir: Path) -> datetime:
-    """When the run was started: env.json's "written" (kept by a copy or a git checkout), else the
+    """When the run was started: env.json's "created" (its first "written", kept by every process that
+    resumes the run; kept by a copy or a git checkout), or "written" in an older env.json, else the
     modification time of spec.json (else of the folder), as a local time with its UTC offset."""
     try:
-        return datetime.strptime(read_json(run_dir / ENV)["written"], "%Y-%m-%dT%H:%M:%S%z")
+        env = read_json(run_dir / ENV)
+        return datetime.strptime(env.get("created") or env["written"], "%Y-%m-%dT%H:%M:%S%z")
     except (RunError, KeyError, TypeError, ValueError):
         pass
     path = run_dir / SPEC if (run_dir / SPEC).is_file() else run_dir
@@ -79,17 +83,38 @@ def _pixel_auroc(metrics: dict) -> dict | None:
     return None if method is None else {"method": method, "auroc": round(100 * pixel[method]["pixel_auroc"], 2)}
 
 
-def _state(run_dir: Path, epochs: int) -> tuple[str, dict | None]:
-    """(status, metrics): finished with readable metrics.json, else failed (error.txt), else training
-    e/N from checkpoints/last.pt. Raises RunError for corrupt metrics or an unreadable last.pt."""
+def _state(run_dir: Path, epochs: int, locked: bool) -> tuple[str, dict | None, str | None]:
+    """(status, metrics, reason): finished with readable metrics.json (noting an unreadable last.pt, which
+    only training further needs), else failed (error.txt; its first line the reason) unless another process
+    holds the run (training it again), else training e/N from checkpoints/last.pt. Raises RunError for
+    corrupt metrics or an unfinished run's unreadable last.pt."""
+    last = run_dir / "checkpoints" / LAST
     if (run_dir / METRICS).is_file():
-        return "finished", read_metrics(run_dir)
-    if (run_dir / ERROR).is_file():
-        return "failed", None
+        metrics = read_metrics(run_dir)
+        try:
+            if last.is_file():
+                check_readable(last)
+        except CheckpointError as err:
+            return "finished (last.pt unreadable: only needed to train further)", metrics, str(err)
+        return "finished", metrics, None
+    if (run_dir / ERROR).is_file() and not locked:
+        return "failed", None, _failure(run_dir / ERROR)
     try:
-        return f"training {trained_epochs(run_dir / 'checkpoints')}/{epochs}", None
+        return f"training {trained_epochs(run_dir / 'checkpoints')}/{epochs}", None, None
     except CheckpointError as err:
         raise RunError(str(err)) from None
+
+
+def _failure(path: Path) -> str:
+    """The error of a failed run: error.txt's first line (runner._failure_text), or the exception line
+    ending an older error.txt that holds the traceback alone."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError as err:
+        return f"{path} is unreadable ({err.strerror})"
+    if lines and lines[0].startswith("Traceback"):
+        lines = [line for line in lines if not line.startswith(" ")][-1:]
+    return " ".join(lines[0].split()) if lines else f"{path} is empty"
 
 
 def describe(run_dir: Path) -> dict:
@@ -109,7 +134,7 @@ def describe(run_dir: Path) -> dict:
         epochs = spec.mkd_config().epochs
         row.update({"dataset": spec.dataset, "class": spec.normal_class, "profile": profile_name(spec),
                     "epochs": epochs})
-        row["status"], metrics = _state(run_dir, epochs)
+        row["status"], metrics, row["reason"] = _state(run_dir, epochs, row["locked"])
         if metrics is not None:
             row.update(image_auroc=_image_auroc(metrics), pixel_auroc=_pixel_auroc(metrics))
     except (RunError, OSError, ValueError) as err:
@@ -126,7 +151,8 @@ def results_root(path: str | Path) -> Path:
     """The results folder, checked to exist; RunError saying how to name another one."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise RunError(f"results folder {root} does not exist; pass --results DIR (or set $MKDLIB_RESULTS)")
+        what = "is a file" if root.exists() else "does not exist"
+        raise RunError(f"results folder {root} {what}; pass --results DIR (or set $MKDLIB_RESULTS)")
     upgrade_root(root)
     return root
 
@@ -190,11 +216,11 @@ def _cells(row: dict) -> list[str]:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table (image AUROC: final (mean +- std over the sampled cloners), in %), then one
-    line per corrupt run naming its folder and what is wrong."""
+    line per run with a reason (corrupt, failed, or finished with a note) naming its folder and what is wrong."""
     import pandas as pd
 
     table = pd.DataFrame([_cells(r) for r in rows], columns=list(COLUMNS)).to_string(index=False)
-    notes = [f"corrupt {r['run_dir']}: {r['reason']}" for r in rows if r["reason"]]
+    notes = [f"{r['status'].split()[0]} {r['run_dir']}: {r['reason']}" for r in rows if r["reason"]]
     return "\n".join([table, *notes])
 
 
@@ -215,14 +241,34 @@ def _checked_run_dir(root: Path, key: str) -> Path:
 
 def remove_runs(root: str | Path, keys: list[str]) -> list[Path]:
     """Remove the run directories root/<key>; every key is checked, and every lock taken, before
-    anything is removed, so an unknown key or a run another process holds removes nothing."""
+    anything is removed, so an unknown key, a folder this process may not change (read-only) or a run
+    another process holds removes nothing."""
     root = results_root(root)
     run_dirs = list(dict.fromkeys(_checked_run_dir(root, k) for k in keys))
+    for run_dir in run_dirs:
+        _check_writable(run_dir)
     with ExitStack() as locks:
         for run_dir in run_dirs:
             if not locks.enter_context(lock_if_free(run_dir, create=True)):
                 raise RunError(f"run {run_dir} is in use by another process (its {LOCK} is held); "
                                "wait for it to finish or stop it, then remove it")
         for run_dir in run_dirs:
-            shutil.rmtree(run_dir)
+            _remove(run_dir)
     return run_dirs
+
+
+def _check_writable(run_dir: Path) -> None:
+    """RunError naming the folder when this process may not remove run_dir (a read-only folder or file system)."""
+    for folder in (run_dir.parent, run_dir):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RunError(f"cannot remove run {run_dir}: {folder} is not writable here (read-only); make it "
+                           "writable (or remove the run as its owner), nothing was removed")
+
+
+def _remove(run_dir: Path) -> None:
+    """shutil.rmtree(run_dir), its error naming the run's folder (rmtree's names a file without its folder)."""
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as err:
+        raise RunError(f"cannot remove run {run_dir} ({err.strerror or err}: {err.filename}); make it writable, "
+                       f"then run `mkd runs --rm {run_dir.name}` again") from None

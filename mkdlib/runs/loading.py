@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mkdlib.checkpoints import cloner_path, load_checkpoint, save_checkpoint
+from mkdlib.checkpoints import CheckpointError, cloner_path, load_checkpoint, save_checkpoint
 from mkdlib.io_utils import file_sha256
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import get_dataset
@@ -99,10 +99,22 @@ def load_final_cloner(cloner: Cloner, run_dir: Path, cfg: MKDConfig, metrics: di
     try:
         state = load_checkpoint(path)
         cloner.load_state_dict(state["cloner"] if path.name != CLONER else state)
+    except CheckpointError:
+        problem = "unreadable"
     except (RuntimeError, KeyError, TypeError) as err:
-        raise RunError(f"final cloner {path} is unusable ({str(err).splitlines()[0]}); delete that file and "
-                       f"run `mkd evaluate {run_dir}`: only it is recomputed") from None
-    return cloner.eval()
+        problem = f"unusable ({str(err).splitlines()[0]})"
+    else:
+        return cloner.eval()
+    raise RunError(f"final cloner {path} is {problem}; {_lost_cloner_costs(path, run_dir)}")
+
+
+def _lost_cloner_costs(path: Path, run_dir: Path) -> str:
+    """What to do with an unusable final cloner, and what deleting it costs: a checkpoint is recomputed alone;
+    the record's cloner.pt, where the run's checkpoints are not, cannot be."""
+    if path.name != CLONER:
+        return f"delete that file and run `mkd evaluate {run_dir}`: only it is recomputed (from last.pt)"
+    return (f"restore the file the run wrote (e.g. `git checkout` it): without the run's checkpoints it cannot be "
+            "recomputed, and deleting it leaves the record unable to score new images")
 
 
 def check_weights(result: RunResult, source: Source) -> None:

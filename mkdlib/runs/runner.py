@@ -28,8 +28,8 @@ from mkdlib.runs.loading import build_models, check_device, keep_final_cloner, l
 from mkdlib.runs.planning import speed_line
 from mkdlib.runs.repair import restore_cloners, set_aside_corrupt_metrics
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import (ENV, ERROR, HISTORY, METRICS, SCORES, SPEC, RunError, RunLock, complete, environment,
-                               load_run, read_spec, upgrade_once, write_json, write_spec)
+from mkdlib.runs.store import (ERROR, HISTORY, METRICS, SCORES, SPEC, RunError, RunLock, check_folder, complete,
+                               load_run, read_spec, upgrade_once, write_environment, write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, pixel_metrics
 from mkdlib.train import fit
 from mkdlib.weights import weights_sha256
@@ -51,7 +51,7 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
     and RunError."""
     if isinstance(spec, dict):
         spec = RunSpec.from_dict(spec)
-    upgrade_once(Path(results_root).expanduser().resolve())
+    upgrade_once(check_folder(results_root).resolve())
     run_dir = Path(results_root).expanduser() / spec.key()
     cfg = spec.mkd_config()
     if complete(run_dir, cfg):  # read as it is, whatever precision computed it
@@ -74,7 +74,7 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
             restore_cloners(new_cloner, models[0], train, cfg, execution, models[2], run_dir / "checkpoints",
                             device=device, progress=progress)
         if not (run_dir / METRICS).is_file():
-            write_json(run_dir / ENV, environment(device))
+            write_environment(run_dir, device)
             metrics = _train_and_evaluate(spec, cfg, execution, models, train, test, run_dir, device, progress,
                                           on_epoch_end)
             metrics["timing_s"]["data"] = round(t_data, 3)
@@ -86,19 +86,25 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
 
 @contextmanager
 def _failures_recorded(run_dir: Path):
-    """An exception leaves run_dir/error.txt (its traceback: `mkd runs` lists the run as failed); a
-    checkpoint's error becomes a RunError."""
+    """An exception in an unfinished run leaves run_dir/error.txt (`_failure_text`: `mkd runs` lists the run as
+    failed, with its first line); a checkpoint's error becomes a RunError. A finished run is not failed: a
+    problem mending it (e.g. an unreadable last.pt) is raised, and no error.txt written."""
     try:
         yield
     except BaseException as err:
-        if not isinstance(err, KeyboardInterrupt):
+        if not isinstance(err, KeyboardInterrupt) and not (run_dir / METRICS).is_file():
             try:
-                atomic_write_text(run_dir / ERROR, traceback.format_exc())
+                atomic_write_text(run_dir / ERROR, _failure_text(err))
             except OSError:
                 pass
         if isinstance(err, CheckpointError):
             raise RunError(str(err)) from None
         raise
+
+
+def _failure_text(err: BaseException) -> str:
+    """error.txt: the error on its first line, then its traceback."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}\n\n{traceback.format_exc()}"
 
 
 def _cached(run_dir: Path, spec: RunSpec, device: str, progress: bool, weights=None) -> RunResult:

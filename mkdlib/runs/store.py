@@ -1,10 +1,11 @@
 """A run's directory: the files in `root/<key>/` (`key()` of its `mkdlib.runs.spec.RunSpec`), their
 JSON, the lock, the environment record and `load_run`.
 
-Layout: spec.json, env.json, checkpoints/, history.csv, scores.csv, cloner.pt (the final cloner's weights,
-its SHA-256 in metrics.json), metrics.json (written last: its presence marks a finished run),
-calibration.json (predict's threshold, score normalisation and map scale, computed when first needed),
-error.txt after a failure, .lock while a process holds it, figures/ after `mkd evaluate --figures`.
+Layout: spec.json, env.json (its "created": the first process's time), checkpoints/, history.csv, scores.csv,
+cloner.pt (the final cloner's weights, its SHA-256 in metrics.json), metrics.json (written last: its presence
+marks a finished run), calibration.json (predict's threshold, score normalisation and map scale, computed
+when first needed), error.txt after a failure (the error on its first line, then the traceback), .lock
+while a process holds it, figures/ after `mkd evaluate --figures`.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ def read_spec(run_dir: Path) -> tuple[RunSpec, dict]:
         raise RunError(f"{run_dir / SPEC} holds a spec this mkdlib cannot read ({err}); re-run it into a "
                        "new results folder") from None
     if d.get("key") not in (spec.key(), spec.key(legacy=True)):
-        raise RunError(f"{run_dir / SPEC}: key {d.get('key')!r} does not match its spec ({spec.key()}); "
-                       "it comes from an incompatible mkdlib version")
+        raise RunError(f"{run_dir / SPEC} does not match its key {d.get('key')} (its spec's key is {spec.key()}): "
+                       f"it was edited or belongs to another run; restore the run's own {SPEC} (e.g. `git checkout` "
+                       f"it), or move {run_dir} aside and run it again")
     return spec, d
 
 
@@ -168,6 +170,17 @@ def upgrade_root(root: str | Path) -> list[tuple[str, str]]:
             run_dir.rename(new)
         moved.append((run_dir.name, new.name))
     return moved
+
+
+def check_folder(path: str | Path, what: str = "results folder", option: str = "--results") -> Path:
+    """path, expanded; ValueError when it or a folder above it is a file (mkdir would fail with a bare
+    [Errno 20]): a folder is needed there, created if absent."""
+    path = Path(path).expanduser()
+    file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        where = "is a file" if file == path else f"is inside {file}, which is a file"
+        raise ValueError(f"{what} {path} {where}: pass {option} DIR, a folder (created if absent)")
+    return path
 
 
 @functools.lru_cache(maxsize=None)
@@ -260,3 +273,14 @@ def environment(device: str | torch.device) -> dict:
             "platform": host["platform"], "packages": versions, "device": str(device), "device_name": name,
             "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda, "git_commit": sha,
             **({"git_dirty": dirty} if sha else {}), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_environment(run_dir: Path, device: str | torch.device) -> None:
+    """env.json: what this process computes the run with (`environment`), and when the run was created: the
+    first env.json's time, kept by every process that resumes or re-evaluates the run."""
+    env = environment(device)
+    try:
+        old = read_json(run_dir / ENV)
+    except RunError:
+        old = {}
+    write_json(run_dir / ENV, {**env, "created": old.get("created") or old.get("written") or env["written"]})
