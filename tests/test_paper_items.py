@@ -19,7 +19,7 @@ def test_items_match_the_paper_tables():
             paper_config(it.rows[it.smoke_rows[0]].dataset, **s.config)  # valid overrides
     assert items.ITEMS["table11"].summary == "table1"
     keys = {k for v in notebook.NOTEBOOKS.values() for k in v}
-    assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart", "fast_vs_paper"} == keys
+    assert set(items.ITEMS) | set(items.FIGURES) | {"table1", "quickstart", "method", "fast_vs_paper"} == keys
 
 
 def test_paper_profile_run_keys_are_pinned():

@@ -164,15 +164,15 @@ def _int_or_none(value: Any, low: int) -> bool:
 
 # The notebooks' parameters with what each must be: a check a value passes, and the words of the error.
 _CHECKS: dict[str, tuple[Any, str]] = {
-    "classes": (lambda v: isinstance(v, (dict, list)), "a dict per item or dataset, or a list of classes"),
+    "classes": (lambda v: v is None or isinstance(v, (dict, list)), "a dict per item or dataset, or a list of classes"),
     "seeds": (lambda v: v is None or (isinstance(v, list) and all(_int_or_none(s, 0) and s is not None for s in v)),
               "null or a list of integers >= 0, e.g. [0, 1, 2]"),
     "data_root": (lambda v: v is None or isinstance(v, str), "null or a folder"),
-    "data_roots": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    "data_roots": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
                    'a dict of dataset -> folder, e.g. {"mvtec": "/data/mvtec"}'),
     "weights": (lambda v: v in (None, "profile", "imagenet") or (isinstance(v, str) and Path(v).expanduser().is_file()),
                 '"profile", "imagenet", null (a random source) or an existing weights file'),
-    "config": (lambda v: isinstance(v, dict), 'a dict of settings, e.g. {"lr": 0.0005}'),
+    "config": (lambda v: v is None or isinstance(v, dict), 'a dict of settings, e.g. {"lr": 0.0005}'),
     "workers": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
     "threads": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
     "progress": (lambda v: isinstance(v, bool), "true or false"),
