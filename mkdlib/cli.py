@@ -96,13 +96,15 @@ def _at_threshold_summary(decisions: dict | None) -> str:
 
 
 def _predict(a) -> int:
-    from mkdlib.predict import predict
+    from mkdlib.predict import CSV_NAME, JSON_NAME, predict
 
-    table = predict(a.run, a.paths, a.out, threshold=a.threshold, method=a.method, weights=a.weights,
-                    device=a.device or _default_device(), heatmaps=not a.no_heatmaps, save_maps=a.save_maps,
-                    progress=not a.quiet)
-    print(f"{int(table['anomalous'].sum())} of {len(table)} images anomalous (normalised score > "
-          f"{table['threshold'].iloc[0]:g}); wrote {Path(a.out) / 'predictions.csv'}", file=sys.stderr)
+    table = predict(a.run, a.paths, a.out, threshold=a.threshold, percentile=a.percentile, method=a.method,
+                    weights=a.weights, device=a.device or _default_device(), heatmaps=not a.no_heatmaps,
+                    save_maps=a.save_maps, progress=not a.quiet)
+    threshold = json.loads((Path(a.out) / JSON_NAME).read_text())["threshold"]
+    print(f"{int(table['pred_label'].sum())} of {len(table)} images anomalous (pred_score > 0.5: raw score > "
+          f"{threshold['raw']:.6g}, threshold {threshold['name']}); wrote {Path(a.out) / CSV_NAME} and "
+          f"{JSON_NAME}", file=sys.stderr)
     return 0
 
 
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(argv[first], argv[first + 1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict, "runs": _runs}[args.command](args)
+        commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "runs": _runs}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("mkd: interrupted (a run resumes from its last checkpoint)", file=sys.stderr)
         return 130

@@ -126,26 +126,33 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     """`mkd predict`: new images scored with a run; the description says what is written."""
-    r = sub.add_parser("predict", help="score new images with a run: CSV + a figure per image",
+    r = sub.add_parser("predict", help="score new images with a run: CSV + JSON + a figure per image",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="""\
-Score images with a finished run's final cloner:
-  1. raw_score = the MKD loss; score = raw_score normalised so that the run's threshold (99th
-     percentile of its training images' scores, or --threshold) is 0.5 and its lowest training
-     score 0 (clipped to [0, 1]); anomalous = score > 0.5.
+Score images with a finished run's final cloner (mkdlib.Detector):
+  1. raw_score = the MKD loss; pred_score = raw_score normalised so that the threshold in use is
+     0.5 and the run's lowest training score 0 (clipped to [0, 1]); pred_label = pred_score > 0.5.
+     The threshold in use: --threshold, --percentile, else the run's active one (its default, the
+     99th percentile of its training images' scores, or a version set on labelled images).
   2. maps on the run's fixed scale (calibrated on its training images, RUN/calibration.json,
      computed once if the run lacks it): pixels above 0.5 form the predicted mask.
-  3. OUT/predictions.csv (path, score, raw_score, threshold, anomalous, heatmap, error) and
+  3. OUT/predictions.csv (path, pred_score, raw_score, threshold, pred_label, anomaly_map, error),
+     OUT/predictions.json (the same rows, the run, the threshold in use and its source) and
      OUT/heatmaps/*.png (image | map with colour bar | predicted mask; title: name, score,
-     decision); with --save-maps the maps as OUT/maps/*.npy. OUT is replaced whole.""")
+     decision); with --save-maps the maps as OUT/maps/*.npy (column map). OUT is replaced whole.
+Earlier versions named the columns score, anomalous, heatmap (now pred_score, pred_label, anomaly_map).""")
     r.add_argument("run", metavar="RUN", help="run directory")
     r.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files or folders of images, scanned recursively (hidden files and folders, "
                         "and folders mkdlib wrote, such as an earlier --out, are skipped)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
-    r.add_argument("--threshold", type=float, help="decision threshold on the raw score (default: the run's); "
-                   "it becomes 0.5 on the normalised score")
+    threshold = r.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, metavar="T", help="decision threshold on the raw score, "
+                           "finite and >= 0 (default: the run's active one); it becomes 0.5 on pred_score")
+    threshold.add_argument("--percentile", type=float, metavar="P", help="the threshold at percentile P, in "
+                           "(0, 100], of the run's training images' scores (computed from them once, then "
+                           "kept in RUN/calibration.json)")
     r.add_argument("--method", default="gradients", choices=METHODS, metavar="METHOD",
                    help=f"heatmap method (default gradients): {', '.join(METHODS)}")
     r.add_argument("--no-heatmaps", action="store_true", help="scores and decisions only, no figures")

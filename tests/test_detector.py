@@ -1,0 +1,249 @@
+"""The practitioner's kit (issue 32): mkdlib.Detector on every input type, the same scores as `mkd predict`,
+anomalib's names in predict's CSV / JSON, thresholds a user sets (--percentile), bad threshold values refused (issue 29, point 6), a tampered
+calibration.json refused (point 8)."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import mkdlib
+from mkdlib.calibration import CALIBRATION
+from mkdlib.calibration_file import read_calibration, write_calibration
+from mkdlib.cli import main
+from mkdlib.datasets import make_synthetic
+from mkdlib.predict import predict
+from mkdlib.runs.runner import run
+from mkdlib.runs.spec import RunSpec
+from mkdlib.runs.store import RunError
+from mkdlib.thresholds import best_f1
+
+DATA = dict(size=48, n_train=12, n_test_good=6, n_test_defect=6)
+CONFIG = dict(image_size=48, epochs=15, eval_every=15, sample_last=1, checkpoint_every=15, batch_size=12)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short real training on the synthetic set (random source: no weights file needed), its category
+    folder, and labelled images that are not its test set (another seed's synthetic set, with masks)."""
+    tmp = tmp_path_factory.mktemp("detector")
+    spec = RunSpec("synthetic", config=CONFIG, data_root=str(tmp / "data"), weights=None, dataset_options=DATA)
+    result = run(spec, tmp / "runs", progress=False)
+    labelled = make_synthetic(tmp / "labelled", n_train=1, n_test_good=6, n_test_defect=6, size=48, seed=1)
+    return result, next((tmp / "data").iterdir()), labelled
+
+
+def _copy(result, tmp_path):
+    """A copy of the run (tests that change its calibration.json keep the module's run as it is)."""
+    copy = tmp_path / "runs" / result.run_dir.name
+    shutil.copytree(result.run_dir, copy)
+    return copy
+
+
+def _a_test_image(category, defect="scratch"):
+    return sorted((category / "test" / defect).iterdir())[0]
+
+
+# --- Detector: every input type, as the file ------------------------------------------------------------
+
+def test_every_input_type_scores_as_the_file_it_came_from(trained, tmp_path):
+    result, category, _ = trained
+    detector = mkdlib.Detector.from_run(result.run_dir, device="cpu")
+    file = _a_test_image(category)
+    rgb = np.asarray(Image.open(file).convert("RGB"))  # (H, W, 3) uint8
+    raw = detector.predict(file).raw_score[0]
+    tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
+    same = {"path": str(file), "PIL": Image.open(file), "uint8": rgb, "float": rgb / 255.0,
+            "float32": (rgb / 255.0).astype(np.float32), "tensor": tensor}
+    for kind, image in same.items():
+        got = detector.predict(image)
+        assert len(got) == 1 and got.raw_score[0] == pytest.approx(raw, rel=1e-6), kind
+    batch = detector.predict(np.stack([rgb, rgb[::-1]]))  # (N, H, W, 3)
+    assert batch.raw_score[0] == pytest.approx(raw, rel=1e-6) and batch.paths == [None, None]
+    assert detector.predict(torch.stack([tensor, tensor])).raw_score == pytest.approx([raw, raw], rel=1e-6)
+
+    grey = rgb[..., 0]  # (H, W) grey, against the grey PNG it would be saved to
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    assert detector.predict(grey).raw_score[0] == pytest.approx(detector.predict(tmp_path / "grey.png").raw_score[0],
+                                                                rel=1e-6)
+    folder = detector.predict(category / "test" / "scratch")  # a folder: its images, recursively, sorted
+    assert folder.paths == [str(p) for p in sorted((category / "test" / "scratch").iterdir())]
+    mixed = detector.predict([file, rgb, [Image.open(file)], category / "test" / "spot"])  # a list of any
+    assert len(mixed) == 3 + len(list((category / "test" / "spot").iterdir()))
+    assert mixed.raw_score[:3] == pytest.approx([raw] * 3, rel=1e-6) and mixed.paths[:2] == [str(file), None]
+    assert mixed.anomaly_map is None and mixed.pred_mask is None  # maps only when asked
+
+
+def test_results_are_anomalibs_fields_and_unreadable_inputs_are_listed(trained, tmp_path):
+    result, category, _ = trained
+    detector = mkdlib.Detector.from_run(result.run_dir, device="cpu")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    got = detector.predict([_a_test_image(category), tmp_path / "broken.png"], maps=True)
+    assert got.error[0] == "" and "broken.png" in got.error[1]
+    assert np.isnan(got.pred_score[1]) and np.isnan(got.raw_score[1]) and not got.pred_label[1]
+    assert got.anomaly_map.shape == (2, 48, 48) and got.anomaly_map.dtype == np.float32
+    assert np.isnan(got.anomaly_map[1]).all() and not got.pred_mask[1].any()
+    assert (got.pred_mask[0] == (got.anomaly_map[0] > 0.5)).all()
+    assert got.pred_label[0] == (got.pred_score[0] > 0.5) == (got.raw_score[0] > detector.threshold.value)
+    assert got.threshold.name == "default" and 0 <= got.pred_score[0] <= 1
+
+
+def test_arrays_it_cannot_read_are_refused_naming_what_it_takes(trained):
+    result, _, _ = trained
+    detector = mkdlib.Detector.from_run(result.run_dir, device="cpu")
+    cases = [(np.zeros((3, 48, 48), np.uint8), "channels last"), (np.full((48, 48, 3), 2.0), r"\[0, 1\]"),
+             (np.full((48, 48), np.nan), "finite"), (np.zeros((48, 48, 3), np.uint16), "uint16"),
+             (torch.zeros(2, 5, 48, 48), "tensor of shape"), ([], "empty")]
+    for image, words in cases:
+        with pytest.raises(ValueError, match=words):
+            detector.predict(image)
+    with pytest.raises(TypeError, match="dict"):
+        detector.predict({"image": 1})
+
+
+# --- mkd predict is the Detector: same scores, maps on the run's scale, anomalib's names --------------------
+
+def test_detector_gives_mkd_predicts_scores_and_maps(trained, tmp_path):
+    result, category, _ = trained
+    rgb = np.asarray(Image.open(_a_test_image(category)).convert("RGB"))
+    Image.fromarray(rgb).save(tmp_path / "array.png")  # lossless: the array's own pixels
+    out = tmp_path / "out"
+    assert main(["predict", str(result.run_dir), str(tmp_path / "array.png"), "--out", str(out), "--save-maps",
+                 "--quiet", "--device", "cpu"]) == 0
+    written = pd.read_csv(out / "predictions.csv")
+    assert list(written.columns) == ["path", "pred_score", "raw_score", "threshold", "pred_label", "anomaly_map",
+                                     "map", "error"]
+    detector = mkdlib.Detector.from_run(result.run_dir, device="cpu")
+    for image in (rgb, Image.open(tmp_path / "array.png")):
+        got = detector.predict(image, maps=True)
+        assert got.pred_score[0] == pytest.approx(written["pred_score"][0], abs=1e-12)
+        assert got.raw_score[0] == pytest.approx(written["raw_score"][0], rel=1e-6)
+        np.testing.assert_allclose(got.anomaly_map[0], np.load(out / written["map"][0]), rtol=1e-6, atol=1e-6)
+    assert bool(written["pred_label"][0]) == (written["pred_score"][0] > 0.5)
+    assert written["anomaly_map"][0].startswith("heatmaps/") and (out / written["anomaly_map"][0]).is_file()
+
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["run"] == result.run_dir.name and summary["threshold"]["name"] == "default"
+    assert summary["threshold"]["raw"] == read_calibration(result.run_dir)["image"]["threshold"]
+    assert "percentile 99" in summary["threshold"]["source"] and summary["threshold"]["normalised"] == 0.5
+    row = summary["predictions"][0]
+    assert list(row) == list(written.columns) and row["pred_score"] == pytest.approx(written["pred_score"][0])
+    assert row["error"] == "" and summary["n_images"] == 1
+
+
+def test_predictions_json_names_unreadable_images_with_null_scores(trained, tmp_path):
+    result, category, _ = trained
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    table = predict(result.run_dir, [_a_test_image(category), tmp_path / "broken.png"],
+                                   tmp_path / "out", heatmaps=False, progress=False)
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert summary["predictions"][1]["pred_score"] is None and "broken.png" in summary["predictions"][1]["error"]
+    assert summary["n_unreadable"] == 1 and summary["method"] is None and "anomaly_map" not in table
+
+
+# --- thresholds a user can set ------------------------------------------------------------------------
+
+def test_a_percentile_of_the_training_scores_costs_the_training_images_once(trained, tmp_path, monkeypatch):
+    from mkdlib import decisions
+
+    result, category, _ = trained
+    copy = _copy(result, tmp_path)
+    cal = json.loads((copy / CALIBRATION).read_text())
+    cal["image"].pop("train_scores", None)  # as a run calibrated before the scores were kept
+    write_calibration(copy, cal)
+    detector = mkdlib.Detector.from_run(copy, device="cpu")
+    at_99 = detector.threshold_for(percentile=99)
+    assert at_99.value == detector.threshold.value and at_99.name == "percentile 99"  # the default, exactly
+    stored = read_calibration(copy)["image"]["train_scores"]
+    assert len(stored) == DATA["n_train"] and (copy / CALIBRATION).read_text().count("\n") < 40  # one line
+
+    def no_images(*args, **kwargs):
+        raise AssertionError("the training images were read again")
+
+    monkeypatch.setattr(decisions, "_training_images", no_images)
+    lower = mkdlib.Detector.from_run(copy, device="cpu").predict(category / "test" / "good", percentile=50)
+    assert lower.threshold.value == pytest.approx(np.median(stored), rel=1e-6)
+    assert (lower.pred_label == (lower.raw_score > lower.threshold.value)).all()
+    table = predict(copy, [category / "test" / "good"], tmp_path / "out", percentile=50,
+                                   heatmaps=False, progress=False)
+    assert table["raw_score"].tolist() == pytest.approx(lower.raw_score.tolist())
+    assert table["pred_label"].tolist() == lower.pred_label.tolist()
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["threshold"]["name"] == "percentile 50"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--threshold", "nan"], "--threshold nan"), (["--threshold", "inf"], "--threshold inf"),
+    (["--threshold", "-1"], "--threshold -1.0"), (["--percentile", "0"], "--percentile 0.0"),
+    (["--percentile", "100.5"], "--percentile 100.5"), (["--percentile", "nan"], "--percentile nan"),
+])
+def test_bad_threshold_values_are_refused_before_any_work(trained, tmp_path, capsys, argv, words):
+    """Issue 29 point 6: `--threshold nan` said "none of the 1 images could be read", -1 marked everything."""
+    result, category, _ = trained
+    code = main(["predict", str(result.run_dir), str(_a_test_image(category)), "--out", str(tmp_path / "out"),
+                 "--quiet", "--device", "cpu", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_threshold_values_are_refused_by_the_detector(trained):
+    result, category, _ = trained
+    detector = mkdlib.Detector.from_run(result.run_dir, device="cpu")
+    for kwargs in ({"threshold": float("nan")}, {"threshold": -0.5}, {"percentile": 0}, {"percentile": 101},
+                   {"threshold": 1.0, "percentile": 50}):
+        with pytest.raises(ValueError):
+            detector.predict(_a_test_image(category), **kwargs)
+
+
+def test_best_f1_picks_the_midpoint_with_the_best_f1():
+    got = best_f1([0.1, 0.2, 0.3, 0.35, 0.5, 0.6], [0, 0, 0, 1, 1, 1])
+    assert got["threshold"] == pytest.approx(0.325) and got["f1"] == 1.0 and (got["tp"], got["fp"]) == (3, 0)
+    noisy = best_f1([0.1, 0.4, 0.3, 0.35, 0.5, 0.6], [0, 0, 0, 1, 1, 1])  # a good image among the anomalous
+    assert noisy["threshold"] == pytest.approx(0.325) and noisy["f1"] == pytest.approx(6 / 7)
+    assert noisy["precision"] == pytest.approx(0.75) and noisy["recall"] == 1.0
+    with pytest.raises(ValueError, match="good and anomalous"):
+        best_f1([0.1, 0.2], [1, 1])
+
+
+# --- a tampered calibration.json (issue 29 point 8) ---------------------------------------------------
+
+def _negate(value):
+    if isinstance(value, dict):
+        return {k: _negate(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_negate(v) for v in value]
+    return -value if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def test_a_tampered_calibration_is_refused_naming_the_file(trained, tmp_path, capsys):
+    result, category, _ = trained
+    copy = _copy(result, tmp_path)
+    path = copy / CALIBRATION
+    original = json.loads(path.read_text())
+    assert len(original["sha256"]) == 64
+    image = str(_a_test_image(category))
+
+    path.write_text(json.dumps(_negate(original)))  # every value negated, valid JSON, the digest kept
+    assert main(["predict", str(copy), image, "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "changed after mkdlib wrote it" in err and "delete it" in err
+    assert len(err.strip().splitlines()) == 1
+
+    older = _negate({k: v for k, v in original.items() if k != "sha256"})  # no digest: its ranges are checked
+    path.write_text(json.dumps(older))
+    with pytest.raises(RunError, match="calibration.json holds image.min = -.*delete it"):
+        mkdlib.Detector.from_run(copy, device="cpu")
+    edited = {**original, "image": {**original["image"], "threshold": original["image"]["threshold"] * 2}}
+    path.write_text(json.dumps(edited))  # a plausible value, changed by hand: only the digest sees it
+    with pytest.raises(RunError, match="changed after mkdlib wrote it"):
+        mkdlib.Detector.from_run(copy, device="cpu")
+
+    path.write_text(json.dumps({k: v for k, v in original.items() if k != "sha256"}))  # an older run's file
+    assert mkdlib.Detector.from_run(copy, device="cpu").threshold.value == original["image"]["threshold"]
+    path.unlink()  # what the message says to do: recomputed from the training images
+    assert mkdlib.Detector.from_run(copy, device="cpu").threshold.value == pytest.approx(
+        original["image"]["threshold"], rel=1e-6)
