@@ -1,7 +1,8 @@
 """`mkd` / `python -m mkdlib`: train, evaluate and apply runs; benchmark; regenerate the paper.
 
 Every subcommand is a thin shell over mkdlib functions (runs.runner.run, runs.runner.add_localization,
-predict.predict, bench.main, regenerate.main). Errors users can fix are one line on stderr, exit 2.
+predict.predict, tuning.calibrate, bench.main, regenerate.main). Errors users can fix are one line on
+stderr, exit 2.
 The parser and its help texts are mkdlib/cli_parser.py.
 """
 
@@ -108,6 +109,26 @@ def _predict(a) -> int:
     return 0
 
 
+def _calibrate(a) -> int:
+    from mkdlib.tuning import calibrate, describe, list_thresholds, use_threshold
+
+    labelled = a.good is not None or a.anomalous is not None or a.masks is not None
+    if a.use is not None and labelled:
+        raise ValueError("mkd calibrate --use switches the active threshold; give it without --good/--anomalous")
+    if a.use is not None:
+        print(use_threshold(a.run, a.use))
+        return 0
+    if not labelled:
+        print(list_thresholds(a.run))
+        return 0
+    if a.good is None or a.anomalous is None:
+        raise ValueError("mkd calibrate needs both --good and --anomalous (labelled images, not the test set)")
+    entry = calibrate(a.run, a.good, a.anomalous, masks=a.masks, weights=a.weights,
+                      device=a.device or _default_device())
+    print(describe(entry))
+    return 0
+
+
 def _runs(a) -> int:
     from mkdlib.runs.catalog import format_table, list_runs, remove_runs
 
@@ -149,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(argv[first], argv[first + 1:])
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "runs": _runs}
+        commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "calibrate": _calibrate,
+                    "runs": _runs}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mkd: interrupted (a run resumes from its last checkpoint)", file=sys.stderr)

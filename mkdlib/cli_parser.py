@@ -24,6 +24,7 @@ examples:
   mkd train --dataset mvtec --class bottle --profile fast
   mkd evaluate runs/1a2b3c4d5e6f7a8b --localization smoothgrad
   mkd predict runs/1a2b3c4d5e6f7a8b new_images/ --out predictions/
+  mkd calibrate runs/1a2b3c4d5e6f7a8b --good labelled/good --anomalous labelled/bad
   mkd demo --out demo
   mkd bench --sizes 128 --batch 32
   mkd regenerate --help
@@ -51,7 +52,7 @@ def key_value(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """`mkd`'s parser: train, evaluate, predict and runs parsed here; demo, bench and regenerate are
+    """`mkd`'s parser: train, evaluate, predict, calibrate and runs parsed here; demo, bench and regenerate are
     placeholders for the help, their own parsers own their arguments (cli.main delegates them)."""
     p = argparse.ArgumentParser(
         prog="mkd", description="Multiresolution Knowledge Distillation for anomaly detection "
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for add in (_add_train, _add_evaluate, _add_predict, _add_runs):  # the order `mkd --help` lists
+    for add in (_add_train, _add_evaluate, _add_predict, _add_calibrate, _add_runs):  # as listed
         add(sub)
     sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
     sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
@@ -133,7 +134,7 @@ Score images with a finished run's final cloner (mkdlib.Detector):
   1. raw_score = the MKD loss; pred_score = raw_score normalised so that the threshold in use is
      0.5 and the run's lowest training score 0 (clipped to [0, 1]); pred_label = pred_score > 0.5.
      The threshold in use: --threshold, --percentile, else the run's active one (its default, the
-     99th percentile of its training images' scores, or a version set on labelled images).
+     99th percentile of its training images' scores, or one `mkd calibrate` set).
   2. maps on the run's fixed scale (calibrated on its training images, RUN/calibration.json,
      computed once if the run lacks it): pixels above 0.5 form the predicted mask.
   3. OUT/predictions.csv (path, pred_score, raw_score, threshold, pred_label, anomaly_map, error),
@@ -160,6 +161,33 @@ Earlier versions named the columns score, anomalous, heatmap (now pred_score, pr
                    "scale, not clipped; > 0.5 = predicted anomalous pixel)")
     r.add_argument("--device", help="default: cuda when available")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    """`mkd calibrate`: a run's image threshold set on labelled images, versioned; switching between them."""
+    c = sub.add_parser("calibrate", help="set a run's threshold at the best F1 on labelled images; list or "
+                       "switch its thresholds", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="""\
+Set a run's image threshold at the best F1 on labelled images that are NOT its test set (a file
+that is one of the run's test images is refused, named): --good and --anomalous folders (or
+files); with --masks the pixel F1 of the maps (> 0.5 on the run's fixed scale) is reported too.
+Each threshold is kept as a new version in RUN/calibration.json ("thresholds", e.g.
+f1-2026-05-09-1) and made active; the default (99th percentile of the training images' scores)
+is never overwritten. `mkd predict` and mkdlib.Detector use the active one.
+  mkd calibrate RUN                               list the thresholds, the active one marked
+  mkd calibrate RUN --good g/ --anomalous a/      add one at the best F1 and make it active
+  mkd calibrate RUN --use default                 switch back (or --use NAME)""")
+    c.add_argument("run", metavar="RUN", help="run directory")
+    c.add_argument("--good", nargs="+", metavar="PATH", help="normal images: files or folders (recursive)")
+    c.add_argument("--anomalous", nargs="+", metavar="PATH", help="anomalous images: files or folders")
+    c.add_argument("--masks", metavar="DIR", help="ground-truth masks of the anomalous images, found by name "
+                   "(<stem>_mask.* or <stem>.*) in DIR/<subfolder>, DIR/<folder>/<subfolder> or DIR, for an image "
+                   "in <subfolder> of an --anomalous <folder> (MVTec: --anomalous test/crack test/cut --masks "
+                   "ground_truth)")
+    c.add_argument("--use", metavar="NAME", help="make NAME (default, or a version listed by `mkd calibrate "
+                   "RUN`) the active threshold")
+    c.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
+    c.add_argument("--device", help="default: cuda when available")
 
 
 def _add_runs(sub: argparse._SubParsersAction) -> None:

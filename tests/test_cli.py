@@ -37,9 +37,9 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for command in ("train", "evaluate", "predict", "bench", "regenerate"):
+    for command in ("train", "evaluate", "predict", "calibrate", "bench", "regenerate"):
         assert command in out
-    for command in ("train", "evaluate", "predict"):
+    for command in ("train", "evaluate", "predict", "calibrate"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: mkd " + command in capsys.readouterr().out

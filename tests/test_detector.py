@@ -1,6 +1,6 @@
 """The practitioner's kit (issue 32): mkdlib.Detector on every input type, the same scores as `mkd predict`,
-anomalib's names in predict's CSV / JSON, thresholds a user sets (--percentile), bad threshold values refused (issue 29, point 6), a tampered
-calibration.json refused (point 8)."""
+anomalib's names in predict's CSV / JSON, thresholds a user sets (--percentile, `mkd calibrate`, versioned),
+bad threshold values refused (issue 29, point 6), a tampered calibration.json refused (point 8)."""
 
 import json
 import shutil
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import mkdlib
-from mkdlib.calibration import CALIBRATION
+from mkdlib.calibration import CALIBRATION, at_threshold
 from mkdlib.calibration_file import read_calibration, write_calibration
 from mkdlib.cli import main
 from mkdlib.datasets import make_synthetic
@@ -152,7 +152,7 @@ def test_a_percentile_of_the_training_scores_costs_the_training_images_once(trai
 
     result, category, _ = trained
     copy = _copy(result, tmp_path)
-    cal = json.loads((copy / CALIBRATION).read_text())
+    cal = mkdlib.Detector.from_run(copy, device="cpu").calibration
     cal["image"].pop("train_scores", None)  # as a run calibrated before the scores were kept
     write_calibration(copy, cal)
     detector = mkdlib.Detector.from_run(copy, device="cpu")
@@ -209,6 +209,67 @@ def test_best_f1_picks_the_midpoint_with_the_best_f1():
         best_f1([0.1, 0.2], [1, 1])
 
 
+def test_calibrate_sets_the_best_f1_threshold_versioned_and_switchable(trained, tmp_path, capsys):
+    result, category, labelled = trained
+    copy = _copy(result, tmp_path)
+    defects = [str(labelled / "test" / d) for d in ("crack", "scratch", "spot")]
+    default = mkdlib.Detector.from_run(copy, device="cpu").calibration["image"]  # computed if not yet
+    argv = ["calibrate", str(copy), "--good", str(labelled / "test" / "good"), "--anomalous", *defects,
+            "--masks", str(labelled / "ground_truth"), "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    cal = read_calibration(copy)
+    name = cal["active"]
+    entry = cal["thresholds"][name]
+    assert name.startswith("f1-") and name.endswith("-1") and cal["image"] == default  # the default kept
+    assert f"{name} is now the active threshold" in out and f"image F1 {entry['f1']:.3f}" in out
+    assert f"pixel F1 {entry['pixel']['f1']:.3f}" in out and "the default threshold" in out
+    assert (entry["n_good"], entry["n_anomalous"]) == (6, 6) and entry["folders"]["anomalous"] == defects
+
+    detector = mkdlib.Detector.from_run(copy, device="cpu")
+    assert detector.threshold.name == name and detector.threshold.value == entry["threshold"]
+    scores = detector.predict([labelled / "test" / "good", *defects]).raw_score
+    truth = np.r_[np.zeros(6, bool), np.ones(6, bool)]
+    f1s = [at_threshold(scores > t, truth)["f1"] for t in np.r_[0, np.sort(scores)]]
+    assert entry["f1"] == pytest.approx(max(f1s))  # no threshold does better on these images
+    assert at_threshold(scores > entry["threshold"], truth)["f1"] == pytest.approx(entry["f1"])
+
+    table = predict(copy, [category / "test"], tmp_path / "p", heatmaps=False, progress=False)
+    assert (table["pred_label"] == (table["raw_score"] > entry["threshold"])).all()
+    known = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert known["threshold"]["name"] == name and known["known_at_threshold"]["image"]["f1"] == entry["f1"]
+    assert known["known_at_threshold"]["pixel"]["f1"] == entry["pixel"]["f1"]
+
+    assert main(argv[:6] + ["--device", "cpu"]) == 0  # a second version: the first is kept
+    assert read_calibration(copy)["active"].endswith("-2") and name in read_calibration(copy)["thresholds"]
+    capsys.readouterr()
+    assert main(["calibrate", str(copy), "--use", "default"]) == 0
+    assert "default" in capsys.readouterr().out and read_calibration(copy)["active"] == "default"
+    assert mkdlib.Detector.from_run(copy, device="cpu").threshold.value == default["threshold"]
+    assert main(["calibrate", str(copy)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("* default") and len(listing) == 3 and listing[1].startswith(f"  {name}")
+    assert main(["calibrate", str(copy), "--use", "f1-bogus"]) == 2
+    assert "f1-bogus" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_the_runs_test_images_even_copied(trained, tmp_path, capsys):
+    result, category, labelled = trained
+    good = tmp_path / "good"
+    shutil.copytree(labelled / "test" / "good", good)
+    shutil.copy(_a_test_image(category, "good"), good / "renamed.png")  # a test image under another name
+    mkdlib.Detector.from_run(result.run_dir, device="cpu")  # the run's calibration, computed if not yet
+    before = (result.run_dir / CALIBRATION).read_text()
+    assert main(["calibrate", str(result.run_dir), "--good", str(good), "--anomalous",
+                 str(labelled / "test" / "crack"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "renamed.png" in err and "test images" in err and len(err.strip().splitlines()) == 1
+    assert main(["calibrate", str(result.run_dir), "--good", str(category / "test" / "good"), "--anomalous",
+                 str(labelled / "test" / "crack")]) == 2
+    assert "among the test images" in capsys.readouterr().err
+    assert (result.run_dir / CALIBRATION).read_text() == before
+
+
 # --- a tampered calibration.json (issue 29 point 8) ---------------------------------------------------
 
 def _negate(value):
@@ -223,6 +284,7 @@ def test_a_tampered_calibration_is_refused_naming_the_file(trained, tmp_path, ca
     result, category, _ = trained
     copy = _copy(result, tmp_path)
     path = copy / CALIBRATION
+    mkdlib.Detector.from_run(copy, device="cpu")  # the run's calibration, computed if not yet
     original = json.loads(path.read_text())
     assert len(original["sha256"]) == 64
     image = str(_a_test_image(category))
