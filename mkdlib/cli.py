@@ -1,8 +1,8 @@
 """`mkd` / `python -m mkdlib`: train, evaluate and apply runs; benchmark; regenerate the paper.
 
 Every subcommand is a thin shell over mkdlib functions (runs.runner.run, runs.runner.add_localization,
-predict.predict, tuning.calibrate, bench.main, regenerate.main). Errors users can fix are one line on
-stderr, exit 2.
+predict.predict, tuning.calibrate, export.export_onnx, bench.main, regenerate.main). Errors users can fix
+are one line on stderr, exit 2.
 The parser and its help texts are mkdlib/cli_parser.py.
 """
 
@@ -129,6 +129,17 @@ def _calibrate(a) -> int:
     return 0
 
 
+def _export(a) -> int:
+    from mkdlib.export import export_onnx
+
+    model = export_onnx(a.run, a.out, weights=a.weights, opset=a.opset, threshold=a.threshold,
+                        percentile=a.percentile)
+    print(f"wrote {model} and {model.with_suffix('.json').name} (the sidecar: input size, value range, "
+          "threshold, digests)", file=sys.stderr)
+    print(model)
+    return 0
+
+
 def _runs(a) -> int:
     from mkdlib.runs.catalog import format_table, list_runs, remove_runs
 
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "calibrate": _calibrate,
-                    "runs": _runs}
+                    "export": _export, "runs": _runs}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mkd: interrupted (a run resumes from its last checkpoint)", file=sys.stderr)

@@ -25,6 +25,7 @@ examples:
   mkd evaluate runs/1a2b3c4d5e6f7a8b --localization smoothgrad
   mkd predict runs/1a2b3c4d5e6f7a8b new_images/ --out predictions/
   mkd calibrate runs/1a2b3c4d5e6f7a8b --good labelled/good --anomalous labelled/bad
+  mkd export runs/1a2b3c4d5e6f7a8b --format onnx --out exported/
   mkd demo --out demo
   mkd bench --sizes 128 --batch 32
   mkd regenerate --help
@@ -52,7 +53,7 @@ def key_value(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """`mkd`'s parser: train, evaluate, predict, calibrate and runs parsed here; demo, bench and regenerate are
+    """`mkd`'s parser: train, evaluate, predict, calibrate, export and runs parsed here; demo, bench and regenerate are
     placeholders for the help, their own parsers own their arguments (cli.main delegates them)."""
     p = argparse.ArgumentParser(
         prog="mkd", description="Multiresolution Knowledge Distillation for anomaly detection "
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for add in (_add_train, _add_evaluate, _add_predict, _add_calibrate, _add_runs):  # as listed
+    for add in (_add_train, _add_evaluate, _add_predict, _add_calibrate, _add_export, _add_runs):  # as listed
         add(sub)
     sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
     sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
@@ -188,6 +189,28 @@ is never overwritten. `mkd predict` and mkdlib.Detector use the active one.
                    "RUN`) the active threshold")
     c.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     c.add_argument("--device", help="default: cuda when available")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """`mkd export`: the detection scorer as an ONNX model with a JSON sidecar."""
+    x = sub.add_parser("export", help="export a run's detection scorer (ONNX) with a JSON sidecar",
+                       description="Write the run's detection scorer (source + final cloner + the per-image MKD "
+                       "loss over the score layers + the normalisation to pred_score with the threshold in use) "
+                       "as OUT/model.onnx, taking a (N, 3, S, S) float32 batch of RGB images in [0, 1] resized to "
+                       "the run's size S, and returning raw_score and pred_score; OUT/model.json says the input "
+                       "convention, the threshold and its name, the run, the weights' and cloner's SHA-256. Maps "
+                       "are not exported (they need the input gradient): use mkdlib.Detector.predict(maps=True). "
+                       "Needs the onnx extra: pip install 'mkdlib[onnx]'. docs/deployment.md has the details.")
+    x.add_argument("run", metavar="RUN", help="run directory")
+    x.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
+    x.add_argument("--out", metavar="DIR", help="output folder (default RUN/export), replaced whole")
+    x.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default 17)")
+    threshold = x.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, metavar="T", help="the raw-score threshold put at 0.5 on "
+                           "pred_score (default: the run's active one)")
+    threshold.add_argument("--percentile", type=float, metavar="P", help="the threshold at percentile P of the "
+                           "run's training images' scores")
+    x.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
 
 
 def _add_runs(sub: argparse._SubParsersAction) -> None:

@@ -37,9 +37,9 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for command in ("train", "evaluate", "predict", "calibrate", "bench", "regenerate"):
+    for command in ("train", "evaluate", "predict", "calibrate", "export", "bench", "regenerate"):
         assert command in out
-    for command in ("train", "evaluate", "predict", "calibrate"):
+    for command in ("train", "evaluate", "predict", "calibrate", "export"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: mkd " + command in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The practitioner's kit (issue 32): mkdlib.Detector on every input type, the same scores as `mkd predict`,
 anomalib's names in predict's CSV / JSON, thresholds a user sets (--percentile, `mkd calibrate`, versioned),
-bad threshold values refused (issue 29, point 6), a tampered calibration.json refused (point 8)."""
+bad threshold values refused (issue 29, point 6), a tampered calibration.json refused (point 8), and
+`mkd export` to ONNX checked against the Detector with onnxruntime."""
 
 import json
 import shutil
@@ -15,7 +16,7 @@ import mkdlib
 from mkdlib.calibration import CALIBRATION, at_threshold
 from mkdlib.calibration_file import read_calibration, write_calibration
 from mkdlib.cli import main
-from mkdlib.datasets import make_synthetic
+from mkdlib.datasets import load_images, make_synthetic
 from mkdlib.predict import predict
 from mkdlib.runs.runner import run
 from mkdlib.runs.spec import RunSpec
@@ -309,3 +310,63 @@ def test_a_tampered_calibration_is_refused_naming_the_file(trained, tmp_path, ca
     path.unlink()  # what the message says to do: recomputed from the training images
     assert mkdlib.Detector.from_run(copy, device="cpu").threshold.value == pytest.approx(
         original["image"]["threshold"], rel=1e-6)
+
+
+# --- mkd export: ONNX, checked with onnxruntime against the Detector -----------------------------------
+
+RAW_RTOL = 1e-4  # docs/deployment.md: float32 convolutions summed in another order; measured ~5e-6
+
+
+def _onnx_parity(run_dir, images, out):
+    """(raw_score, pred_score) of the exported model and of the Detector on the same files, the model's span."""
+    ort = pytest.importorskip("onnxruntime")
+    detector = mkdlib.Detector.from_run(run_dir, device="cpu")
+    ours = detector.predict(images)
+    _, shown = load_images(images, detector.result.spec.dataset, detector.image_size)  # RGB in [0, 1], as resized
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    raw, pred = session.run(["raw_score", "pred_score"], {"images": shown.numpy()})
+    sidecar = json.loads((out / "model.json").read_text())
+    return ours, raw, pred, sidecar
+
+
+def _assert_close(ours, raw, pred, span):
+    raw_diff, pred_diff = np.abs(raw - ours.raw_score).max(), np.abs(pred - ours.pred_score).max()
+    pred_tol = 0.5 * RAW_RTOL * np.abs(ours.raw_score).max() / span  # pred_score = 0.5 + 0.5 (raw - t) / span
+    message = f"largest |difference|: raw_score {raw_diff:.2e}, pred_score {pred_diff:.2e}"
+    assert np.all(np.abs(raw - ours.raw_score) <= RAW_RTOL * np.abs(ours.raw_score)), message
+    assert pred_diff <= pred_tol, message
+
+
+def test_export_onnx_scores_as_the_detector(trained, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    result, category, _ = trained
+    out = tmp_path / "exported"
+    assert main(["export", str(result.run_dir), "--format", "onnx", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "model.onnx")
+    images = sorted((category / "test").rglob("*.png"))
+    ours, raw, pred, sidecar = _onnx_parity(result.run_dir, images, out)
+    _assert_close(ours, raw, pred, sidecar["normalisation"]["span"])
+    assert sidecar["input"]["shape"] == ["N", 3, 48, 48] and sidecar["input"]["range"] == [0.0, 1.0]
+    assert sidecar["threshold"]["name"] == "default" and sidecar["run"]["key"] == result.run_dir.name
+    assert sidecar["threshold"]["raw"] == read_calibration(result.run_dir)["image"]["threshold"]
+    assert len(sidecar["cloner"]["sha256"]) == 64 and sidecar["opset"] == 17 and "maps" in sidecar
+    assert sidecar["mkdlib_version"] == mkdlib.__version__ and sidecar["check"]["max_abs_diff_raw_score"] < 1e-4
+    assert (out / ".mkdlib-output").is_file()  # replaced whole next time, like predict's folder
+
+
+def test_export_puts_grey_and_imagenet_normalisation_inside_the_model(tmp_path):
+    """A run trained on grey, ImageNet-normalised inputs: the model takes the colour images in [0, 1]."""
+    pytest.importorskip("onnx")
+    spec = RunSpec("synthetic", config={**CONFIG, "epochs": 1, "eval_every": 1, "checkpoint_every": 1},
+                   data_root=str(tmp_path / "data"), weights=None,
+                   dataset_options={**DATA, "grey": True, "imagenet_norm": True})
+    result = run(spec, tmp_path / "runs", progress=False)
+    category = next((tmp_path / "data").iterdir())
+    from mkdlib.export import export_onnx
+
+    model = export_onnx(result.run_dir)  # default: <run>/export
+    assert model == result.run_dir / "export" / "model.onnx"
+    images = sorted((category / "test").rglob("*.png"))[:6]
+    ours, raw, pred, sidecar = _onnx_parity(result.run_dir, images, model.parent)
+    assert sidecar["input"]["in_the_model"]["grey"] and sidecar["input"]["in_the_model"]["imagenet_normalisation"]
+    _assert_close(ours, raw, pred, sidecar["normalisation"]["span"])
