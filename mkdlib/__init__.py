@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 # name -> the module that defines it; imported on first use, so that `mkd --help` or `mkd runs` does not
 # load torch before it needs it.
 _FACE = {"Detector": "detector", "Execution": "config", "MKDConfig": "config", "paper_config": "config",
-         "get_dataset": "datasets", "localize": "localization", "MKDLoss": "losses", "Cloner": "models", "Source": "models",
-         "evaluate_checkpoints": "scoring", "score": "scoring", "build": "train", "fit": "train"}
+         "get_dataset": "datasets", "localize": "localization", "MKDLoss": "losses", "Cloner": "models",
+         "Source": "models", "evaluate_checkpoints": "scoring", "score": "scoring", "build": "train", "fit": "train"}
 __all__ = sorted(_FACE)
 
 

@@ -116,6 +116,10 @@ def _check_thresholds(cal: dict, path: Path) -> None:
         for key in ("f1", "precision", "recall"):
             if _number(entry.get(key), f"thresholds.{name}.{key}", path, low=0) > 1:
                 raise RunError(f"{path} holds thresholds.{name}.{key} = {entry[key]!r} above 1; {ADVICE}")
+        for key in ("n_good", "n_anomalous"):
+            _number(entry.get(key), f"thresholds.{name}.{key}", path, low=1)
+        if not isinstance(entry.get("created"), str):
+            raise RunError(f"{path} holds a threshold {name!r} without its creation time; {ADVICE}")
     active = cal.get("active", DEFAULT)
     if active != DEFAULT and active not in versions:
         raise RunError(f"{path} makes {active!r} the active threshold but holds no such threshold; {ADVICE}")

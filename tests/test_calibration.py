@@ -77,6 +77,8 @@ def test_a_calibration_is_written_with_its_digest_and_reads_back_as_written(tmp_
     (lambda c: c["image"].update(threshold=float("inf")), "image.threshold = inf"),
     (lambda c: c.update(active="f1-2026-01-01-1"), "no such threshold"),
     (lambda c: c.update(thresholds={"f1-x": {"threshold": 0.3, "f1": 1.5, "precision": 1, "recall": 1}}), "above 1"),
+    (lambda c: c.update(thresholds={"f1-x": {"threshold": 0.3, "f1": 1, "precision": 1, "recall": 1, "n_good": 0,
+                                             "n_anomalous": 2, "created": "2026"}}), "n_good = 0"),
 ])
 def test_calibration_values_out_of_range_are_refused(tmp_path, change, words):
     """A calibration.json without a digest (written before it existed) is checked by its ranges."""
