@@ -11,6 +11,7 @@ settings (`MKDConfig`: what is trained; `Execution`: how it is computed).
     mkdlib.fit(cloner, source, train, cfg, loss)
     scores = mkdlib.score(cloner, mkdlib.MKDLoss.from_config(cfg, cfg.score_layers), test, source=source)
 
+A finished run applied to new images: `mkdlib.Detector.from_run(run_dir).predict(images, maps=True)`.
 Runs with their cache (`mkdlib.runs`), the paper's tables (`mkdlib.paper`) and the applications (`mkd`,
 predict, bench, demo) are built on it; nothing here imports them.
 """
@@ -19,9 +20,9 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it; imported on first use, so that `mkd --help` or `mkd runs` does not
 # load torch before it needs it.
-_FACE = {"Execution": "config", "MKDConfig": "config", "paper_config": "config", "get_dataset": "datasets",
-         "localize": "localization", "MKDLoss": "losses", "Cloner": "models", "Source": "models",
-         "evaluate_checkpoints": "scoring", "score": "scoring", "build": "train", "fit": "train"}
+_FACE = {"Detector": "detector", "Execution": "config", "MKDConfig": "config", "paper_config": "config",
+         "get_dataset": "datasets", "localize": "localization", "MKDLoss": "losses", "Cloner": "models",
+         "Source": "models", "evaluate_checkpoints": "scoring", "score": "scoring", "build": "train", "fit": "train"}
 __all__ = sorted(_FACE)
 
 

@@ -1,7 +1,8 @@
 """`mkd` / `python -m mkdlib`: train, evaluate and apply runs; benchmark; regenerate the paper.
 
 Every subcommand is a thin shell over mkdlib functions (runs.runner.run, runs.runner.add_localization,
-predict.predict, bench.main, regenerate.main). Errors users can fix are one line on stderr, exit 2.
+predict.predict, tuning.calibrate, export.export_onnx, bench.main, regenerate.main). Errors users can fix
+are one line on stderr, exit 2.
 The parser and its help texts are mkdlib/cli_parser.py.
 """
 
@@ -96,13 +97,46 @@ def _at_threshold_summary(decisions: dict | None) -> str:
 
 
 def _predict(a) -> int:
-    from mkdlib.predict import predict
+    from mkdlib.predict import CSV_NAME, JSON_NAME, predict
 
-    table = predict(a.run, a.paths, a.out, threshold=a.threshold, method=a.method, weights=a.weights,
-                    device=a.device or _default_device(), heatmaps=not a.no_heatmaps, save_maps=a.save_maps,
-                    progress=not a.quiet)
-    print(f"{int(table['anomalous'].sum())} of {len(table)} images anomalous (normalised score > "
-          f"{table['threshold'].iloc[0]:g}); wrote {Path(a.out) / 'predictions.csv'}", file=sys.stderr)
+    table = predict(a.run, a.paths, a.out, threshold=a.threshold, percentile=a.percentile, method=a.method,
+                    weights=a.weights, device=a.device or _default_device(), heatmaps=not a.no_heatmaps,
+                    save_maps=a.save_maps, progress=not a.quiet)
+    threshold = json.loads((Path(a.out) / JSON_NAME).read_text())["threshold"]
+    print(f"{int(table['pred_label'].sum())} of {len(table)} images anomalous (pred_score > 0.5: raw score > "
+          f"{threshold['raw']:.6g}, threshold {threshold['name']}); wrote {Path(a.out) / CSV_NAME} and "
+          f"{JSON_NAME}", file=sys.stderr)
+    return 0
+
+
+def _calibrate(a) -> int:
+    from mkdlib.tuning import calibrate, describe, list_thresholds, use_threshold
+
+    labelled = a.good is not None or a.anomalous is not None or a.masks is not None
+    if a.use is not None and labelled:
+        raise ValueError("mkd calibrate --use switches the active threshold; give it without --good/--anomalous")
+    if a.use is not None:
+        print(use_threshold(a.run, a.use))
+        return 0
+    if not labelled:
+        print(list_thresholds(a.run))
+        return 0
+    if a.good is None or a.anomalous is None:
+        raise ValueError("mkd calibrate needs both --good and --anomalous (labelled images, not the test set)")
+    entry = calibrate(a.run, a.good, a.anomalous, masks=a.masks, weights=a.weights,
+                      device=a.device or _default_device())
+    print(describe(entry))
+    return 0
+
+
+def _export(a) -> int:
+    from mkdlib.export import export_onnx
+
+    model = export_onnx(a.run, a.out, weights=a.weights, opset=a.opset, threshold=a.threshold,
+                        percentile=a.percentile)
+    print(f"wrote {model} and {model.with_suffix('.json').name} (the sidecar: input size, value range, "
+          "threshold, digests)", file=sys.stderr)
+    print(model)
     return 0
 
 
@@ -147,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(argv[first], argv[first + 1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict, "runs": _runs}[args.command](args)
+        commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "calibrate": _calibrate,
+                    "export": _export, "runs": _runs}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("mkd: interrupted (a run resumes from its last checkpoint)", file=sys.stderr)
         return 130

@@ -24,6 +24,8 @@ examples:
   mkd train --dataset mvtec --class bottle --profile fast
   mkd evaluate runs/1a2b3c4d5e6f7a8b --localization smoothgrad
   mkd predict runs/1a2b3c4d5e6f7a8b new_images/ --out predictions/
+  mkd calibrate runs/1a2b3c4d5e6f7a8b --good labelled/good --anomalous labelled/bad
+  mkd export runs/1a2b3c4d5e6f7a8b --format onnx --out exported/
   mkd demo --out demo
   mkd bench --sizes 128 --batch 32
   mkd regenerate --help
@@ -51,7 +53,7 @@ def key_value(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """`mkd`'s parser: train, evaluate, predict and runs parsed here; demo, bench and regenerate are
+    """`mkd`'s parser: train, evaluate, predict, calibrate, export and runs parsed here; demo, bench and regenerate are
     placeholders for the help, their own parsers own their arguments (cli.main delegates them)."""
     p = argparse.ArgumentParser(
         prog="mkd", description="Multiresolution Knowledge Distillation for anomaly detection "
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for add in (_add_train, _add_evaluate, _add_predict, _add_runs):  # the order `mkd --help` lists
+    for add in (_add_train, _add_evaluate, _add_predict, _add_calibrate, _add_export, _add_runs):  # as listed
         add(sub)
     sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
     sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
@@ -126,26 +128,33 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     """`mkd predict`: new images scored with a run; the description says what is written."""
-    r = sub.add_parser("predict", help="score new images with a run: CSV + a figure per image",
+    r = sub.add_parser("predict", help="score new images with a run: CSV + JSON + a figure per image",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="""\
-Score images with a finished run's final cloner:
-  1. raw_score = the MKD loss; score = raw_score normalised so that the run's threshold (99th
-     percentile of its training images' scores, or --threshold) is 0.5 and its lowest training
-     score 0 (clipped to [0, 1]); anomalous = score > 0.5.
+Score images with a finished run's final cloner (mkdlib.Detector):
+  1. raw_score = the MKD loss; pred_score = raw_score normalised so that the threshold in use is
+     0.5 and the run's lowest training score 0 (clipped to [0, 1]); pred_label = pred_score > 0.5.
+     The threshold in use: --threshold, --percentile, else the run's active one (its default, the
+     99th percentile of its training images' scores, or one `mkd calibrate` set).
   2. maps on the run's fixed scale (calibrated on its training images, RUN/calibration.json,
      computed once if the run lacks it): pixels above 0.5 form the predicted mask.
-  3. OUT/predictions.csv (path, score, raw_score, threshold, anomalous, heatmap, error) and
+  3. OUT/predictions.csv (path, pred_score, raw_score, threshold, pred_label, anomaly_map, error),
+     OUT/predictions.json (the same rows, the run, the threshold in use and its source) and
      OUT/heatmaps/*.png (image | map with colour bar | predicted mask; title: name, score,
-     decision); with --save-maps the maps as OUT/maps/*.npy. OUT is replaced whole.""")
+     decision); with --save-maps the maps as OUT/maps/*.npy (column map). OUT is replaced whole.
+Earlier versions named the columns score, anomalous, heatmap (now pred_score, pred_label, anomaly_map).""")
     r.add_argument("run", metavar="RUN", help="run directory")
     r.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files or folders of images, scanned recursively (hidden files and folders, "
                         "and folders mkdlib wrote, such as an earlier --out, are skipped)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
-    r.add_argument("--threshold", type=float, help="decision threshold on the raw score (default: the run's); "
-                   "it becomes 0.5 on the normalised score")
+    threshold = r.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, metavar="T", help="decision threshold on the raw score, "
+                           "finite and >= 0 (default: the run's active one); it becomes 0.5 on pred_score")
+    threshold.add_argument("--percentile", type=float, metavar="P", help="the threshold at percentile P, in "
+                           "(0, 100], of the run's training images' scores (computed from them once, then "
+                           "kept in RUN/calibration.json)")
     r.add_argument("--method", default="gradients", choices=METHODS, metavar="METHOD",
                    help=f"heatmap method (default gradients): {', '.join(METHODS)}")
     r.add_argument("--no-heatmaps", action="store_true", help="scores and decisions only, no figures")
@@ -153,6 +162,55 @@ Score images with a finished run's final cloner:
                    "scale, not clipped; > 0.5 = predicted anomalous pixel)")
     r.add_argument("--device", help="default: cuda when available")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    """`mkd calibrate`: a run's image threshold set on labelled images, versioned; switching between them."""
+    c = sub.add_parser("calibrate", help="set a run's threshold at the best F1 on labelled images; list or "
+                       "switch its thresholds", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="""\
+Set a run's image threshold at the best F1 on labelled images that are NOT its test set (a file
+that is one of the run's test images is refused, named): --good and --anomalous folders (or
+files); with --masks the pixel F1 of the maps (> 0.5 on the run's fixed scale) is reported too.
+Each threshold is kept as a new version in RUN/calibration.json ("thresholds", e.g.
+f1-2026-05-09-1) and made active; the default (99th percentile of the training images' scores)
+is never overwritten. `mkd predict` and mkdlib.Detector use the active one.
+  mkd calibrate RUN                               list the thresholds, the active one marked
+  mkd calibrate RUN --good g/ --anomalous a/      add one at the best F1 and make it active
+  mkd calibrate RUN --use default                 switch back (or --use NAME)""")
+    c.add_argument("run", metavar="RUN", help="run directory")
+    c.add_argument("--good", nargs="+", metavar="PATH", help="normal images: files or folders (recursive)")
+    c.add_argument("--anomalous", nargs="+", metavar="PATH", help="anomalous images: files or folders")
+    c.add_argument("--masks", metavar="DIR", help="ground-truth masks of the anomalous images, found by name "
+                   "(<stem>_mask.* or <stem>.*) in DIR/<subfolder>, DIR/<folder>/<subfolder> or DIR, for an image "
+                   "in <subfolder> of an --anomalous <folder> (MVTec: --anomalous test/crack test/cut --masks "
+                   "ground_truth)")
+    c.add_argument("--use", metavar="NAME", help="make NAME (default, or a version listed by `mkd calibrate "
+                   "RUN`) the active threshold")
+    c.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
+    c.add_argument("--device", help="default: cuda when available")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """`mkd export`: the detection scorer as an ONNX model with a JSON sidecar."""
+    x = sub.add_parser("export", help="export a run's detection scorer (ONNX) with a JSON sidecar",
+                       description="Write the run's detection scorer (source + final cloner + the per-image MKD "
+                       "loss over the score layers + the normalisation to pred_score with the threshold in use) "
+                       "as OUT/model.onnx, taking a (N, 3, S, S) float32 batch of RGB images in [0, 1] resized to "
+                       "the run's size S, and returning raw_score and pred_score; OUT/model.json says the input "
+                       "convention, the threshold and its name, the run, the weights' and cloner's SHA-256. Maps "
+                       "are not exported (they need the input gradient): use mkdlib.Detector.predict(maps=True). "
+                       "Needs the onnx extra: pip install 'mkdlib[onnx]'. docs/deployment.md has the details.")
+    x.add_argument("run", metavar="RUN", help="run directory")
+    x.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
+    x.add_argument("--out", metavar="DIR", help="output folder (default RUN/export), replaced whole")
+    x.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default 17)")
+    threshold = x.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, metavar="T", help="the raw-score threshold put at 0.5 on "
+                           "pred_score (default: the run's active one)")
+    threshold.add_argument("--percentile", type=float, metavar="P", help="the threshold at percentile P of the "
+                           "run's training images' scores")
+    x.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
 
 
 def _add_runs(sub: argparse._SubParsersAction) -> None:

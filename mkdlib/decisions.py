@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from mkdlib.calibration import CALIBRATION, image_calibration, map_calibration
+from mkdlib.calibration_file import read_calibration, write_calibration
 from mkdlib.config import MKDConfig
 from mkdlib.datasets import DatasetNotFoundError
 from mkdlib.localization import GRADIENTS
@@ -17,16 +19,8 @@ from mkdlib.models import Cloner, Source
 from mkdlib.runs.evaluation import pixel_at_threshold, threshold_metrics
 from mkdlib.runs.loading import final_cloner_file, load_data, load_model
 from mkdlib.runs.spec import RunResult
-from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, read_json, write_json
+from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, write_json
 from mkdlib.scoring import score, score_loss
-
-
-def read_calibration(run_dir: str | Path) -> dict:
-    """run_dir/calibration.json, or {} for a run written before calibrations existed."""
-    path = Path(run_dir) / CALIBRATION
-    if not path.is_file():
-        return {}
-    return read_json(path, f"delete {path}: it is recomputed from the run's training images")
 
 
 def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig,
@@ -48,8 +42,30 @@ def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDC
                 train = _training_images(result, cfg)
             cal["maps"][method] = map_calibration(train, source, cloner, score_loss(cfg), method, device=device,
                                                   seed=result.spec.seed)
-        write_json(result.run_dir / CALIBRATION, cal)
-    return cal
+        return write_calibration(result.run_dir, cal)
+
+
+def training_scores(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig, *,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """The final cloner's scores of the run's training images (for a threshold at another percentile), kept in
+    calibration.json["image"]["train_scores"]: computed from the images once, read back afterwards."""
+    cal = run_calibration(result, source, cloner, cfg, None, device=device)
+    if "train_scores" not in cal["image"]:
+        with RunLock(result.run_dir, quiet=True):
+            cal = read_calibration(result.run_dir)
+            if "train_scores" not in cal["image"]:
+                scores = score(cloner, score_loss(cfg), _training_images(result, cfg), source=source,
+                               batch_size=cfg.batch_size, device=device)
+                cal["image"]["train_scores"] = compact(scores)
+                cal = write_calibration(result.run_dir, cal)
+    # read back through float32: the very scores computed, so percentile 99 gives the default threshold exactly
+    return np.asarray(cal["image"]["train_scores"], dtype=np.float32).astype(np.float64)
+
+
+def compact(scores) -> list[float]:
+    """Scores (float32 from the networks) as the shortest decimals that read back through float32 as the same
+    scores (numpy's float32 repr: 9 significant digits at most, about half of float64's)."""
+    return [float(str(s)) for s in np.asarray(scores, dtype=np.float32)]
 
 
 def _training_images(result: RunResult, cfg: MKDConfig):
@@ -68,8 +84,8 @@ def _image_calibration(result: RunResult, train, source: Source, cloner: Cloner,
     recorded, low = result.metrics.get("threshold"), result.metrics.get("train_scores", {}).get("min")
     if recorded is not None and low is not None:  # their recorded minimum stands for the scores
         return image_calibration([low], threshold=recorded)
-    return image_calibration(score(cloner, score_loss(cfg), train, source=source, batch_size=cfg.batch_size,
-                                   device=device), threshold=recorded)
+    scores = score(cloner, score_loss(cfg), train, source=source, batch_size=cfg.batch_size, device=device)
+    return {**image_calibration(scores, threshold=recorded), "train_scores": compact(scores)}
 
 
 def add_threshold_metrics(run_dir: str | Path, *, device: str | torch.device = "cpu",

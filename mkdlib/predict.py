@@ -1,107 +1,44 @@
-"""Scoring new images with a finished run: per-image anomaly scores, decisions and figures.
+"""`mkd predict`: a Detector's results for image files, written as files: predictions.csv and
+predictions.json (anomalib's names: path, pred_score, raw_score, threshold, pred_label, anomaly_map, map,
+error), a figure per image, and with save_maps the maps as .npy.
 
-The raw score is the MKD loss over the score layers (paper sec. 3.3); the score is its normalisation
-with the run's threshold at 0.5 (calibration.py): an image is anomalous when its score exceeds 0.5,
-i.e. when its raw score exceeds the threshold (the 99th percentile of the training images' scores, or
-a user's value). Maps are the run's localisation maps on the run's fixed scale (calibrated on its
-training images), so a good image's map looks cooler than a broken one's; pixels above 0.5 are the
-predicted mask. `evaluation_figures` draws the same figures for a run's own labelled test set.
+pred_score is the raw score (the MKD loss over the score layers, paper sec. 3.3) normalised with the threshold
+in use at 0.5 (calibration.py): an image is anomalous when pred_score exceeds 0.5, i.e. when its raw score
+exceeds the threshold (the run's active one, by default the 99th percentile of the training images' scores;
+a percentile, or a user's value: thresholds.py). Maps are the run's localisation maps on its fixed scale
+(calibrated on its training images), so a good image's map looks cooler than a broken one's; pixels above 0.5
+are the predicted mask. `evaluation_figures` draws the same figures for a run's own labelled test set.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from mkdlib.calibration import DECISION, normalize_scores, shared_scale
-from mkdlib.datasets import IMAGE_EXTENSIONS, EmptyFolderError, load_images
+from mkdlib import __version__
+from mkdlib.calibration import DECISION
 from mkdlib.datasets.base import AspectNote, for_display
-from mkdlib.datasets.io import find_images
-from mkdlib.decisions import run_calibration
+from mkdlib.detector import CHUNK, Detector, Predictions
 from mkdlib.features import image_loader
+from mkdlib.inputs import Item, image_files
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
-from mkdlib.localization import GRADIENTS, METHODS, attribution_maps
-from mkdlib.outputs import MARKER, check_output, output_folder
+from mkdlib.localization import GRADIENTS, METHODS
+from mkdlib.outputs import check_output, output_folder
 from mkdlib.plots import decision_figure, save_figure
-from mkdlib.runs.loading import load_data, load_model
-from mkdlib.scoring import score, score_loss
+from mkdlib.runs.loading import load_data
+from mkdlib.thresholds import Threshold, check_percentile, check_threshold
 
-CSV_NAME, HEATMAP_DIR, MAP_DIR, FIGURE_DIR = "predictions.csv", "heatmaps", "maps", "figures"
-CHUNK = 32  # images read, scored and localised at a time
-
-
-def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to the images in them and in their subfolders (sorted; hidden files
-    and folders, and folders mkdlib wrote, marked MARKER, are skipped); errors name the missing path. A link
-    that cannot be followed is kept: predict lists it with the error reading it gives."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        p = p.expanduser()
-        if p.is_dir():
-            found = find_images(p, skip_marked=MARKER)
-            if not found:
-                raise EmptyFolderError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {p} or its subfolders "
-                                       f"(hidden ones and mkdlib's outputs, marked {MARKER}, are skipped)")
-            files += found
-        elif p.is_file() or p.is_symlink():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    if not files:
-        raise ValueError(f"no images given (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    return files
-
-
-def readable_images(files: Sequence[Path], dataset: str, image_size: int, imagenet_norm: bool | None,
-                    grey: bool = False, aspect: AspectNote | None = None):
-    """(positions of the files that load, their (inputs, display) tensors, {position: error} of the others):
-    one bad file does not stop the rest. `aspect`: says once that non-square images are squashed (one per
-    predict call, shared by its chunks)."""
-    good, inputs, display, bad = [], [], [], {}
-    aspect = aspect or AspectNote(image_size, f"{dataset} images")
-    for i, f in enumerate(files):
-        try:
-            x, d = load_images([f], dataset, image_size, imagenet_norm=imagenet_norm, grey=grey, aspect=aspect)
-        except Exception as err:  # any decoding failure: listed, the other images still scored
-            bad[i] = " ".join(str(err).split()) or type(err).__name__
-            continue
-        good.append(i)
-        inputs.append(x)
-        display.append(d)
-    if not good:
-        return good, None, None, bad
-    return good, torch.cat(inputs), torch.cat(display), bad
-
-
-class _Scorer:
-    """A finished run's final cloner with its calibration: normalised scores and fixed-scale maps of
-    image batches (predict and evaluation_figures share it)."""
-
-    def __init__(self, run_dir, method: str | None, device: str, weights, threshold: float | None = None):
-        self.result, self.cfg, self.source, self.cloner = load_model(run_dir, device=device, weights=weights)
-        self.calibration = run_calibration(self.result, self.source, self.cloner, self.cfg, method, device=device)
-        self.threshold = float(self.calibration["image"]["threshold"] if threshold is None else threshold)
-        self.method, self.device, self.loss = method, device, score_loss(self.cfg)
-        self.generator = torch.Generator(torch.device(device)).manual_seed(self.result.spec.seed)
-
-    def scores(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(normalised scores, raw scores) of (B, 3, H, W) inputs."""
-        raw = score(self.cloner, self.loss, inputs, source=self.source, batch_size=self.cfg.batch_size,
-                    device=self.device)
-        return normalize_scores(raw, self.calibration["image"], self.threshold), raw
-
-    def maps(self, inputs: torch.Tensor) -> np.ndarray:
-        """(B, H, W) maps on the run's fixed scale, not clipped (> 0.5: predicted anomalous pixel)."""
-        raw = attribution_maps(inputs.to(self.device), self.source, self.cloner, self.loss, method=self.method,
-                               generator=self.generator).numpy()
-        return shared_scale(raw, self.calibration["maps"][self.method])
+CSV_NAME, JSON_NAME, HEATMAP_DIR, MAP_DIR, FIGURE_DIR = ("predictions.csv", "predictions.json", "heatmaps", "maps",
+                                                         "figures")
+COLUMNS = ("path", "pred_score", "raw_score", "threshold", "pred_label", "anomaly_map", "map", "error")
+__all__ = ["predict", "evaluation_figures", "image_files", "CSV_NAME", "JSON_NAME"]
 
 
 def _title(path: str | Path, normalised: float, label: int | None = None) -> str:
@@ -123,65 +60,102 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path, *,
-            threshold: float | None = None, method: str = GRADIENTS, device: str = "cpu",
-            heatmaps: bool = True, save_maps: bool = False, progress: bool = True,
+            threshold: float | None = None, percentile: float | None = None, method: str = GRADIENTS,
+            device: str = "cpu", heatmaps: bool = True, save_maps: bool = False, progress: bool = True,
             weights: str | Path | None = None) -> pd.DataFrame:
-    """Score new images with a finished run and write out_dir/predictions.csv, a figure per image
-    (heatmaps/: image | map with colour bar | predicted mask outline, titled with the file name, score
-    and decision) and with save_maps the maps as float32 .npy (maps/, the fixed scale, not clipped).
+    """Score image files and folders with a finished run (Detector) and write out_dir/predictions.csv,
+    out_dir/predictions.json (the same rows, with the run, the threshold in use and what is known of it), a
+    figure per image (heatmaps/: image | map with colour bar | predicted mask outline, titled with the file
+    name, score and decision) and with save_maps the maps as float32 .npy (maps/, the fixed scale, not clipped).
 
-    Columns: path, score (normalised, in [0, 1]), raw_score (the MKD loss), threshold (0.5),
-    anomalous (score > 0.5, i.e. raw_score > the raw threshold), heatmap (PNG path relative to
-    out_dir), map (.npy path, with save_maps), error (why an image could not be read; its scores are
-    empty). threshold: a raw threshold instead of the run's own (metrics.json "threshold"). weights:
-    the source weights file here (checked against the run's SHA-256). A run without a calibration
-    gets one first (calibration.json). The folder is replaced whole, atomically, and only if mkdlib wrote
-    it (outputs.py: never the input images, the run, or a user's folder). ValueError when no image could be
-    read."""
+    Columns: path, pred_score (normalised, in [0, 1]), raw_score (the MKD loss), threshold (0.5), pred_label
+    (pred_score > 0.5, i.e. raw_score > the raw threshold in use), anomaly_map (the figure's path relative to
+    out_dir), map (.npy path, with save_maps), error (why an image could not be read; its scores are empty).
+    threshold: a raw threshold instead of the run's active one; percentile: the threshold at that percentile
+    of the training images' scores. weights: the source weights file here (checked against the run's
+    SHA-256). The folder is replaced whole, atomically, and only if mkdlib wrote it (outputs.py: never the
+    input images, the run, or a user's folder). ValueError when no image could be read."""
     if method not in METHODS:
         raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
+    if threshold is not None and percentile is not None:
+        raise ValueError("give --threshold or --percentile, not both")
+    threshold = None if threshold is None else check_threshold(threshold)  # before any work
+    percentile = None if percentile is None else check_percentile(percentile)
     protect = [*paths, run_dir]
     check_output(out_dir, protect=protect)  # before the run is loaded or any image read
     files = image_files(paths)
     with_maps = heatmaps or save_maps
-    run = _Scorer(run_dir, method if with_maps else None, device, weights, threshold)
-    spec, cfg = run.result.spec, run.cfg
-    imagenet_norm = spec.dataset_options.get("imagenet_norm")  # None: the dataset's own choice
-    grey = spec.dataset_options.get("grey", False)  # images prepared as the run's training images were
-    rows = [{"path": str(f), "score": np.nan, "raw_score": np.nan, "heatmap": "", "map": "", "error": ""}
+    detector = Detector.from_run(run_dir, weights=weights, device=device, method=method)
+    chosen = detector.threshold_for(threshold, percentile)
+    rows = [{"path": str(f), "pred_score": np.nan, "raw_score": np.nan, "anomaly_map": "", "map": "", "error": ""}
             for f in files]
-    aspect = AspectNote(cfg.image_size, "mkd predict")  # non-square images: said once, not once per chunk
+    aspect, generator = AspectNote(detector.image_size, "mkd predict"), detector.generator()  # said once
     with output_folder(out_dir, writer="mkd predict", protect=protect) as out:
         for start in tqdm(range(0, len(files), CHUNK), desc="predict", unit="chunk", disable=not progress):
-            chunk, inputs, display, bad = readable_images(files[start:start + CHUNK], spec.dataset,
-                                                          cfg.image_size, imagenet_norm, grey, aspect)
-            for i, error in bad.items():
-                rows[start + i]["error"] = error
-                print(f"mkd predict: skipped unreadable image {files[start + i]}: {error}", file=sys.stderr)
-            if not chunk:
-                continue
-            normalised, raw = run.scores(inputs)
-            maps = run.maps(inputs) if with_maps else [None] * len(chunk)
-            for i, s, r, image, heat in zip(chunk, normalised, raw, display.numpy(), maps):
-                row, stem = rows[start + i], f"{start + i:04d}_{files[start + i].stem}"  # index: equal names apart
-                row["score"], row["raw_score"] = float(s), float(r)
-                if heatmaps:
-                    row["heatmap"] = f"{HEATMAP_DIR}/{stem}.png"
-                    _figure(out / row["heatmap"], image, heat, _title(files[start + i], s))
-                if save_maps:
-                    row["map"] = f"{MAP_DIR}/{stem}.npy"
-                    atomic_write_bytes(out / row["map"], _npy(heat))
+            chunk = files[start:start + CHUNK]
+            result = detector.predict_items([Item(f, str(f)) for f in chunk], maps=with_maps, threshold=chosen,
+                                            aspect=aspect, generator=generator, display=heatmaps)
+            _fill(rows, start, chunk, result, out, heatmaps, save_maps)
         table = pd.DataFrame(rows)
-        if table["score"].isna().all():
+        if table["pred_score"].isna().all():
             raise ValueError(f"none of the {len(files)} images could be read (first: {files[0]}: "
                              f"{table['error'].iloc[0]})")
         table.insert(3, "threshold", DECISION)
-        table.insert(4, "anomalous", table["score"] > DECISION)
-        table = table.drop(columns=[c for c, keep in (("heatmap", heatmaps), ("map", save_maps)) if not keep])
+        table.insert(4, "pred_label", table["pred_score"] > DECISION)
+        kept = {"anomaly_map": heatmaps, "map": save_maps}
+        table = table[[c for c in COLUMNS if kept.get(c, True)]]
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         atomic_write_text(out / CSV_NAME, buf.getvalue())
+        summary = _json(detector, chosen, table, method, with_maps)
+        atomic_write_text(out / JSON_NAME, json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return table
+
+
+def _fill(rows: list[dict], start: int, files: list[Path], result: Predictions, out: Path, heatmaps: bool,
+          save_maps: bool) -> None:
+    """Copy one chunk's results into the rows; write its figures and maps."""
+    shown = iter(result.display.numpy()) if result.display is not None else None
+    for i, f in enumerate(files):
+        row, stem = rows[start + i], f"{start + i:04d}_{f.stem}"  # the index keeps equal names apart
+        if result.error[i]:
+            row["error"] = result.error[i]
+            print(f"mkd predict: skipped unreadable image {f}: {result.error[i]}", file=sys.stderr)
+            continue
+        row["pred_score"], row["raw_score"] = float(result.pred_score[i]), float(result.raw_score[i])
+        if heatmaps:
+            row["anomaly_map"] = f"{HEATMAP_DIR}/{stem}.png"
+            _figure(out / row["anomaly_map"], next(shown), result.anomaly_map[i], _title(f, result.pred_score[i]))
+        if save_maps:
+            row["map"] = f"{MAP_DIR}/{stem}.npy"
+            atomic_write_bytes(out / row["map"], _npy(result.anomaly_map[i]))
+
+
+def _json(detector: Detector, chosen: Threshold, table: pd.DataFrame, method: str, maps: bool) -> dict:
+    """predictions.json: the rows (NaN as null), the run, the threshold in use and what is known of it."""
+    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in table.to_dict(orient="records")]
+    return {"run": detector.run_key, "run_dir": str(detector.result.run_dir), "mkdlib_version": __version__,
+            "threshold": {"name": chosen.name, "raw": chosen.value, "normalised": DECISION, "source": chosen.source},
+            "known_at_threshold": _known(detector, chosen), "method": method if maps else None,
+            "n_images": len(table), "n_anomalous": int(table["pred_label"].sum()),
+            "n_unreadable": int((table["error"] != "").sum()), "predictions": rows}
+
+
+def _known(detector: Detector, chosen: Threshold) -> dict | None:
+    """Measured decisions at the threshold in use, where labelled images have measured it: a version's F1 on the
+    labelled images `mkd calibrate` set it on, or the default's on the run's test set (metrics.json, added by
+    `mkd evaluate`). The images scored here are unlabelled: nothing is claimed of them."""
+    if chosen.name in detector.calibration.get("thresholds", {}):
+        entry = detector.calibration["thresholds"][chosen.name]
+        known = {"on": "the labelled images `mkd calibrate` set it on", "folders": entry.get("folders"),
+                 "image": {k: entry[k] for k in ("f1", "precision", "recall", "n_good", "n_anomalous")}}
+        return {**known, "pixel": entry["pixel"]} if entry.get("pixel") else known
+    at = detector.result.metrics.get("at_threshold")
+    if chosen.name == "default" and at and np.isclose(at.get("threshold", np.nan), chosen.value, rtol=1e-9):
+        return {"on": "the run's test set (metrics.json at_threshold)",
+                **{level: at[level] for level in ("image", "pixel") if level in at}}
+    return None
 
 
 def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *, method: str = GRADIENTS,
@@ -195,16 +169,16 @@ def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *
     default = out_dir is None
     if not default:
         check_output(out_dir, protect=[run_dir])
-    run = _Scorer(run_dir, method, device, weights)
-    test = load_data(run.result.spec, run.cfg, split="test")
-    masks, labels = test.masks, np.asarray(test.labels)
-    out_dir = run.result.run_dir / FIGURE_DIR if default else Path(out_dir).expanduser()
+    detector = Detector.from_run(run_dir, weights=weights, device=device, method=method)
+    test = load_data(detector.result.spec, detector.cfg, split="test")
+    masks, labels, generator = test.masks, np.asarray(test.labels), detector.generator()
+    out_dir = detector.result.run_dir / FIGURE_DIR if default else Path(out_dir).expanduser()
     with output_folder(out_dir, writer="mkd evaluate --figures", protect=[] if default else [run_dir],
                        ours=default) as out:
         done = 0
         for x in tqdm(image_loader(test, CHUNK), desc="figures", unit="chunk", disable=not progress):
-            normalised, _ = run.scores(x)
-            for image, heat, s in zip(for_display(test, x).numpy(), run.maps(x), normalised):
+            normalised = detector.normalised(detector.raw_scores(x))
+            for image, heat, s in zip(for_display(test, x).numpy(), detector.maps(x, generator), normalised):
                 path = Path(str(test.paths[done]))
                 _figure(out / f"{done:04d}_{path.stem}.png", image, heat, _title(path, s, labels[done]),
                         None if masks is None else masks[done])

@@ -1,9 +1,13 @@
-"""calibration: normalised image scores (threshold at 0.5), the fixed map scale, decisions at the threshold."""
+"""calibration: normalised image scores (threshold at 0.5), the fixed map scale, decisions at the threshold;
+calibration.json written with its digest and read back checked (tests/test_detector.py: on a real run)."""
+import json
+
 import numpy as np
 import pytest
 
 from mkdlib.calibration import CALIBRATION, at_threshold, image_calibration, normalize_scores, shared_scale
-from mkdlib.decisions import read_calibration
+from mkdlib.calibration_file import digest, write_calibration
+from mkdlib.decisions import compact, read_calibration
 from mkdlib.runs.store import RunError
 
 
@@ -50,3 +54,38 @@ def test_a_corrupt_calibration_says_delete_it(tmp_path):
     (tmp_path / CALIBRATION).write_text("{")
     with pytest.raises(RunError, match="calibration.json.*delete"):
         read_calibration(tmp_path)
+
+
+CAL = {"image": {"min": 0.1, "threshold": 0.2},
+       "maps": {"gradients": {"offset": 0.0, "pixel_threshold": 0.5, "scale": 1.0}}}
+
+
+def test_a_calibration_is_written_with_its_digest_and_reads_back_as_written(tmp_path):
+    scores = np.float32([0.1, 0.125, 0.2, 1 / 3])
+    stored = write_calibration(tmp_path, {**CAL, "image": {**CAL["image"], "train_scores": compact(scores)}})
+    assert stored["sha256"] == digest(stored) and read_calibration(tmp_path) == stored
+    text = (tmp_path / CALIBRATION).read_text()
+    assert '"train_scores": [0.1,0.125,0.2,0.33333334]' in text  # one line, float32's shortest decimals
+    assert np.array_equal(np.float32(read_calibration(tmp_path)["image"]["train_scores"]), scores)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c["image"].update(min=1.0, threshold=0.5), "below image.min"),
+    (lambda c: c["image"].update(min=-0.1), "image.min = -0.1"),
+    (lambda c: c["maps"]["gradients"].update(scale=-1.0), "scale = -1.0"),
+    (lambda c: c["maps"]["gradients"].update(scale=3.0), "not 2 \\* \\(pixel_threshold - offset\\)"),
+    (lambda c: c["image"].update(threshold=float("inf")), "image.threshold = inf"),
+    (lambda c: c.update(active="f1-2026-01-01-1"), "no such threshold"),
+    (lambda c: c.update(thresholds={"f1-x": {"threshold": 0.3, "f1": 1.5, "precision": 1, "recall": 1}}), "above 1"),
+    (lambda c: c.update(thresholds={"f1-x": {"threshold": 0.3, "f1": 1, "precision": 1, "recall": 1, "n_good": 0,
+                                             "n_anomalous": 2, "created": "2026"}}), "n_good = 0"),
+])
+def test_calibration_values_out_of_range_are_refused(tmp_path, change, words):
+    """A calibration.json without a digest (written before it existed) is checked by its ranges."""
+    cal = json.loads(json.dumps(CAL))
+    change(cal)
+    (tmp_path / CALIBRATION).write_text(json.dumps(cal))
+    with pytest.raises(RunError, match=f"calibration.json .*{words}.*delete it"):
+        read_calibration(tmp_path)
+    with pytest.raises(RunError, match=words):
+        write_calibration(tmp_path / "new", cal)  # never stored either

@@ -37,9 +37,9 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for command in ("train", "evaluate", "predict", "bench", "regenerate"):
+    for command in ("train", "evaluate", "predict", "calibrate", "export", "bench", "regenerate"):
         assert command in out
-    for command in ("train", "evaluate", "predict"):
+    for command in ("train", "evaluate", "predict", "calibrate", "export"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: mkd " + command in capsys.readouterr().out
@@ -86,7 +86,7 @@ def test_predict_writes_csv_and_pngs(trained, capsys):
     assert main(["predict", run_dir, str(images / "good"), str(images / "spot"), "--out", str(out),
                  "--threshold", "0", "--quiet", "--device", "cpu"]) == 0
     lines = (out / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "path,score,raw_score,threshold,anomalous,heatmap,error" and len(lines) == 1 + 3
+    assert lines[0] == "path,pred_score,raw_score,threshold,pred_label,anomaly_map,error" and len(lines) == 1 + 3
     assert all(",True," in line and line.endswith(",") for line in lines[1:])  # all flagged, none unreadable
     assert len(list((out / "heatmaps").glob("*.png"))) == 3
 

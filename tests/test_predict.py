@@ -37,22 +37,23 @@ def test_predict_flags_defects_above_the_threshold(trained, tmp_path):
     table = predict(result.run_dir, [category / "test"/ d for d in ("good", "scratch", "spot", "crack")],
                     tmp_path / "out", progress=False)
     written = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert list(written.columns) == ["path", "score", "raw_score", "threshold", "anomalous", "heatmap", "error"]
+    assert list(written.columns) == ["path", "pred_score", "raw_score", "threshold", "pred_label", "anomaly_map",
+                                     "error"]
     assert len(written) == 12 and (written["threshold"] == 0.5).all()
-    assert written["anomalous"].tolist() == table["anomalous"].tolist() == (written["score"] > 0.5).tolist()
+    assert written["pred_label"].tolist() == table["pred_label"].tolist() == (written["pred_score"] > 0.5).tolist()
     threshold = read_calibration(result.run_dir)["image"]["threshold"]  # computed by this first predict
-    assert written["anomalous"].tolist() == (written["raw_score"] > threshold).tolist()
-    assert written["score"].between(0, 1).all()
-    for name in written["heatmap"]:
+    assert written["pred_label"].tolist() == (written["raw_score"] > threshold).tolist()
+    assert written["pred_score"].between(0, 1).all()
+    for name in written["anomaly_map"]:
         with Image.open(tmp_path / "out" / name) as im:
             assert im.format == "PNG" and im.width > im.height >= 48  # image | overlay, side by side
     defect = ~written["path"].str.contains("/good/")
-    assert written.loc[defect, "anomalous"].mean() > written.loc[~defect, "anomalous"].mean()
-    assert written.loc[defect, "anomalous"].mean() >= 0.5
+    assert written.loc[defect, "pred_label"].mean() > written.loc[~defect, "pred_label"].mean()
+    assert written.loc[defect, "pred_label"].mean() >= 0.5
 
     high = predict(result.run_dir, [category / "test" / "good"], tmp_path / "high", threshold=1e9,
                    heatmaps=False, progress=False)
-    assert not high["anomalous"].any() and "heatmap" not in high
+    assert not high["pred_label"].any() and "anomaly_map" not in high
     assert not (tmp_path / "high" / "heatmaps").exists()
 
 
@@ -78,10 +79,10 @@ def test_unreadable_images_are_listed_and_the_rest_scored(trained, tmp_path, cap
     (out / "heatmaps" / "stale.png").write_bytes(b"from an older prediction")
     table = predict(result.run_dir, [good[0], bad, good[1]], out, progress=False)
     assert table["error"].tolist()[0] == "" and "broken.png" in table["error"].tolist()[1]
-    assert table["score"].notna().tolist() == [True, False, True]
+    assert table["pred_score"].notna().tolist() == [True, False, True]
     assert "broken.png" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(
-        name.split("/")[-1] for name in table["heatmap"] if name)  # replaced whole: nothing stale
+        name.split("/")[-1] for name in table["anomaly_map"] if name)  # replaced whole: nothing stale
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left
     with pytest.raises(ValueError, match="none of the 1 images could be read"):
         predict(result.run_dir, [bad], tmp_path / "out2", progress=False)
@@ -110,7 +111,7 @@ def test_weights_of_another_digest_are_refused_and_weights_finds_them(tmp_path):
     with pytest.raises(RunError, match="sha256.*--weights"):
         predict(result.run_dir, [images], tmp_path / "out", progress=False)
     table = predict(result.run_dir, [images], tmp_path / "out", progress=False, weights=tmp_path / "moved.pth")
-    assert table["score"].notna().all()
+    assert table["pred_score"].notna().all()
 
 
 def _good(table):
@@ -122,12 +123,12 @@ def test_shared_scale_and_normalised_scores_separate_good_from_defective(trained
     result, category = trained
     table = predict(result.run_dir, [category / "test" / d for d in ("good", "scratch", "spot", "crack")],
                     tmp_path / "out", save_maps=True, progress=False)
-    assert list(table.columns) == ["path", "score", "raw_score", "threshold", "anomalous", "heatmap", "map",
-                                   "error"]
+    assert list(table.columns) == ["path", "pred_score", "raw_score", "threshold", "pred_label", "anomaly_map",
+                                   "map", "error"]
     assert (result.run_dir / CALIBRATION).is_file() and (tmp_path / "out" / "predictions.csv").is_file()
     maps = [np.load(tmp_path / "out" / name) for name in table["map"]]
     assert all(m.shape == (48, 48) and m.dtype == np.float32 for m in maps)
-    for name in table["heatmap"]:
+    for name in table["anomaly_map"]:
         with Image.open(tmp_path / "out" / name) as im:
             assert im.format == "PNG" and im.width > im.height
     shown = np.array([np.clip(m, 0, 1).mean() for m in maps])  # as the figures draw them
@@ -136,8 +137,8 @@ def test_shared_scale_and_normalised_scores_separate_good_from_defective(trained
     # The threshold is the 99th percentile of the training images' scores; unseen good images score higher
     # than the ones the cloner was fit to, so one may lie above it (it did on the AVX2 kernels): the medians
     # are what a 15-epoch toy detector can be held to on every CPU.
-    assert table.loc[good, "score"].median() < 0.5 < table.loc[~good, "score"].median()
-    assert ((table["score"] > 0.5) == table["anomalous"]).all()  # the decision is the normalised score at 0.5
+    assert table.loc[good, "pred_score"].median() < 0.5 < table.loc[~good, "pred_score"].median()
+    assert ((table["pred_score"] > 0.5) == table["pred_label"]).all()  # the decision is the normalised score at 0.5
 
 
 def test_a_user_threshold_on_the_raw_score_is_0_5_on_the_normalised_one(trained, tmp_path):
@@ -146,7 +147,7 @@ def test_a_user_threshold_on_the_raw_score_is_0_5_on_the_normalised_one(trained,
     table = predict(result.run_dir, paths, tmp_path / "a", heatmaps=False, progress=False)
     cut = float(table["raw_score"].median())
     moved = predict(result.run_dir, paths, tmp_path / "b", threshold=cut, heatmaps=False, progress=False)
-    assert moved["anomalous"].tolist() == (table["raw_score"] > cut).tolist()
+    assert moved["pred_label"].tolist() == (table["raw_score"] > cut).tolist()
     assert moved["raw_score"].tolist() == table["raw_score"].tolist() and (moved["threshold"] == 0.5).all()
 
 
@@ -333,7 +334,7 @@ def test_a_looping_or_broken_link_reaches_the_error_column(trained, tmp_path):
     table = predict(result.run_dir, [images, tmp_path / "gone.png"], tmp_path / "out", heatmaps=False,
                     progress=False)
     assert [p.split("/")[-1] for p in table["path"]] == ["a.png", "b_loop.png", "gone.png"]
-    assert table["score"].notna().tolist() == [True, False, False]
+    assert table["pred_score"].notna().tolist() == [True, False, False]
     assert "b_loop.png" in table["error"][1] and "symbolic link" in table["error"][1]
     assert "gone.png" in table["error"][2]
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, AspectNote, ImageDataset, grey_rgb, resize_to_uint8
 from .folder import build_folder
-from .io import open_image
+from .io import open_image, upright_rgb
 from .medical import build_brainmri, build_headct, build_retina
 from .mvtec import build_mvtec
 from .onecls import TORCHVISION, build_onecls, reference_transform
@@ -118,14 +119,15 @@ def _flag(name: str, value) -> bool:
     return value
 
 
-def load_images(files: Sequence[str | Path], name: str, image_size: int, *,
+def load_images(files: Sequence[str | Path | Image.Image], name: str, image_size: int, *,
                 imagenet_norm: bool | None = None, grey: bool = False,
                 aspect: AspectNote | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """New image files prepared as dataset `name` prepares its own: (inputs, display), both (N, 3, S, S)
     float; inputs as the networks take them (ImageNet-normalised where the dataset is, see
     get_dataset's imagenet_norm and grey), display the same images in [0, 1]. Errors name an unreadable
     file. Non-square images squashed to a square are said once per call, or once per `aspect` shared by
-    several calls (predict's)."""
+    several calls (predict's). A PIL image in `files` takes the same path from its decoded pixels on
+    (EXIF turn, mode to 8-bit RGB, the dataset's resize), so it scores as the file it was read from."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
@@ -134,11 +136,19 @@ def load_images(files: Sequence[str | Path], name: str, image_size: int, *,
     aspect = aspect or AspectNote(image_size, f"{key} images")
     prepared = []
     for f in files:
-        image = open_image(f)
+        image = upright_rgb(f) if isinstance(f, Image.Image) else open_image(f)
         if key != "cifar10":  # cifar10's resize keeps the ratio and crops the centre
-            aspect.see(f, image.size)
+            aspect.see(f if not isinstance(f, Image.Image) else getattr(f, "filename", "") or "an image in memory",
+                       image.size)
         prepared.append(transform(image))
     images = torch.stack(prepared)  # (N, 3, S, S) uint8
     display = (grey_rgb(images) if _flag("grey", grey) else images).float().div(255)
-    normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
+    normalize = imagenet_normalised(key, imagenet_norm)
     return (TF.normalize(display, IMAGENET_MEAN, IMAGENET_STD) if normalize else display), display
+
+
+def imagenet_normalised(name: str, imagenet_norm: bool | None = None) -> bool:
+    """Whether dataset `name`'s network inputs are ImageNet-normalised: imagenet_norm as given, else the
+    reference's choice (cifar10 only)."""
+    key = ALIASES.get(name.lower(), name.lower())
+    return REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)

@@ -85,7 +85,18 @@ def _decode(path: Path) -> Image.Image:
 
 def open_image(path: Path) -> Image.Image:
     """Decode `path` as 8-bit RGB; transparency is composited over black."""
-    im = _to_8bit(_decode(path))
+    return as_rgb(_decode(path))
+
+
+def upright_rgb(im: Image.Image) -> Image.Image:
+    """An image already in memory (e.g. a caller's PIL image) as `open_image` makes a file: turned as its
+    EXIF Orientation says (a copy; the caller's image is not changed), then as_rgb."""
+    return as_rgb(ImageOps.exif_transpose(im))
+
+
+def as_rgb(im: Image.Image) -> Image.Image:
+    """A decoded image of any mode as 8-bit RGB: 16-bit scaled, transparency composited over black."""
+    im = _to_8bit(im)
     if im.mode == "P" or "A" in im.mode or "a" in im.mode:
         rgba = im.convert("RGBA")  # a palette's transparency index becomes alpha here
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
