@@ -128,6 +128,29 @@ def training_curves(results: Sequence[RunResult]) -> Figure:
     return fig
 
 
+def epoch_curves(checks: str | Path) -> Figure:
+    """The paper profile's AUROC over training epochs per MVTec AD category, where a curve was measured
+    (results/checks/<category>_curve_paper.csv, scripts/epoch_curve.py: a cloner kept every 10 epochs of the
+    record's own training): detection, and the paper's pixel protocol every 50 epochs."""
+    found = sorted(Path(checks).glob("*_curve_paper.csv"))
+    if not found:
+        return _markdown("*No curve over epochs measured here (scripts/epoch_curve.py writes one).*")
+    fig = Figure(figsize=(10, 3.4))
+    detect, locate = fig.subplots(1, 2)
+    for path in found:
+        curve, name = pd.read_csv(path), path.name.removesuffix("_curve_paper.csv")
+        detect.plot(curve["epoch"], curve["image_auroc"], lw=1, label=name)
+        pixel = curve.dropna(subset=["paper_pixel_auroc"])
+        locate.plot(pixel["epoch"], pixel["paper_pixel_auroc"], "o-", lw=1, ms=3, label=name)
+    detect.set(xlabel="epoch", ylabel="image AUROC (%)", title="detection over training (paper profile)")
+    locate.set(xlabel="epoch", ylabel="pixel AUROC (%), paper's protocol", title="localisation over training")
+    for ax in (detect, locate):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def scores(result: RunResult) -> pd.DataFrame:
     """The final cloner's test scores (scores.csv) with each image's group: its folder (MVTec's defect
     type, or good) where the path has one, else normal / anomalous."""
