@@ -229,7 +229,7 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--class", dest="normal_class", metavar="C", help="only runs of this normal class (index or name)")
     s.add_argument("--status", metavar="S", help="only runs with this status: finished, training, failed, corrupt "
                    "or locked")
-    s.add_argument("--profile", metavar="P", help="only runs of this profile: paper, smoke, fast or custom")
+    s.add_argument("--profile", metavar="P", help="only runs of this profile: paper, smoke, fast, fast-v1 or custom")
     s.add_argument("--json", action="store_true", help="print the rows as JSON (numbers, run_dir, reason)")
     s.add_argument("--rm", nargs="+", metavar="KEY", help="remove these runs (refused for an unknown key or a "
                    "run another process holds; nothing is removed then)")

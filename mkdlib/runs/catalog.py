@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mkdlib.checkpoints import LAST, CheckpointError, check_readable, trained_epochs
-from mkdlib.config import EXECUTION_FIELDS, PROFILES
+from mkdlib.config import PROFILES
 from mkdlib.datasets import DATASET_NAMES
 from mkdlib.datasets.factory import ALIASES
 from mkdlib.datasets.onecls import CLASS_NAMES
@@ -27,25 +27,26 @@ from mkdlib.runs.store import (ENV, ERROR, LOCK, METRICS, REEVALUATE, SPEC, RunE
 
 COLUMNS = ("key", "dataset", "class", "profile", "epochs", "status", "image AUROC", "pixel AUROC", "created")
 STATUSES = ("finished", "training", "failed", "corrupt", "locked")
-PROFILE_NAMES = ("paper", "smoke", "fast", "custom")
+FAST_PROFILES = ("fast", "fast-v1")
+PROFILE_NAMES = ("paper", "smoke", *FAST_PROFILES, "custom")
 _KEY_LIKE = re.compile(r"[0-9a-f]{16}")  # a folder so named without spec.json is a broken run, not a stranger
 
 
 def profile_name(spec: RunSpec) -> str:
     """Which profile a run looks like; spec.json records none, so this is derived from the spec alone:
     "paper" when it has no config overrides, no dataset options and no max_train/max_test (the paper's
-    settings for its dataset, whole data); "smoke" when max_train or max_test is set or its epochs are
-    the smoke profile's; "fast" when its overrides are the fast profile's for its dataset; "custom" otherwise (any other override, e.g. a shorter schedule). Execution
-    settings (precision, layout: config.EXECUTION_FIELDS) do not change what a run trains."""
-    trains = {k for k in spec.config if k not in EXECUTION_FIELDS}
-    if not trains and not spec.dataset_options and spec.max_train is None and spec.max_test is None:
+    settings for its dataset, whole data); "smoke" when max_train or max_test is set or its epochs are the
+    smoke profile's; "fast" (or "fast-v1") when its overrides are that profile's for its dataset; "custom"
+    otherwise (any other override, e.g. a shorter schedule). The spec's execution settings (precision,
+    layout) do not change what a run trains and are not looked at."""
+    if not spec.config and not spec.dataset_options and spec.max_train is None and spec.max_test is None:
         return "paper"
     smoke = PROFILES["smoke"]
     if spec.max_train is not None or spec.max_test is not None or spec.config.get("epochs") == smoke.config["epochs"]:
         return "smoke"
-    fast = PROFILES["fast"].overrides(spec.dataset)
-    if not spec.dataset_options and {k: spec.config[k] for k in trains} == fast:
-        return "fast"
+    for name in FAST_PROFILES:
+        if not spec.dataset_options and spec.config == PROFILES[name].overrides(spec.dataset):
+            return name
     return "custom"
 
 
