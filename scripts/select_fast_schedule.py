@@ -44,6 +44,7 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "cosine 3e-3, 2/5": ({"fraction": 2 / 5, "schedule": "cosine", "lr": 3e-3}, {}),
     "cosine 1e-2, 2/5": ({"fraction": 2 / 5, "schedule": "cosine", "lr": 1e-2}, {}),
     "cosine 3e-3, 3/5": ({"fraction": 3 / 5, "schedule": "cosine", "lr": 3e-3}, {}),
+    "cosine 3e-2": ({"fraction": 1 / 5, "schedule": "cosine", "lr": 3e-2}, {}),
 }
 DEV_CLASSES = [("mnist", 0), ("mnist", 1), ("mnist", 2), ("fashionmnist", 0), ("mvtec", "transistor")]
 N_VALIDATION = 40  # bottle training images held out as validation normals (209 in all)

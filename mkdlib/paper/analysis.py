@@ -151,6 +151,29 @@ def epoch_curves(checks: str | Path) -> Figure:
     return fig
 
 
+def schedule_choice(selection: str | Path, curve: str | Path, category: str = "transistor") -> Figure:
+    """How the fast schedule was chosen on a slow category: the paper profile's detection and localisation
+    over its 601 epochs (its own training, `curve`), the 1-point band below its final values, and each
+    candidate schedule's final values at the epochs it trained (`selection`: select_fast_schedule.py's CSV)."""
+    curve, tried = pd.read_csv(curve), pd.read_csv(selection)
+    tried = tried[tried["class"].astype(str) == category]
+    fig = Figure(figsize=(10, 3.6))
+    for ax, column, label in zip(fig.subplots(1, 2), ("image_auroc", "paper_pixel_auroc"),
+                                 ("detection: image AUROC (%)", "localisation: paper's pixel protocol (%)")):
+        points = curve.dropna(subset=[column])
+        ax.plot(points["epoch"], points[column], "-", color="tab:gray", lw=1, label="paper profile over its epochs")
+        final = points[column].iloc[-1]
+        ax.axhspan(final - 1, final, color="tab:green", alpha=0.12, label="within 1 point of its final")
+        metric = "final" if column == "image_auroc" else "localisation"
+        for _, row in tried.dropna(subset=[metric]).iterrows():
+            ax.plot(row["epochs"], row[metric], "o", label=f"{row['candidate']} ({row['epochs']} epochs)")
+        ax.set(xlabel="epochs trained", ylabel=label, title=f"{category}: {label.split(':')[0]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def scores(result: RunResult) -> pd.DataFrame:
     """The final cloner's test scores (scores.csv) with each image's group: its folder (MVTec's defect
     type, or good) where the path has one, else normal / anomalous."""
