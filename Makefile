@@ -37,16 +37,17 @@ regenerate-gpu:  ## train the notebooks' runs on a GPU machine, no papermill nee
 	bash scripts/regenerate_gpu.sh $(ARGS)
 
 # The executed copies committed in results/executed/, from the committed run records only (nothing is trained
-# but the quickstart's demo): the paper profile, and the ablation notebooks in the fast profile, whose records
-# those are. Heatmaps and the method notebook need MKDLIB_DATA (mkdlib's layout: mvtec/bottle, ...) and
+# but the quickstart's demo): the paper profile, and the ablation notebooks in the fast-v1 profile, whose
+# records those are (results/fast-v1/). Heatmaps and the method notebook need MKDLIB_DATA (mkdlib's layout: mvtec/bottle, ...) and
 # MKDLIB_VGG16_WEIGHTS; without them they say "not drawn" or fall back to the synthetic set.
 PAPER_NOTEBOOKS := 00_quickstart 01_method table2_one_class_detection table3_mvtec_detection \
 	table4_figure6_mvtec_localization table5_retinal_oct table6_medical table1_table11_interpretability \
 	figure1_heatmaps figure4_tables9_10_cloner_size fast_vs_paper
 FAST_NOTEBOOKS := figure3_tables7_8_layer_ablation figure5_tables9_10_loss_ablation
 notebooks: $(VENV)/.installed  ## every notebook executed on the committed records (nothing trained) into results/executed/
-	$(PY) -m mkdlib.paper.regenerate --profile paper --records-only --executed results/executed --only $(PAPER_NOTEBOOKS)
-	$(PY) -m mkdlib.paper.regenerate --profile fast --records-only --executed results/executed \
+	$(PY) -m mkdlib.paper.regenerate --profile paper --records-only --runs-dir results/runs --executed results/executed \
+		--only $(PAPER_NOTEBOOKS)
+	$(PY) -m mkdlib.paper.regenerate --profile fast-v1 --records-only --runs-dir results/runs --executed results/executed \
 		--only $(FAST_NOTEBOOKS) -p 'classes={"mvtec": ["bottle"]}'
 
 site: $(VENV)/.installed  ## the results as a static site in site/: an index (paper vs ours), a page per table and per executed notebook

@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     failed = {k: v for k, v in status.items() if v is not None}
     print(f"mkd regenerate: {len(status) - len(failed)} of {len(status)} notebooks ok; executed copies in "
-          f"{results / 'executed'}")
+          f"{Path(args.executed).resolve() if args.executed else results / 'executed'}")
     for name, error in failed.items():
         print(f"  FAILED {name}: {error}", file=sys.stderr)
     return 1 if failed else 0
