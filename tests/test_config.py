@@ -111,12 +111,17 @@ def test_learning_rate_schedules():
         paper_config("mnist", schedule="linear")
 
 
-def test_fast_overrides_train_a_fifth_and_sample_as_many_cloners():
-    from mkdlib.config import fast_overrides
+def test_fast_overrides_train_a_fraction_and_sample_as_many_cloners():
+    from mkdlib.config import FAST_SCHEDULES, fast_overrides
 
+    for name, schedule in FAST_SCHEDULES.items():
+        for dataset in PAPER_SETTINGS:
+            paper, fast = paper_config(dataset), paper_config(dataset, **fast_overrides(dataset, name))
+            assert fast.epochs <= paper.epochs * schedule["fraction"] and fast.schedule == "cosine"
+            assert len(fast.eval_epochs()) == len(paper.eval_epochs()) and fast.eval_epochs()[-1] == fast.epochs
+    assert fast_overrides("mvtec", "fast-v1")["epochs"] == 120 and fast_overrides("mvtec")["epochs"] == 240
     for dataset in PAPER_SETTINGS:
         paper, fast = paper_config(dataset), paper_config(dataset, **fast_overrides(dataset))
-        assert fast.epochs * 5 <= paper.epochs and fast.schedule == "cosine"
         assert len(fast.eval_epochs()) == len(paper.eval_epochs()) and fast.eval_epochs()[-1] == fast.epochs
         assert fast.to_dict().keys() == paper.to_dict().keys()  # the schedule only:
         assert {k for k in fast.to_dict() if fast.to_dict()[k] != paper.to_dict()[k]} <= {
