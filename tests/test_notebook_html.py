@@ -39,8 +39,10 @@ def html(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_html_has_the_sections_the_table_and_no_stray_value(html):
     text = html.read_text(encoding="utf-8")
-    sections = re.findall(r"<h2[^>]*>([^<]+)", text)  # reproduce's section headings, in its output
-    assert sections == ["Runs", "Tables"], sections
+    sections = re.findall(r"<h2[^>]*>([^<]+)", text)  # reproduce's section headings, then the analysis'
+    analysis = [line[3:].strip() for cell in nbformat.read(NOTEBOOK_DIR / f"{NAME}.ipynb", as_version=4).cells
+                if cell.cell_type == "markdown" for line in cell.source.splitlines() if line.startswith("## ")]
+    assert analysis and sections == ["Runs", "Tables", *analysis], sections
     assert "<table" in text and "<h3" in text  # the table under its section-sized title
     assert "<h1" in text and text.count("<h1") == 1  # one page title: the tables' are not H1s
     assert "PosixPath(" not in text
