@@ -37,7 +37,10 @@ def _train(a) -> int:
     from mkdlib.config import profile_of
 
     dataset = ALIASES.get(a.dataset.lower(), a.dataset.lower())  # e.g. "MNIST" -> "mnist"
-    overrides = profile_of(a.profile).overrides(dataset) if dataset in PAPER_SETTINGS else {}
+    profile = profile_of(a.profile)
+    if profile.guidance:
+        print(f"{profile.name}: {profile.guidance}", file=sys.stderr)
+    overrides = profile.overrides(dataset) if dataset in PAPER_SETTINGS else {}
     config = {**overrides, **dict(a.config)}
     spec = RunSpec(a.dataset, cls, config=config, seed=a.seed, data_root=a.data_root, weights=weights,
                    localization=tuple(a.localization), max_train=a.max_train, max_test=a.max_test,

@@ -85,8 +85,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--weights", default="imagenet", metavar="W",
                    help="source weights: imagenet (default; follows $MKDLIB_VGG16_WEIGHTS), a file, or none")
     t.add_argument("--profile", choices=("paper", "fast"), default="paper",
-                   help="paper: the paper's protocol (default, the faithful reproduction); fast: ours, a fifth "
-                        "of the epochs with a warm-up + cosine learning rate (docs/fast-profile.md)")
+                   help="paper: the paper's protocol (default, the faithful reproduction); fast: ours, 2/5 of "
+                        "the epochs with a warm-up + cosine learning rate; prints where it stands in for paper "
+                        "(docs/fast-profile.md)")
     t.add_argument("--config", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="MKDConfig override on top of the profile's settings, e.g. epochs=51 (repeatable)")
     t.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",

@@ -254,6 +254,9 @@ def fast_overrides(dataset: str, name: str = "fast", **schedule: Any) -> dict[st
 
 # --- profiles: the paper's protocol, a smoke check, ours (fast) --------------------------------------
 
+# Measured by the fast-vs-paper comparison (results/fast_vs_paper.md; docs/fast-profile.md).
+FAST_GUIDANCE = "GUIDANCE-TBD"
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -264,6 +267,7 @@ class Profile:
     max_test: int | None = None
     seeds: int | None = None  # for the items with several seeds; None = the item's number
     per_dataset: Callable[[str], dict[str, Any]] | None = None  # more MKDConfig overrides by dataset
+    guidance: str = ""  # printed by `mkd train --profile <name>`: where it stands in for the paper profile
 
     def overrides(self, dataset: str) -> dict[str, Any]:
         """The settings this profile puts on every run of `dataset` (MKDConfig's; Execution's too, which
@@ -282,7 +286,7 @@ PROFILES: dict[str, Profile] = {
                      max_train=64, max_test=100, seeds=2),
     # Ours: the paper's method with fewer epochs and a warm-up + cosine schedule (config.fast_overrides).
     "fast": Profile("fast", "fast: ours, 2/5 of the paper's epochs (warm-up + cosine lr); NOT the paper's "
-                    "protocol", {}, {}, per_dataset=fast_overrides),
+                    "protocol", {}, {}, per_dataset=fast_overrides, guidance=FAST_GUIDANCE),
     "fast-v1": Profile("fast-v1", "fast-v1: ours, a fifth of the paper's epochs (warm-up + cosine lr, "
                        "superseded); NOT the paper's protocol", {}, {},
                        per_dataset=lambda dataset: fast_overrides(dataset, "fast-v1")),

@@ -66,3 +66,11 @@ def git_commit(where: str | Path) -> tuple[str | None, bool]:
         return sha, bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return None, False
+
+
+def shown(path: str | Path) -> str:
+    """`path` as messages and tables show it: relative to the working folder when it lies in it or beside
+    it (a notebook runs in notebooks/, its runs in ../results/runs), so that executed notebooks and the
+    tables they write carry no machine path; absolute otherwise."""
+    relative = os.path.relpath(Path(path).resolve(), Path.cwd())
+    return relative if not relative.startswith(os.pardir + os.sep + os.pardir) else str(Path(path).resolve())

@@ -169,3 +169,12 @@ def test_evaluate_figures_removes_what_a_killed_one_left(trained, capsys, tmp_pa
     (dead / "half.png").write_bytes(b"half written")
     assert main(["evaluate", run_dir, "--figures", "--out", str(tmp_path / "figs"), "--quiet", "--device", "cpu"]) == 0
     assert not dead.exists() and (tmp_path / "figs" / ".mkdlib-output").is_file()
+
+
+def test_train_with_the_fast_profile_says_where_it_stands_in_for_paper(trained, capsys):
+    from mkdlib.config import profile_of
+
+    tmp, args = trained
+    assert main(args + ["--profile", "fast", "--config", "warmup_epochs=1"]) == 0  # a tiny run of the fast schedule
+    err = capsys.readouterr().err
+    assert err.startswith(f"fast: {profile_of('fast').guidance}") and "points" in profile_of("fast").guidance

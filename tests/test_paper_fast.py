@@ -57,3 +57,22 @@ def test_no_mean_over_different_datasets():
 
     df = fast.comparison([done(s, 0.9) for s in specs["paper"]], [done(s, 0.8) for s in specs["fast"]])
     assert "mean" not in set(df["class"]) and set(df["class"]) >= {"headct", "brainmri"}
+
+
+def test_a_row_of_seeds_is_compared_on_the_seeds_both_profiles_finished():
+    specs = fast.comparison_specs("paper", classes={"table2_mnist": [], "table2_fashionmnist": [], "table3": [],
+                                                    "table4": []}, seeds=[0, 1, 2])
+
+    def done(spec, final):
+        res = _ok(spec, final)
+        res.metrics.update(epochs=spec.mkd_config().epochs, n_train=90, timing_s={"train": 10.0})
+        return res
+
+    paper = [done(s, 0.80 + 0.05 * s.seed) for s in specs["paper"]]  # seeds 0, 1, 2: 80, 85, 90
+    quick = [done(s, 0.80) for s in specs["fast"] if s.seed == 0 and s.dataset == "brainmri"]
+    df = fast.comparison(paper, quick).set_index("class")
+    assert df.at["brainmri", "paper_runs"] == 1 and df.at["brainmri", "fast_runs"] == 1
+    assert df.at["brainmri", "paper_final"] == pytest.approx(80.0) and df.at["brainmri", "diff"] == pytest.approx(0)
+    assert df.at["headct", "paper_runs"] == 3 and df.at["headct", "fast_runs"] == 0  # no fast run: all paper seeds
+    assert df.at["headct", "paper_final"] == pytest.approx(85.0)
+    assert "| brainmri | " in fast.comparison_markdown(df.reset_index())

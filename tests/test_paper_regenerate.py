@@ -86,10 +86,23 @@ def test_a_failing_notebook_is_reported_and_the_others_run(tmp_path, capsys):
 def papermill(monkeypatch) -> list[dict]:
     """A stand-in for papermill that records each notebook it is asked to execute, and runs nothing."""
     calls: list[dict] = []
-    fake = types.ModuleType("papermill")
-    fake.execute_notebook = lambda source, target, **kw: calls.append({"source": source, **kw})
-    monkeypatch.setitem(sys.modules, "papermill", fake)
+    monkeypatch.setitem(sys.modules, "papermill",
+                        _stand_in(lambda source, target, **kw: calls.append({"source": source, **kw})))
     return calls
+
+
+def _stand_in(execute) -> types.ModuleType:
+    """A papermill module whose execute_notebook calls `execute` and writes an empty executed copy, and whose
+    notebooks declare every parameter."""
+    fake = types.ModuleType("papermill")
+
+    def execute_notebook(source, target, **kw):
+        execute(source, target, **kw)
+        nbformat.write(nbformat.v4.new_notebook(), target)
+
+    fake.execute_notebook = execute_notebook
+    fake.inspect_notebook = lambda path: {k: None for k in regenerate.AUTOMATIC}
+    return fake
 
 
 def _paper_tables(results: Path) -> dict[str, str]:
@@ -109,7 +122,7 @@ def test_each_profile_has_its_own_default_results_folder(monkeypatch, tmp_path, 
     assert notebook.default_results("paper") == tmp_path / "results"
     assert notebook.default_results("smoke") == tmp_path / "results" / "smoke"
     assert regenerate.main(["--profile", "smoke", "--only", "table3", "--kernel", "python3"]) == 0
-    assert papermill[0]["parameters"]["results_dir"] == str(tmp_path / "results" / "smoke")
+    assert papermill[0]["parameters"]["results_dir"] == "../results/smoke"  # relative to the notebooks: portable
 
 
 def test_smoke_never_overwrites_paper_tables_without_force(tmp_path, papermill, capsys):
@@ -215,7 +228,7 @@ def _tables_papermill(monkeypatch, finished: set[str]) -> list[str]:
                 table.iloc[0, table.columns.get_loc("ours_final")] = 51.0
                 table.to_csv(results / f"{out}.csv")
 
-    monkeypatch.setitem(sys.modules, "papermill", types.SimpleNamespace(execute_notebook=execute_notebook))
+    monkeypatch.setitem(sys.modules, "papermill", _stand_in(execute_notebook))
     return executed
 
 
@@ -289,3 +302,23 @@ def test_a_results_folder_chmod_read_only_is_refused_before_any_notebook(tmp_pat
         results.chmod(0o755)
     err = capsys.readouterr().err
     assert code == 2 and str(results) in err and "writable" in err and papermill == [], err
+
+
+def test_executed_copies_carry_no_machine_path(tmp_path, monkeypatch):
+    """Folders inside the checkout go to the notebooks, and into the executed copy's papermill record,
+    relative to the notebooks folder; parameters a notebook does not declare are not passed to it."""
+    root = tmp_path / "checkout"
+    (root / "notebooks").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": str(root / "notebooks" / "table3_mvtec_detection.ipynb"),
+                                "parameters": {"results_dir": str(root / "results"), "profile": "paper"}}
+    executed = tmp_path / "out.ipynb"
+    nbformat.write(nb, executed)
+    regenerate._portable_copy(executed, root / "notebooks")
+    record = nbformat.read(executed, as_version=4).metadata["papermill"]
+    assert record["input_path"] == "table3_mvtec_detection.ipynb" and record["parameters"]["results_dir"] == "../results"
+    assert regenerate._portable("/elsewhere/runs", root / "notebooks") == "/elsewhere/runs"
+    quickstart = Path(regenerate.notebooks_folder()) / "00_quickstart.ipynb"
+    passed = regenerate._declared(quickstart, {"profile": "paper", "runs_dir": "../results/runs", "train": False,
+                                               "data_root": "x"})
+    assert "runs_dir" not in passed and "train" not in passed and passed["data_root"] == "x"  # a user's -p stays

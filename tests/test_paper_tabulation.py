@@ -205,3 +205,16 @@ def test_table1_rows_are_settings_in_markdown(tmp_path):
     tabulation.save_tables(tabulation.tables("table11", [_ok(spec, pixel=pixel)], profile="paper"), tmp_path)
     text = (tmp_path / "table1.md").read_text()
     assert "| setting | paper |" in text and "| Gradients + Gaussian | 90.51 |" in text
+
+
+def test_table1_compares_the_methods_on_the_classes_every_method_ran():
+    """bottle with every map, transistor with gradients only: each Table 1 row is bottle's (not a mean of
+    two classes for one method beside one class for the others)."""
+    specs = items.specs_for("table11", "paper", classes=["bottle", "transistor"])
+    maps = ("gradients", "smoothgrad-reference", "guided-backprop")
+    full = {m + blur: {"paper_pixel_auroc": 0.9} for m in maps for blur in ("", "-noblur")}
+    results = [_ok(s, pixel=full if s.normal_class == "bottle" else {"gradients": {"paper_pixel_auroc": 0.7}})
+               for s in specs]
+    table1 = tabulation.tables("table11", results, profile="paper")["table1"]
+    row = table1.loc["Gradients + Gaussian"]
+    assert row["ours_final"] == pytest.approx(90.0) and "bottle: those every method ran" in row["note"]

@@ -7,6 +7,7 @@ written as `results/fast_vs_paper.{csv,md}` by notebooks/fast_vs_paper.ipynb.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mkdlib.config import profile_of
+from mkdlib.config import FAST_SCHEDULES, profile_of
 from mkdlib.io_utils import atomic_write_text
 from mkdlib.paper.items import get_item, specs_for
 from mkdlib.paper.tabulation import collect, row_of
@@ -23,7 +24,8 @@ from mkdlib.runs.spec import RunResult, RunSpec
 # (item, setting) rows of `comparison`, and the rows whose test sets chose the fast schedule.
 FAST_ROWS = (("table2_mnist", ""), ("table2_fashionmnist", ""), ("table6", ""), ("table3", ""), ("table4", ""),
              ("table4", "pixel_auroc"))
-FAST_DEV = {("table2_mnist", "0"), ("table2_mnist", "1"), ("table2_mnist", "2"), ("table2_fashionmnist", "tshirt_top")}
+FAST_DEV = {("table2_mnist", "0"), ("table2_mnist", "1"), ("table2_mnist", "2"), ("table2_fashionmnist", "tshirt_top"),
+            ("table3", "transistor"), ("table4", "transistor")}  # transistor since issue 31
 
 
 def comparison_specs(profile: str = "paper", **options: Any) -> dict[str, list[RunSpec]]:
@@ -48,9 +50,9 @@ def partners(specs: Mapping[str, Sequence[RunSpec]], paper: Sequence[RunResult])
 
 
 _COSTS = ("passes", "train_s")
-FAST_COLUMNS = ["item", "metric", "class", "dev", "paper_final", "paper_mean", "paper_std", "paper_passes",
-                "paper_train_s", "fast_final", "fast_mean", "fast_std", "fast_passes", "fast_train_s", "diff",
-                "passes_ratio", "time_ratio"]
+FAST_COLUMNS = ["item", "metric", "class", "dev", "paper_final", "paper_mean", "paper_std", "paper_runs",
+                "paper_passes", "paper_train_s", "fast_final", "fast_mean", "fast_std", "fast_runs", "fast_passes",
+                "fast_train_s", "diff", "passes_ratio", "time_ratio"]
 
 
 def _costs(item: str, results: Iterable[RunResult]) -> dict[str, dict[str, float]]:
@@ -64,18 +66,32 @@ def _costs(item: str, results: Iterable[RunResult]) -> dict[str, dict[str, float
     return {row: {k: float(np.mean([c[k] for c in costs])) for k in _COSTS} for row, costs in by_row.items()}
 
 
+def like_for_like(item: str, paper: Iterable[RunResult], fast: Iterable[RunResult]) -> list[RunResult]:
+    """The finished paper runs of `item` to set beside the fast ones: in a row where some fast runs have
+    finished, only the seeds they ran (a row of five paper seeds beside three fast ones is compared on
+    those three); in a row with no fast run, all of them (shown beside an empty fast side)."""
+    seeds: dict[str, set[int]] = {}
+    for res in (r for r in fast if r.ok and row_of(item, r.spec) is not None):
+        seeds.setdefault(row_of(item, res.spec), set()).add(res.spec.seed)
+    return [r for r in paper if r.ok and row_of(item, r.spec) is not None
+            and r.spec.seed in seeds.get(row_of(item, r.spec), {r.spec.seed})]
+
+
 def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.DataFrame:
     """One row per FAST_ROWS class with runs in either profile: AUROC in % (final; mean, std over sampled
-    cloners or seeds) of each, fast - paper, and each one's image passes and training seconds per run with
-    the fast/paper ratios; `dev` marks the rows used to choose the schedule. Ends with per-item means (over
-the classes of one dataset; none for Table 6, whose rows are different datasets)."""
+    cloners or seeds) of each, fast - paper, the runs (seeds) behind each side, and each one's image passes
+    and training seconds per run with the fast/paper ratios; `dev` marks the rows used to choose the
+    schedule. Rows of several seeds are compared on the seeds both profiles finished (`like_for_like`).
+    Ends with per-item means (over the classes of one dataset; none for Table 6, whose rows are different
+    datasets)."""
     out = []
     for item, setting in FAST_ROWS:
+        beside = like_for_like(item, paper, fast)
         frames = {}
-        for name, res in (("paper", paper), ("fast", fast)):
+        for name, res in (("paper", beside), ("fast", fast)):
             long = collect(item, res)
             frames[name] = long[long["setting"] == setting].set_index("class")
-        costs = {"paper": _costs(item, paper), "fast": _costs(item, fast)}
+        costs = {"paper": _costs(item, beside), "fast": _costs(item, fast)}
         for cls in get_item(item).rows:
             if not any(cls in f.index and f.at[cls, "n"] for f in frames.values()):
                 continue
@@ -83,6 +99,7 @@ the classes of one dataset; none for Table 6, whose rows are different datasets)
             for name, f in frames.items():
                 for k in ("final", "mean", "std"):
                     row[f"{name}_{k}"] = f.at[cls, k] if cls in f.index else math.nan
+                row[f"{name}_runs"] = int(f.at[cls, "n"]) if cls in f.index else 0
                 for k in _COSTS:
                     row[f"{name}_{k}"] = costs[name].get(cls, {}).get(k, math.nan)
             row["diff"] = row["fast_final"] - row["paper_final"]
@@ -93,7 +110,8 @@ the classes of one dataset; none for Table 6, whose rows are different datasets)
     if df.empty:
         return df
     means = [{"item": item, "metric": metric, "class": "mean", "dev": False,
-              **sub.drop(columns=["item", "metric", "class", "dev"]).mean(skipna=False).to_dict()}
+              **sub.drop(columns=["item", "metric", "class", "dev"]).mean(skipna=False).to_dict(),
+              "paper_runs": int(sub["paper_runs"].sum()), "fast_runs": int(sub["fast_runs"].sum())}
              for (item, metric), sub in df.groupby(["item", "metric"], sort=False)
              if len(sub) > 1 and len(get_item(item).datasets) == 1]  # Table 6's rows are two datasets: no mean
     return pd.concat([df, pd.DataFrame(means)], ignore_index=True)
@@ -112,13 +130,22 @@ def comparison_markdown(df: pd.DataFrame) -> str:
         return str(v)
 
     lines = ["# The fast profile beside the paper's", "",
-             "AUROC in %; `fast` is ours (a fifth of the paper's epochs, warm-up + cosine lr), `paper` the "
-             "faithful protocol. diff = fast final − paper final. Passes and seconds are per run, as each run "
-             "recorded them (training only; the machines and threads of the sessions that ran them differ: "
-             "see each run's env.json). `dev`: rows whose test sets chose the schedule.", "",
+             f"AUROC in %; `fast` is ours ({_schedule_words()}), `paper` the faithful protocol. diff = fast "
+             "final − paper final; `runs`: the runs behind each side (seeds: a row of several is compared on "
+             "the seeds both finished). Passes and seconds are per run, as each run recorded them (training "
+             "only; the machines and threads of the sessions that ran them differ: see each run's env.json). "
+             "`dev`: rows whose test sets chose the schedule.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(c, r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join(lines) + "\n"
+
+
+def _schedule_words() -> str:
+    """The fast schedule in words, from config.FAST_SCHEDULES (e.g. "2/5 of the paper's epochs, warm-up +
+    cosine lr to 0.01")."""
+    spec = FAST_SCHEDULES["fast"]
+    return (f"{Fraction(spec['fraction']).limit_denominator(10)} of the paper's epochs, warm-up + "
+            f"{spec['schedule']} lr from a peak of {spec['lr']:g}")
 
 
 def save_comparison(df: pd.DataFrame, results_dir: str | Path) -> tuple[Path, Path]:

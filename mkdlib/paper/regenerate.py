@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mkdlib.cli_parser import key_value
+from mkdlib.io_utils import atomic_write_text
 from mkdlib.config import PROFILES
 from mkdlib.paper import train_only
 from mkdlib.paper.items import FIGURES, ITEMS
@@ -94,6 +95,43 @@ def _drawn(results_dir: Path, figure: str, since: float) -> bool:
     return any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{figure}_*.png"))
 
 
+# Parameters `execute` passes to every notebook (the ones a notebook does not declare are left out, rather
+# than injected with papermill's "unknown parameter" warning), and those holding a folder.
+AUTOMATIC = ("profile", "results_dir", "force", "runs_dir", "device", "train")
+PATH_PARAMETERS = ("results_dir", "runs_dir")
+
+
+def _declared(notebook: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` without the automatic ones `notebook` does not declare (the quickstart has no runs_dir)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    return {k: v for k, v in params.items() if k in declared or k not in AUTOMATIC}
+
+
+def _portable(folder: Any, notebook_dir: Path) -> Any:
+    """A folder inside the checkout as a path relative to the notebooks (as the notebooks resolve it), so
+    that executed copies, which keep their parameters, carry no machine path; any other as it is."""
+    path = Path(str(folder)).resolve()
+    root = notebook_dir.resolve().parent
+    return os.path.relpath(path, notebook_dir.resolve()) if path.is_relative_to(root) else str(folder)
+
+
+def _portable_copy(executed: Path, notebook_dir: Path) -> None:
+    """The executed copy's papermill record (input and output paths, parameters) with the folders inside the
+    checkout written relative to the notebooks, as the injected parameters are: no machine path in it."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    record = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if key in record:
+            record[key] = _portable(record[key], notebook_dir)
+    record["parameters"] = {k: _portable(v, notebook_dir) if k in PATH_PARAMETERS else v
+                            for k, v in record.get("parameters", {}).items()}
+    atomic_write_text(executed, nbformat.writes(nb) + "\n")
+
+
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
             notebook_dir: str | Path | None = None, parameters: Mapping[str, Any] | None = None,
             kernel: str | None = None, log_output: bool = False, force: bool = False,
@@ -119,14 +157,17 @@ def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | 
     executed.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
     params = {"profile": profile, "results_dir": str(results_dir), "force": force, **(parameters or {})}
+    params = {k: _portable(v, notebook_dir) if k in PATH_PARAMETERS else v for k, v in params.items()}
     status: dict[str, str | None] = {}
     for name in names:
         start, since = time.perf_counter(), time.time()
         print(f"mkd regenerate: {name} (profile {profile}) ...", flush=True)
         try:
-            pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed / f"{name}.ipynb", parameters=params,
+            pm.execute_notebook(notebook_dir / f"{name}.ipynb", executed / f"{name}.ipynb",
+                                parameters=_declared(notebook_dir / f"{name}.ipynb", params),
                                 kernel_name=kernel, cwd=str(notebook_dir), progress_bar=False,
                                 log_output=log_output)
+            _portable_copy(executed / f"{name}.ipynb", notebook_dir)
             empty = [k for k in ran_nothing(results_dir, name, since) if k in judged(name, only)] if strict else []
             status[name] = f"ran no runs for {', '.join(empty)} (--strict; see {results_dir})" if empty else None
         except Exception as err:  # a failing notebook is reported; the others still run

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mkdlib.config import profile_of
+from mkdlib.io_utils import shown
 from mkdlib.paper import fast, figures, markdown, tabulation
 from mkdlib.paper.items import FIGURES, ITEMS
 from mkdlib.paper.notebook import (NOTEBOOKS, WALKTHROUGHS, notebook_options, notebook_paths, notebook_specs, outputs,
@@ -88,7 +89,7 @@ def _train(specs: list[RunSpec], runs: Path, device: str, executor: str, workers
     """The plan printed, then the runs (finished ones read from the cache); train=False: the records only."""
     if not train or not specs:
         results = planning.recorded(specs, runs)
-        print(f"records only: {sum(r.ok for r in results)} of {len(results)} runs finished in {runs}; nothing "
+        print(f"records only: {sum(r.ok for r in results)} of {len(results)} runs finished in {shown(runs)}; nothing "
               "is trained", flush=True)
         return results
     print(planning.plan(specs, runs, device), flush=True)
@@ -101,7 +102,7 @@ def _comparison(out: Reproduction, profile: str, runs: Path, run: dict, options:
     specs = fast.comparison_specs(profile, **options)
     paper = finished_runs(specs["paper"], runs)
     to_train = fast.partners(specs, paper)
-    print(f"{sum(r.ok for r in paper)} of {len(paper)} {profile} runs finished in {runs}; "
+    print(f"{sum(r.ok for r in paper)} of {len(paper)} {profile} runs finished in {shown(runs)}; "
           f"the fast runs beside them: {len(to_train)} of {len(specs['fast'])}", flush=True)
     out.results = _train(to_train, runs, **run)
     paper = finished_runs(specs["paper"], runs)  # read again: in a smoke check they are the runs just trained

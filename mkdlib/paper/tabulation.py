@@ -235,14 +235,21 @@ def _title(base: str, label: str, prof: Profile) -> str:
 
 
 def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: str) -> pd.DataFrame:
-    """A means-only paper table (Table 1): one row per setting, from each table's mean row."""
+    """A means-only paper table (Table 1): one row per setting, its mean over the classes that every
+    setting has a number for (so that the methods are compared on the same categories: with transistor's
+    gradient maps but no SmoothGrad of it, every row is bottle's), else each table's own mean row."""
     t, prof = PAPER[item], profile_of(profile)
+    shown = {n: df for n, df in by_setting.items() if df.attrs["column"] in t.printed_mean and "mean" in df.index}
+    ran = [c for c in (set(df.index[df["ours_final"].notna()]) - {"mean"} for df in shown.values()) if c]
+    common = sorted(set.intersection(*ran)) if ran else []  # settings with no run at all say "not run"
     rows = {}
-    for name, df in by_setting.items():
+    for name, df in shown.items():
         column = df.attrs["column"]
-        if column not in t.printed_mean or "mean" not in df.index:
-            continue
         r = df.loc["mean", markdown.COLUMNS].copy()
+        if common and len(common) < len(set(df.index[df["ours_final"].notna()]) - {"mean"}):
+            r["ours_final"] = df.loc[common, "ours_final"].mean()
+            r["note"] = (f"ours over {len(common)} of {len(df.index) - 1} classes ({', '.join(common)}: "
+                         "those every method ran); no diff")
         r["paper"], r["paper_pm"] = t.printed_mean[column], math.nan
         r["diff"] = r["ours_final"] - r["paper"] if not r["note"] else math.nan
         label = t.column_labels.get(column, column)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from mkdlib.checkpoints import CheckpointError, trained_epochs
 from mkdlib.config import Execution, MKDConfig
 from mkdlib.features import autocast, to_input, training_targets
+from mkdlib.io_utils import shown
 from mkdlib.losses import MKDLoss
 from mkdlib.models import Cloner, Source
 from mkdlib.runs.loading import check_device, load_data
@@ -111,7 +112,7 @@ def recorded(specs: Iterable[RunSpec], root: str | Path) -> list[RunResult]:
             except DatasetNotFoundError as err:
                 result = RunResult(spec, None, None, str(err), type(err).__name__)
             else:
-                result = RunResult(spec, None, None, f"no finished record of {spec.key()} in {root} (records "
+                result = RunResult(spec, None, None, f"no finished record of {spec.key()} in {shown(root)} (records "
                                    "only: `mkd regenerate` with train=True trains it)", "NotRun")
         out.append(result)
     return out
