@@ -49,3 +49,19 @@ def test_nothing_finished_is_said_not_drawn():
     for shown in (analysis.training_curves(missing), analysis.score_distributions(missing),
                   *analysis.per_group_aurocs(missing), *analysis.comparisons({})):
         assert not isinstance(shown, Figure) and "No" in shown.data
+
+
+def test_schedule_choice_draws_the_curve_its_band_and_each_candidate(tmp_path):
+    curve = tmp_path / "curve.csv"
+    pd.DataFrame({"epoch": [100, 300, 601], "image_auroc": [74.0, 82.5, 84.75],
+                  "paper_pixel_auroc": [75.0, 75.2, 75.1]}).to_csv(curve, index=False)
+    selection = tmp_path / "selection.csv"
+    pd.DataFrame({"candidate": ["cosine 3e-3", "cosine 1e-2, 2/5", "cosine 3e-3"], "dataset": ["mvtec", "mvtec", "mnist"],
+                  "class": ["transistor", "transistor", "0"], "final": [78.0, 84.33, 99.8], "epochs": [120, 240, 10],
+                  "localisation": [74.47, 74.57, None]}).to_csv(selection, index=False)
+    fig = analysis.schedule_choice(selection, curve)
+    detection, localisation = fig.axes
+    assert [len(line.get_xdata()) for line in detection.lines] == [3, 1, 1]  # the curve, then two candidates
+    assert {tuple(line.get_xdata()) for line in detection.lines[1:]} == {(120,), (240,)}
+    assert "transistor" in detection.get_title() and len(localisation.lines) == 3
+    assert "not found" in analysis.schedule_choice(tmp_path / "absent.csv", curve).data

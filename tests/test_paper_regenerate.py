@@ -309,13 +309,17 @@ def test_executed_copies_carry_no_machine_path(tmp_path, monkeypatch):
     relative to the notebooks folder; parameters a notebook does not declare are not passed to it."""
     root = tmp_path / "checkout"
     (root / "notebooks").mkdir(parents=True)
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "See [fidelity](../docs/fidelity.md#headct), [the paper](https://arxiv.org/abs/2011.11108), [up](#top).")])
     nb.metadata["papermill"] = {"input_path": str(root / "notebooks" / "table3_mvtec_detection.ipynb"),
                                 "parameters": {"results_dir": str(root / "results"), "profile": "paper"}}
     executed = tmp_path / "out.ipynb"
     nbformat.write(nb, executed)
     regenerate._portable_copy(executed, root / "notebooks")
-    record = nbformat.read(executed, as_version=4).metadata["papermill"]
+    copy = nbformat.read(executed, as_version=4)
+    record = copy.metadata["papermill"]
+    assert copy.cells[0].source == ("See [fidelity](checkout/docs/fidelity.md#headct), "  # from tmp_path, where the copy is
+                                    "[the paper](https://arxiv.org/abs/2011.11108), [up](#top).")
     assert record["input_path"] == "table3_mvtec_detection.ipynb" and record["parameters"]["results_dir"] == "../results"
     assert regenerate._portable("/elsewhere/runs", root / "notebooks") == "/elsewhere/runs"
     quickstart = Path(regenerate.notebooks_folder()) / "00_quickstart.ipynb"

@@ -151,10 +151,14 @@ def epoch_curves(checks: str | Path) -> Figure:
     return fig
 
 
-def schedule_choice(selection: str | Path, curve: str | Path, category: str = "transistor") -> Figure:
+def schedule_choice(selection: str | Path, curve: str | Path, category: str = "transistor"):
     """How the fast schedule was chosen on a slow category: the paper profile's detection and localisation
     over its 601 epochs (its own training, `curve`), the 1-point band below its final values, and each
-    candidate schedule's final values at the epochs it trained (`selection`: select_fast_schedule.py's CSV)."""
+    candidate schedule's final values at the epochs it trained (`selection`: select_fast_schedule.py's CSV).
+    A Markdown line instead where either file is absent (a results folder of another profile has neither)."""
+    missing = [str(p) for p in (selection, curve) if not Path(p).is_file()]
+    if missing:
+        return _markdown(f"*Not drawn: {' and '.join(missing)} not found (the paper results folder has them).*")
     curve, tried = pd.read_csv(curve), pd.read_csv(selection)
     tried = tried[tried["class"].astype(str) == category]
     fig = Figure(figsize=(10, 3.6))

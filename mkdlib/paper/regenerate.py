@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -129,7 +130,23 @@ def _portable_copy(executed: Path, notebook_dir: Path) -> None:
             record[key] = _portable(record[key], notebook_dir)
     record["parameters"] = {k: _portable(v, notebook_dir) if k in PATH_PARAMETERS else v
                             for k, v in record.get("parameters", {}).items()}
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = _MD_LINK.sub(lambda m: m[1] + _moved(m[2], notebook_dir, executed.parent) + m[3], cell.source)
     atomic_write_text(executed, nbformat.writes(nb) + "\n")
+
+
+_MD_LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+
+
+def _moved(link: str, notebook_dir: Path, executed_dir: Path) -> str:
+    """A relative link of a notebook in `notebook_dir` (e.g. ../docs/fidelity.md#headct) as the executed copy
+    in `executed_dir` must write it to reach the same file; anchors, URLs and absolute paths unchanged."""
+    path, hash_, fragment = link.partition("#")
+    if not path or path.startswith("/") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", path):
+        return link
+    target = (notebook_dir / path).resolve()
+    return Path(os.path.relpath(target, executed_dir.resolve())).as_posix() + hash_ + fragment
 
 
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,

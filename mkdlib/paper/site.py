@@ -154,6 +154,17 @@ class _Site:
 
     def __init__(self, results_dir: Path, out: Path, pages: dict[Path, Path]):
         self.results, self.out, self.pages, self.written = results_dir.resolve(), out, pages, []
+        self.root = self.results.parent  # the checkout: the docs the notebooks link to are rendered too
+        self.pending: list[Path] = []  # its Markdown files linked but not yet rendered
+
+    def write_linked_docs(self) -> None:
+        """Render every Markdown file of the checkout that a page links to (and those they link to)."""
+        while self.pending:
+            md = self.pending.pop()
+            rel = self.pages[md]
+            index = quote(Path(os.path.relpath("index.html", rel.parent)).as_posix())
+            text = md.read_text(encoding="utf-8")
+            self.write(rel, _page(_title(text, md.stem), render_markdown(text), index), md.parent)
 
     def write(self, rel: Path, text: str, source_dir: Path) -> None:
         """Write page `rel`, its relative links pointed at the pages and copied files of the site."""
@@ -164,8 +175,9 @@ class _Site:
 
     def _link(self, url: str, source_dir: Path, page: Path) -> str:
         """A relative link of a page whose source is in `source_dir`: to the page of a Markdown file rendered
-        here, or to a copy of a file of the results folder (under files/, at its path there); else unchanged
-        (external, anchor, data:, or a file outside the results folder)."""
+        here (the results' tables, and the checkout's Markdown docs the pages link to, under repo/), or to a
+        copy of a file of the results folder (under files/, at its path there) or of the checkout (under
+        files/repo/); else unchanged (external, anchor, data:, or a file outside the checkout)."""
         raw = html.unescape(url)
         if not raw or raw.startswith(("#", "/")) or _SCHEME.match(raw):
             return url
@@ -173,8 +185,12 @@ class _Site:
         target = (source_dir / unquote(path.split("?")[0])).resolve()
         if target in self.pages:
             rel = self.pages[target]
-        elif target.is_file() and self.results in target.parents:
-            rel = Path("files", target.relative_to(self.results))
+        elif target.is_file() and target.suffix == ".md" and self.root in target.parents:
+            rel = self.pages[target] = Path("repo", target.relative_to(self.root)).with_suffix(".html")
+            self.pending.append(target)
+        elif target.is_file() and self.root in target.parents:
+            inside = self.results in target.parents
+            rel = Path("files", *(() if inside else ("repo",)), target.relative_to(self.results if inside else self.root))
             if not (self.out / rel).exists():
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(target, self.out / rel)
@@ -245,6 +261,7 @@ def build_site(results_dir: Path, out_dir: Path) -> list[Path]:
         for nb in notebooks:
             site.write(Path(f"{nb.stem}.html"), render_notebook(nb), nb.parent)
         site.write(Path("index.html"), _index(results_dir, tables, notebooks), results_dir)
+        site.write_linked_docs()
     return [out_dir / rel for rel in site.written]
 
 
