@@ -38,8 +38,8 @@ CURVE = (1, 11, 31, 51, 101, 201, 301, 401, 501, 601)  # epochs printed from the
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["epochs", "lambda"])
 parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the splits (Table 6's are seeds 0-4)")
-parser.add_argument("--profile", choices=("paper", "fast"), default="paper",
-                    help="fast: ours, a fifth of the epochs (docs/fast-profile.md), for a cheap spread")
+parser.add_argument("--profile", choices=("paper", "fast-v1"), default="paper",
+                    help="fast-v1: ours, a fifth of the epochs (docs/fast-profile.md), the cheap spread these checks used")
 parser.add_argument("--dataset", choices=list(DATASETS), default="headct")
 parser.add_argument("--runs-dir", type=Path, default=Path.home() / "mkd-runs")
 parser.add_argument("--table", type=Path, help="write the per-split table of the finished unchanged runs here")
@@ -86,17 +86,17 @@ def trained_in(result) -> str:
 def split_table(seeds: list[int]) -> str:
     """Markdown: each split's final AUROC and mean ± std over its sampled cloners, per profile, and the
     spread over the splits (std with ddof 0, as Table 6's)."""
-    runs = {p: finished_runs([medical(seed, {}, profile=p) for seed in seeds], args.runs_dir) for p in ("paper", "fast")}
+    runs = {p: finished_runs([medical(seed, {}, profile=p) for seed in seeds], args.runs_dir) for p in ("paper", "fast-v1")}
     name, anomalies, paper = DATASETS[args.dataset]
     lines = [f"# {name}: image AUROC (%) per seeded split (10 random normals + {anomalies} as the test set)", "",
              f"Written by `python scripts/headct_investigation.py --dataset {args.dataset} --variants --seeds ... "
-             "--table ...` from the finished runs (records in `results/runs/`). paper: 601 epochs; fast: ours, 120 "
+             "--table ...` from the finished runs (records in `results/runs/`). paper: 601 epochs; fast-v1: ours, 120 "
              f"epochs with warm-up + cosine (docs/fast-profile.md). Paper (Table 6): {paper}.", "",
-             "| split | paper final | paper mean ± std (sampled cloners) | fast final | fast mean ± std | training | records |",
+             "| split | paper final | paper mean ± std (sampled cloners) | fast-v1 final | fast-v1 mean ± std | training | records |",
              "|---|---|---|---|---|---|---|"]
     for i, seed in enumerate(seeds):
         cells, names, precision = [], [], []
-        for p in ("paper", "fast"):
+        for p in ("paper", "fast-v1"):
             r = runs[p][i]
             a = r.metrics["image_auroc"] if r.ok else None
             cells += [pct(a["final"]), f"{pct(a['mean'])} ± {pct(a['std'])}"] if a else ["not run", ""]
@@ -104,7 +104,7 @@ def split_table(seeds: list[int]) -> str:
             precision.append(trained_in(r))
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {' / '.join(precision)} | {' / '.join(names)} |")
     lines.append("")
-    for p in ("paper", "fast"):
+    for p in ("paper", "fast-v1"):
         done = [(seed, r.metrics["image_auroc"]["final"]) for seed, r in zip(seeds, runs[p]) if r.ok]
         if done:
             v = np.array([x for _, x in done])
@@ -118,7 +118,7 @@ def variant_rows(seeds: list[int], unchanged: dict) -> list[str]:
     """One row per finished variant run (one thing changed) beside the same split's unchanged run
     (`unchanged`: split_table's finished runs per profile, in the order of `seeds`)."""
     rows = []
-    for p in ("paper", "fast"):
+    for p in ("paper", "fast-v1"):
         for name in (v for v in VARIANTS if v not in ("unchanged", "epochs")):
             variants = finished_runs([medical(seed, VARIANTS[name], OPTIONS.get(name), profile=p) for seed in seeds],
                                      args.runs_dir)
