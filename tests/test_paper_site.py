@@ -327,7 +327,9 @@ def _render_every_page(site: Path, tmp_path: Path, must_have_images) -> None:
             assert all(url.startswith(("file:", "data:")) for url in requested), (rel, requested)
             assert not [e for e in network if e["method"] == "Network.loadingFailed"], (rel, network)
             found = browser.evaluate(CHECKS)
-            assert found["text"] > 100 and (found["tables"] > 0 or found["images"]), (rel, found)
+            assert found["text"] > 100, (rel, found)
+            if not rel.startswith("repo/"):  # a doc may be prose only; a results page shows tables or plots
+                assert found["tables"] > 0 or found["images"], (rel, found)
             assert all(image["ok"] for image in found["images"]), (rel, found["images"])
             if rel.startswith("tables/") or rel == "index.html":
                 assert found["tables"] > 0, rel
