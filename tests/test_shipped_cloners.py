@@ -56,21 +56,15 @@ def test_the_shipped_bottle_scorer_exported_to_onnx_scores_as_torch(tmp_path):
     relative raw_score difference up to 6.6e-5; the same decision everywhere)."""
     if not os.environ.get("MKDLIB_VGG16_WEIGHTS"):
         pytest.skip("needs MKDLIB_VGG16_WEIGHTS")
-    ort = pytest.importorskip("onnxruntime")
     import numpy as np
 
-    import mkdlib
-    from mkdlib.datasets.factory import load_images
     from mkdlib.export import export_onnx
+    from tests.test_detector import _onnx_parity
 
     images = sorted(_test_images("bottle").rglob("*.png"))
     record = RUNS / SHIPPED["bottle"]
     export_onnx(record, tmp_path / "exported")
-    detector = mkdlib.Detector.from_run(record, device="cpu")
-    ours = detector.predict(images)
-    _, shown = load_images(images, "mvtec", detector.image_size)
-    session = ort.InferenceSession(str(tmp_path / "exported" / "model.onnx"), providers=["CPUExecutionProvider"])
-    raw, pred = session.run(["raw_score", "pred_score"], {"images": shown.numpy()})
+    ours, raw, pred, _ = _onnx_parity(record, images, tmp_path / "exported")
     relative = np.abs(raw - ours.raw_score) / np.abs(ours.raw_score)
     assert relative.max() < 5e-4, relative.max()  # kernels differ by CPU: a margin over the 6.6e-5 measured
     decided = np.abs(ours.pred_score - 0.5) > 1e-3  # a score on the threshold may go either way

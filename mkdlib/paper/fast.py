@@ -70,11 +70,13 @@ def like_for_like(item: str, paper: Iterable[RunResult], fast: Iterable[RunResul
     """The finished paper runs of `item` to set beside the fast ones: in a row where some fast runs have
     finished, only the seeds they ran (a row of five paper seeds beside three fast ones is compared on
     those three); in a row with no fast run, all of them (shown beside an empty fast side)."""
+    def rows(results):
+        return [(r, row) for r in results if r.ok and (row := row_of(item, r.spec)) is not None]
+
     seeds: dict[str, set[int]] = {}
-    for res in (r for r in fast if r.ok and row_of(item, r.spec) is not None):
-        seeds.setdefault(row_of(item, res.spec), set()).add(res.spec.seed)
-    return [r for r in paper if r.ok and row_of(item, r.spec) is not None
-            and r.spec.seed in seeds.get(row_of(item, r.spec), {r.spec.seed})]
+    for res, row in rows(fast):
+        seeds.setdefault(row, set()).add(res.spec.seed)
+    return [r for r, row in rows(paper) if r.spec.seed in seeds.get(row, {r.spec.seed})]
 
 
 def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.DataFrame:

@@ -142,11 +142,13 @@ _MD_LINK = re.compile(r"(\]\()([^)\s]+)(\))")
 def _moved(link: str, notebook_dir: Path, executed_dir: Path) -> str:
     """A relative link of a notebook in `notebook_dir` (e.g. ../docs/fidelity.md#headct) as the executed copy
     in `executed_dir` must write it to reach the same file; anchors, URLs and absolute paths unchanged."""
-    path, hash_, fragment = link.partition("#")
-    if not path or path.startswith("/") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", path):
+    from mkdlib.paper.site import local_link
+
+    local = local_link(link)
+    if local is None:
         return link
-    target = (notebook_dir / path).resolve()
-    return Path(os.path.relpath(target, executed_dir.resolve())).as_posix() + hash_ + fragment
+    path, anchor = local
+    return Path(os.path.relpath((notebook_dir / path).resolve(), executed_dir.resolve())).as_posix() + anchor
 
 
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,

@@ -59,6 +59,15 @@ _UNDERSCORE = re.compile(r"(?<=[A-Za-z0-9])_(?=[A-Za-z0-9])")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
+def local_link(link: str) -> tuple[str, str] | None:
+    """(path, "#anchor" or "") of a link to a file relative to its page; None for an anchor alone, an
+    absolute path or a URL (a scheme: http:, data:, mailto:, ...)."""
+    if not link or link.startswith(("#", "/")) or _SCHEME.match(link):
+        return None
+    path, hash_, fragment = link.partition("#")
+    return path, hash_ + fragment
+
+
 @dataclass(frozen=True)
 class Table:
     """One results table: `name` (its stem, with the subfolder for another profile's: `fast/table7_last_1`),
@@ -178,10 +187,10 @@ class _Site:
         here (the results' tables, and the checkout's Markdown docs the pages link to, under repo/), or to a
         copy of a file of the results folder (under files/, at its path there) or of the checkout (under
         files/repo/); else unchanged (external, anchor, data:, or a file outside the checkout)."""
-        raw = html.unescape(url)
-        if not raw or raw.startswith(("#", "/")) or _SCHEME.match(raw):
+        local = local_link(html.unescape(url))
+        if local is None:
             return url
-        path, hash_, fragment = raw.partition("#")
+        path, anchor = local
         target = (source_dir / unquote(path.split("?")[0])).resolve()
         if target in self.pages:
             rel = self.pages[target]
@@ -197,7 +206,7 @@ class _Site:
                 self.written.append(rel)
         else:
             return url
-        return html.escape(quote(Path(os.path.relpath(self.out / rel, page.parent)).as_posix()) + hash_ + fragment)
+        return html.escape(quote(Path(os.path.relpath(self.out / rel, page.parent)).as_posix()) + anchor)
 
 
 def _summary_table(tables: list[Table], link: dict[str, str]) -> str:

@@ -240,13 +240,14 @@ def means_table(item: str, by_setting: Mapping[str, pd.DataFrame], *, profile: s
     gradient maps but no SmoothGrad of it, every row is bottle's), else each table's own mean row."""
     t, prof = PAPER[item], profile_of(profile)
     shown = {n: df for n, df in by_setting.items() if df.attrs["column"] in t.printed_mean and "mean" in df.index}
-    ran = [c for c in (set(df.index[df["ours_final"].notna()]) - {"mean"} for df in shown.values()) if c]
-    common = sorted(set.intersection(*ran)) if ran else []  # settings with no run at all say "not run"
+    ran = {n: set(df.index[df["ours_final"].notna()]) - {"mean"} for n, df in shown.items()}
+    some = [classes for classes in ran.values() if classes]  # settings with no run at all say "not run"
+    common = sorted(set.intersection(*some)) if some else []
     rows = {}
     for name, df in shown.items():
         column = df.attrs["column"]
         r = df.loc["mean", markdown.COLUMNS].copy()
-        if common and len(common) < len(set(df.index[df["ours_final"].notna()]) - {"mean"}):
+        if common and len(common) < len(ran[name]):
             r["ours_final"] = df.loc[common, "ours_final"].mean()
             r["note"] = (f"ours over {len(common)} of {len(df.index) - 1} classes ({', '.join(common)}: "
                          "those every method ran); no diff")
