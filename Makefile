@@ -25,7 +25,7 @@ test-avx2: $(VENV)/.installed  ## the numeric tests on the AVX2 kernel paths (AT
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q $(NUMERIC_TESTS)
 
 bench: $(VENV)/.installed  ## throughput against the released code's way of computing
-	$(PY) -m mkdlib.bench
+	$(PY) benchmarks/bench.py
 
 regenerate: $(VENV)/.installed  ## every notebook, smoke profile, into results/smoke/ (never the paper's results/)
 	$(PY) -m mkdlib.paper.regenerate --profile smoke

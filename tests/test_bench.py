@@ -3,12 +3,16 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from mkdlib import bench
-from mkdlib.bench import CASES, conv_gflop, format_table, run_case
 from mkdlib.models import CLONER_CFGS, TRAIN_LAYERS, Cloner, Source
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"  # a developer's tool beside the package
+sys.path.insert(0, str(BENCH.parent))
+import bench  # noqa: E402
+from bench import CASES, conv_gflop, format_table, run_case  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -38,7 +42,7 @@ def test_profile_and_throughput_modes_print_their_figures(capsys):
 
 
 def test_cli_prints_json_with_ratios():
-    cmd = [sys.executable, "-m", "mkdlib.bench", "--json", "--sizes", "32", "--batch", "2", "--steps", "1",
+    cmd = [sys.executable, str(BENCH), "--json", "--sizes", "32", "--batch", "2", "--steps", "1",
            "--cases", "train", "naive_train", "source"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # each case runs in its own process
     result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)

@@ -3,9 +3,11 @@ naive baseline that does what the released code does (fp32, default memory forma
 trainable, no no_grad, source recomputed every batch and for every checkpoint, per-image localisation
 loop). Random data; each case in its own process so that its peak memory is its own.
 
-Ours runs with mkdlib's execution defaults (`config.Execution`: fp32, channels_last) unless
---amp / --bf16-inference / --channels-last say otherwise; bf16 only where the device computes it natively. `--profile` prints where a case's time goes
-(torch.profiler); `--throughput` compares two one-thread processes side by side with one two-thread one.
+Ours runs with mkdlib's execution defaults (`config.Execution`: fp32, channels_last) unless --amp /
+--bf16-inference / --channels-last say otherwise; bf16 only where the device computes it natively. `--profile`
+prints where a case's time goes (torch.profiler); `--throughput` compares two one-thread processes side by side
+with one two-thread one. A developer's tool, kept beside the package: `make bench`, or from a checkout
+`python benchmarks/bench.py --sizes 128`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ import torch
 
 from mkdlib import hardware
 from mkdlib.config import Execution
-from mkdlib.bench_cases import CASES, PAIRS, PROFILE_ENV, conv_gflop, roofline, run_case
 
-__all__ = ["CASES", "PAIRS", "conv_gflop", "format_table", "main", "profile_cases", "roofline", "run_all",
-           "run_case", "throughput"]  # the cases' names stay importable from here, as before the split
+from bench_cases import CASES, PAIRS, PROFILE_ENV, conv_gflop, roofline, run_case
 
 SWITCH = {"auto": None, "on": True, "off": False}  # --channels-last values
 
@@ -32,7 +32,7 @@ SWITCH = {"auto": None, "on": True, "off": False}  # --channels-last values
 def _case_command(case: str, size: int, batch: int, steps: int, device: str, amp: bool, channels_last,
                   bf16_inference) -> list[str]:
     flag = {None: "auto", True: "on", False: "off"}
-    return [sys.executable, "-m", "mkdlib.bench", "--case", case, "--size", str(size), "--batch", str(batch),
+    return [sys.executable, os.path.abspath(__file__), "--case", case, "--size", str(size), "--batch", str(batch),
             "--steps", str(steps), "--device", device, "--amp", flag[amp], "--channels-last", flag[channels_last],
             "--bf16-inference", flag[bf16_inference]]
 
@@ -122,7 +122,7 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mkd bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 32], help="image sizes in px (default 128 32)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per case after one warm-up (default 3)")

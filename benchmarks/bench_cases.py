@@ -1,4 +1,4 @@
-"""The cases `mkd bench` times (mkdlib/bench.py runs each in its own process): one step of training,
+"""The cases benchmarks/bench.py times (it runs each in its own process): one step of training,
 detection, evaluation or localisation, ours and the released code's way, on random data; and the GFLOP
 arithmetic that turns their img/s into GFLOP/s against the source's forward (the roofline).
 """
