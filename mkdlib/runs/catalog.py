@@ -95,7 +95,7 @@ def _state(run_dir: Path, epochs: int, locked: bool) -> tuple[str, dict | None, 
 
 
 def _failure(path: Path) -> str:
-    """The error of a failed run: error.txt's first line (runner._failure_text), or the exception line
+    """The error of a failed run: error.txt's first line (runner._failures_recorded), or the exception line
     ending an older error.txt that holds the traceback alone."""
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -155,13 +155,6 @@ def _is_run_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and ((path / SPEC).is_file() or bool(_KEY_LIKE.fullmatch(path.name)))
 
 
-def _dataset_name(name: str) -> str:
-    canonical = ALIASES.get(name.lower(), name.lower())
-    if canonical not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r} for --dataset; valid: {list(DATASET_NAMES)}")
-    return canonical
-
-
 def _has_class(row: dict, wanted: str) -> bool:
     """Whether the row's normal class is `wanted`, by index or by name (mnist 3 is "3" and "three")."""
     cls = row["class"]
@@ -184,7 +177,11 @@ def list_runs(root: str | Path, *, dataset: str | None = None, normal_class: str
     status is the status's first word (finished, training, failed, corrupt) or "locked"."""
     _check_choice("status", status, STATUSES)
     _check_choice("profile", profile, PROFILE_NAMES)
-    dataset = None if dataset is None else _dataset_name(dataset)
+    if dataset is not None:
+        canonical = ALIASES.get(dataset.lower(), dataset.lower())
+        if canonical not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {dataset!r} for --dataset; valid: {list(DATASET_NAMES)}")
+        dataset = canonical
     rows = [describe(d) for d in sorted(results_root(root).iterdir()) if _is_run_dir(d)]
     keep = [r for r in rows
             if (dataset is None or r["dataset"] == dataset)

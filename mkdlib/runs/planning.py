@@ -80,15 +80,6 @@ def speed_line(cloner: Cloner, source: Source, cfg: MKDConfig, execution: Execut
     return plan_text(epochs_left, len(train), img_s)
 
 
-def _epochs_left(run_dir: Path, epochs: int) -> int:
-    """Epochs still to train: a run interrupted at epoch e resumes there; an unreadable last.pt counts
-    as none trained (run() reports it)."""
-    try:
-        return max(0, epochs - trained_epochs(run_dir / "checkpoints"))
-    except CheckpointError:
-        return epochs
-
-
 def _train_listing(spec: RunSpec) -> Dataset:
     """A run's training split from the file listing (images not decoded, no cache built)."""
     cfg = spec.mkd_config()
@@ -159,9 +150,13 @@ def plan(specs: Iterable[RunSpec], root: str | Path, device: str = "cpu") -> str
         except (OSError, ValueError):  # data not found or not readable here: the runs cell reports where it looked
             unknown.append(spec.label())
             continue
+        try:  # a run interrupted at epoch e resumes there
+            done = trained_epochs(root / spec.key() / "checkpoints")
+        except CheckpointError:  # an unreadable last.pt counts as none trained (run() reports it)
+            done = 0
         group = _speed_group(spec)
         groups.setdefault(group, spec)
-        passes[group] = passes.get(group, 0) + _epochs_left(root / spec.key(), spec.mkd_config().epochs) * n
+        passes[group] = passes.get(group, 0) + max(0, spec.mkd_config().epochs - done) * n
     parts = [f"~{sum(passes.values()):,} image passes, {_time(groups, passes, device)}"] if groups else []
     if unknown:
         shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")

@@ -94,25 +94,21 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
 
 @contextmanager
 def _failures_recorded(run_dir: Path):
-    """An exception in an unfinished run leaves run_dir/error.txt (`_failure_text`: `mkd runs` lists the run as
-    failed, with its first line); a checkpoint's error becomes a RunError. A finished run is not failed: a
-    problem mending it (e.g. an unreadable last.pt) is raised, and no error.txt written."""
+    """An exception in an unfinished run leaves run_dir/error.txt (the error on its first line, then its
+    traceback: `mkd runs` lists the run as failed, with its first line); a checkpoint's error becomes a RunError.
+    A finished run is not failed: a problem mending it (e.g. an unreadable last.pt) is raised, no error.txt."""
     try:
         yield
     except BaseException as err:
         if not isinstance(err, KeyboardInterrupt) and not (run_dir / METRICS).is_file():
             try:
-                atomic_write_text(run_dir / ERROR, _failure_text(err))
+                atomic_write_text(run_dir / ERROR, f"{type(err).__name__}: {' '.join(str(err).split())}\n\n"
+                                                   f"{traceback.format_exc()}")
             except OSError:
                 pass
         if isinstance(err, CheckpointError):
             raise RunError(str(err)) from None
         raise
-
-
-def _failure_text(err: BaseException) -> str:
-    """error.txt: the error on its first line, then its traceback."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}\n\n{traceback.format_exc()}"
 
 
 def _cached(run_dir: Path, spec: RunSpec, device: str, progress: bool, weights=None) -> RunResult:
