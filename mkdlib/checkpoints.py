@@ -44,7 +44,7 @@ FINISHED = "metrics.json"  # beside a run's checkpoints/, it marks the run finis
 def deletion_cost(path: str | Path) -> str:
     """The advice for an unusable checkpoint: delete it, and what that costs in the state of the run whose
     checkpoints/ holds it. last.pt: nothing once the run is finished (it is only needed to train further),
-    else the run restarts from scratch; a sampled cloner: only it is recomputed (runs/repair.py)."""
+    else the run restarts from scratch; a sampled cloner: only it is recomputed (runs/runner.py)."""
     path = Path(path)
     if path.name != LAST:
         return ("delete it and run the same command again: only it is recomputed (from last.pt, or by retracing "
@@ -57,24 +57,14 @@ def deletion_cost(path: str | Path) -> str:
     return "delete it and run the same command again: the run restarts from scratch"
 
 
-def _unreadable(path: Path, err: Exception) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}); {deletion_cost(path)}")
-
-
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict:
+    """The checkpoint's tensors; CheckpointError if torch cannot open it. mmap=True: cheap (the tensors' bytes
+    are not read), for a listing that only checks that it opens."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
-        raise _unreadable(path, err) from None
-
-
-def check_readable(path: Path) -> None:
-    """CheckpointError (as load_checkpoint's) if torch cannot open `path`; cheap (memory-mapped, the tensors'
-    bytes are not read), for a listing."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise _unreadable(path, err) from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
+                              f"{deletion_cost(path)}") from None
 
 
 def read_last(checkpoint_dir: str | Path, cloner: torch.nn.Module, cfg: MKDConfig | None = None) -> dict | None:

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from mkdlib.checkpoints import LAST, CheckpointError, check_readable, trained_epochs
+from mkdlib.checkpoints import LAST, CheckpointError, load_checkpoint, trained_epochs
 from mkdlib.config import PROFILES
 from mkdlib.datasets import DATASET_NAMES
 from mkdlib.datasets.factory import ALIASES
@@ -72,18 +72,6 @@ def _created(run_dir: Path) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime).astimezone()
 
 
-def _image_auroc(metrics: dict) -> dict:
-    img = metrics["image_auroc"]
-    return {k: round(100 * img[k], 2) for k in ("final", "mean", "std")}
-
-
-def _pixel_auroc(metrics: dict) -> dict | None:
-    """The pixel AUROC (%) of the first localisation method the run has, in localization_variants() order."""
-    pixel = metrics.get("pixel") or {}
-    method = next((m for m in localization_variants() if m in pixel), None)
-    return None if method is None else {"method": method, "auroc": round(100 * pixel[method]["pixel_auroc"], 2)}
-
-
 def _state(run_dir: Path, epochs: int, locked: bool) -> tuple[str, dict | None, str | None]:
     """(status, metrics, reason): finished with readable metrics.json (noting an unreadable last.pt, which
     only training further needs), else failed (error.txt; its first line the reason) unless another process
@@ -94,7 +82,7 @@ def _state(run_dir: Path, epochs: int, locked: bool) -> tuple[str, dict | None, 
         metrics = read_metrics(run_dir)
         try:
             if last.is_file():
-                check_readable(last)
+                load_checkpoint(last, mmap=True)
         except CheckpointError as err:
             return "finished (last.pt unreadable: only needed to train further)", metrics, str(err)
         return "finished", metrics, None
@@ -107,7 +95,7 @@ def _state(run_dir: Path, epochs: int, locked: bool) -> tuple[str, dict | None, 
 
 
 def _failure(path: Path) -> str:
-    """The error of a failed run: error.txt's first line (runner._failure_text), or the exception line
+    """The error of a failed run: error.txt's first line (runner._failures_recorded), or the exception line
     ending an older error.txt that holds the traceback alone."""
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -136,8 +124,12 @@ def describe(run_dir: Path) -> dict:
         row.update({"dataset": spec.dataset, "class": spec.normal_class, "profile": profile_name(spec),
                     "epochs": epochs})
         row["status"], metrics, row["reason"] = _state(run_dir, epochs, row["locked"])
-        if metrics is not None:
-            row.update(image_auroc=_image_auroc(metrics), pixel_auroc=_pixel_auroc(metrics))
+        if metrics is not None:  # in %; the pixel AUROC of the run's first method in localization_variants() order
+            img, pixel = metrics["image_auroc"], metrics.get("pixel") or {}
+            method = next((m for m in localization_variants() if m in pixel), None)
+            image = {k: round(100 * img[k], 2) for k in ("final", "mean", "std")}
+            px = None if method is None else {"method": method, "auroc": round(100 * pixel[method]["pixel_auroc"], 2)}
+            row.update(image_auroc=image, pixel_auroc=px)
     except (RunError, OSError, ValueError) as err:
         row.update(status="corrupt", reason=" ".join(str(err).split()))
     except (KeyError, TypeError, AttributeError):  # a pixel entry read_metrics does not check
@@ -163,18 +155,6 @@ def _is_run_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and ((path / SPEC).is_file() or bool(_KEY_LIKE.fullmatch(path.name)))
 
 
-def _run_dirs(root: Path) -> list[Path]:
-    """The folders of root that are runs (see `_is_run_dir`); anything else there is not listed."""
-    return sorted(d for d in root.iterdir() if _is_run_dir(d))
-
-
-def _dataset_name(name: str) -> str:
-    canonical = ALIASES.get(name.lower(), name.lower())
-    if canonical not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r} for --dataset; valid: {list(DATASET_NAMES)}")
-    return canonical
-
-
 def _has_class(row: dict, wanted: str) -> bool:
     """Whether the row's normal class is `wanted`, by index or by name (mnist 3 is "3" and "three")."""
     cls = row["class"]
@@ -197,8 +177,12 @@ def list_runs(root: str | Path, *, dataset: str | None = None, normal_class: str
     status is the status's first word (finished, training, failed, corrupt) or "locked"."""
     _check_choice("status", status, STATUSES)
     _check_choice("profile", profile, PROFILE_NAMES)
-    dataset = None if dataset is None else _dataset_name(dataset)
-    rows = [describe(d) for d in _run_dirs(results_root(root))]
+    if dataset is not None:
+        canonical = ALIASES.get(dataset.lower(), dataset.lower())
+        if canonical not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {dataset!r} for --dataset; valid: {list(DATASET_NAMES)}")
+        dataset = canonical
+    rows = [describe(d) for d in sorted(results_root(root).iterdir()) if _is_run_dir(d)]
     keep = [r for r in rows
             if (dataset is None or r["dataset"] == dataset)
             and (normal_class is None or _has_class(r, normal_class))
@@ -247,29 +231,19 @@ def remove_runs(root: str | Path, keys: list[str]) -> list[Path]:
     root = results_root(root)
     run_dirs = list(dict.fromkeys(_checked_run_dir(root, k) for k in keys))
     for run_dir in run_dirs:
-        _check_writable(run_dir)
+        for folder in (run_dir.parent, run_dir):  # a read-only folder or file system
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise RunError(f"cannot remove run {run_dir}: {folder} is not writable here (read-only); make it "
+                               "writable (or remove the run as its owner), nothing was removed")
     with ExitStack() as locks:
         for run_dir in run_dirs:
             if not locks.enter_context(lock_if_free(run_dir, create=True)):
                 raise RunError(f"run {run_dir} is in use by another process (its {LOCK} is held); "
                                "wait for it to finish or stop it, then remove it")
         for run_dir in run_dirs:
-            _remove(run_dir)
+            try:
+                shutil.rmtree(run_dir)
+            except OSError as err:  # rmtree's error names a file without its folder
+                raise RunError(f"cannot remove run {run_dir} ({err.strerror or err}: {err.filename}); make it "
+                               f"writable, then run `mkd runs --rm {run_dir.name}` again") from None
     return run_dirs
-
-
-def _check_writable(run_dir: Path) -> None:
-    """RunError naming the folder when this process may not remove run_dir (a read-only folder or file system)."""
-    for folder in (run_dir.parent, run_dir):
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise RunError(f"cannot remove run {run_dir}: {folder} is not writable here (read-only); make it "
-                           "writable (or remove the run as its owner), nothing was removed")
-
-
-def _remove(run_dir: Path) -> None:
-    """shutil.rmtree(run_dir), its error naming the run's folder (rmtree's names a file without its folder)."""
-    try:
-        shutil.rmtree(run_dir)
-    except OSError as err:
-        raise RunError(f"cannot remove run {run_dir} ({err.strerror or err}: {err.filename}); make it writable, "
-                       f"then run `mkd runs --rm {run_dir.name}` again") from None

@@ -59,10 +59,6 @@ def _run_one(spec: RunSpec, results_root: str, device: str, progress: bool) -> R
                          type(err).__name__)
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def run_many(specs: Iterable[RunSpec], results_root: str | Path, *, executor: Executor | None = None,
              workers: int | None = None, device: str = "cpu", progress: bool = True) -> list[RunResult]:
     """Run independent specs; results in the order of `specs`, failures as RunResult(error=...).
@@ -99,7 +95,7 @@ def run_many(specs: Iterable[RunSpec], results_root: str | Path, *, executor: Ex
             workers = min(workers, len(remote))
             threads = max(1, (os.cpu_count() or 1) // workers)
             executor = own_pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                                      initializer=_init_worker, initargs=(threads,))
+                                                      initializer=torch.set_num_threads, initargs=(threads,))
         else:
             remote = []
     try:

@@ -105,16 +105,13 @@ def load_final_cloner(cloner: Cloner, run_dir: Path, cfg: MKDConfig, metrics: di
         problem = f"unusable ({str(err).splitlines()[0]})"
     else:
         return cloner.eval()
-    raise RunError(f"final cloner {path} is {problem}; {_lost_cloner_costs(path, run_dir)}")
-
-
-def _lost_cloner_costs(path: Path, run_dir: Path) -> str:
-    """What to do with an unusable final cloner, and what deleting it costs: a checkpoint is recomputed alone;
-    the record's cloner.pt, where the run's checkpoints are not, cannot be."""
+    # what deleting it costs: a checkpoint is recomputed alone; the record's cloner.pt, without checkpoints, is not
     if path.name != CLONER:
-        return f"delete that file and run `mkd evaluate {run_dir}`: only it is recomputed (from last.pt)"
-    return (f"restore the file the run wrote (e.g. `git checkout` it): without the run's checkpoints it cannot be "
-            "recomputed, and deleting it leaves the record unable to score new images")
+        advice = f"delete that file and run `mkd evaluate {run_dir}`: only it is recomputed (from last.pt)"
+    else:
+        advice = ("restore the file the run wrote (e.g. `git checkout` it): without the run's checkpoints it cannot "
+                  "be recomputed, and deleting it leaves the record unable to score new images")
+    raise RunError(f"final cloner {path} is {problem}; {advice}")
 
 
 def check_weights(result: RunResult, source: Source) -> None:

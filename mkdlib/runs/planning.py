@@ -80,23 +80,10 @@ def speed_line(cloner: Cloner, source: Source, cfg: MKDConfig, execution: Execut
     return plan_text(epochs_left, len(train), img_s)
 
 
-def _epochs_left(run_dir: Path, epochs: int) -> int:
-    """Epochs still to train: a run interrupted at epoch e resumes there; an unreadable last.pt counts
-    as none trained (run() reports it)."""
-    try:
-        return max(0, epochs - trained_epochs(run_dir / "checkpoints"))
-    except CheckpointError:
-        return epochs
-
-
-def _train_size(spec: RunSpec) -> int | None:
-    """The number of training images of a run, from the file listing (images not decoded); None when its
-    data is not found or not readable here (the runs cell then reports where it looked)."""
+def _train_listing(spec: RunSpec) -> Dataset:
+    """A run's training split from the file listing (images not decoded, no cache built)."""
     cfg = spec.mkd_config()
-    try:
-        return len(load_data(spec, replace(cfg, extra={**cfg.extra, "cache": False}), split="train"))
-    except (OSError, ValueError):
-        return None
+    return load_data(spec, replace(cfg, extra={**cfg.extra, "cache": False}), split="train")
 
 
 def recorded(specs: Iterable[RunSpec], root: str | Path) -> list[RunResult]:
@@ -104,11 +91,11 @@ def recorded(specs: Iterable[RunSpec], root: str | Path) -> list[RunResult]:
     others as failed results saying why, as a run would: the data is absent (DatasetNotFoundError, its
     message), or there is no finished record of it ("NotRun"). For reading committed records only."""
     out = []
-    for spec, result in zip(specs, finished_runs(list(specs), root)):
+    for result in finished_runs(specs, root):
         if not result.ok:
-            cfg = spec.mkd_config()
+            spec = result.spec
             try:
-                load_data(spec, replace(cfg, extra={**cfg.extra, "cache": False}), split="train")
+                _train_listing(spec)
             except DatasetNotFoundError as err:
                 result = RunResult(spec, None, None, str(err), type(err).__name__)
             else:
@@ -125,21 +112,18 @@ def _speed_group(spec: RunSpec) -> tuple:
     return (*(getattr(cfg, f) for f in SPEED_FIELDS), execution, execution.cache_features and not cfg.augment)
 
 
-def _speed(spec: RunSpec, device: str) -> float:
-    """Training images/s of the run's configuration here: measure_speed (two timed steps on random
-    images) with a random source, whose weights change nothing in the time a step takes."""
-    cfg, group = spec.mkd_config(), _speed_group(spec)
-    source, cloner, loss = build(cfg, weights=None, device=check_device(device))
-    return measure_speed(cloner, source, cfg, spec.execution_config(), loss, cached=group[-1], device=device)
-
-
 def _runs(n: int) -> str:
     return f"{n} run" + "s" * (n != 1)
 
 
 def _time(groups: dict[tuple, RunSpec], passes: dict[tuple, int], device: str) -> str:
-    """'about 41 h on this CPU (measured 21 img/s; one run at a time)', one measurement per group."""
-    speeds = {g: _speed(spec, device) for g, spec in groups.items()}
+    """'about 41 h on this CPU (measured 21 img/s; one run at a time)', one measurement per group: measure_speed
+    with a random source, whose weights change nothing in the time a step takes."""
+    speeds = {}
+    for g, spec in groups.items():
+        cfg = spec.mkd_config()
+        source, cloner, loss = build(cfg, weights=None, device=check_device(device))
+        speeds[g] = measure_speed(cloner, source, cfg, spec.execution_config(), loss, cached=g[-1], device=device)
     seconds = sum(passes[g] / speeds[g] for g in groups)
     measured = " / ".join(f"{s:.3g} img/s" + (f" at {g[0]} px, {g[1]} cloner" if len(speeds) > 1 else "")
                           for g, s in speeds.items())
@@ -161,13 +145,18 @@ def plan(specs: Iterable[RunSpec], root: str | Path, device: str = "cpu") -> str
         return f"{_runs(len(unique))}, all finished (cached): nothing to train"
     groups, passes, unknown = {}, {}, []  # a spec and the image passes left per speed group; runs without data
     for spec in todo:
-        cfg, n = spec.mkd_config(), _train_size(spec)
-        if n is None:
+        try:
+            n = len(_train_listing(spec))
+        except (OSError, ValueError):  # data not found or not readable here: the runs cell reports where it looked
             unknown.append(spec.label())
             continue
+        try:  # a run interrupted at epoch e resumes there
+            done = trained_epochs(root / spec.key() / "checkpoints")
+        except CheckpointError:  # an unreadable last.pt counts as none trained (run() reports it)
+            done = 0
         group = _speed_group(spec)
         groups.setdefault(group, spec)
-        passes[group] = passes.get(group, 0) + _epochs_left(root / spec.key(), cfg.epochs) * n
+        passes[group] = passes.get(group, 0) + max(0, spec.mkd_config().epochs - done) * n
     parts = [f"~{sum(passes.values()):,} image passes, {_time(groups, passes, device)}"] if groups else []
     if unknown:
         shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")

@@ -2,34 +2,42 @@
 
 `run(spec, root)` writes `root/<spec.key()>/` (the layout is in store.py); a finished run is never
 recomputed and an interrupted one resumes from its last checkpoint (`executors.run_many` runs many).
+Damaged runs are mended, not deleted: a lost sampled cloner is recomputed alone (`restore_cloners`), a
+corrupt metrics.json is kept aside and the run re-evaluated from its checkpoints (`set_aside_corrupt_metrics`).
 What only new images need (the decision threshold, the maps' scale: calibration.py) is computed when
 `predict` or `evaluate` first asks for it (decisions.py), not here.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
-from mkdlib.checkpoints import CheckpointError, read_last, trained_epochs, write_history
+from mkdlib.checkpoints import (LAST, CheckpointError, cloner_path, load_checkpoint, missing_cloners, read_last,
+                                save_checkpoint, trained_epochs, write_history)
 from mkdlib.config import Execution, MKDConfig
 from mkdlib.io_utils import atomic_write_text
 from mkdlib.localization import check_methods
+from mkdlib.losses import MKDLoss
+from mkdlib.models import Cloner, Source
 from mkdlib.runs.evaluation import add_localization, missing_maps, write_scores
 from mkdlib.runs.loading import build_models, check_device, keep_final_cloner, load_data, load_final_cloner
 from mkdlib.runs.planning import speed_line
-from mkdlib.runs.repair import restore_cloners, set_aside_corrupt_metrics
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import (ERROR, HISTORY, METRICS, SCORES, SPEC, RunError, RunLock, check_folder, complete,
-                               load_run, read_spec, upgrade_once, write_environment, write_json, write_spec)
+from mkdlib.runs.store import (ERROR, HISTORY, METRICS, SCORES, SPEC, CorruptMetrics, RunError, RunLock, check_folder,
+                               complete, load_run, read_metrics, read_spec, upgrade_once, write_environment,
+                               write_json, write_spec)
 from mkdlib.scoring import evaluate_checkpoints, pixel_metrics
 from mkdlib.train import fit
 from mkdlib.weights import weights_sha256
@@ -86,25 +94,21 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
 
 @contextmanager
 def _failures_recorded(run_dir: Path):
-    """An exception in an unfinished run leaves run_dir/error.txt (`_failure_text`: `mkd runs` lists the run as
-    failed, with its first line); a checkpoint's error becomes a RunError. A finished run is not failed: a
-    problem mending it (e.g. an unreadable last.pt) is raised, and no error.txt written."""
+    """An exception in an unfinished run leaves run_dir/error.txt (the error on its first line, then its
+    traceback: `mkd runs` lists the run as failed, with its first line); a checkpoint's error becomes a RunError.
+    A finished run is not failed: a problem mending it (e.g. an unreadable last.pt) is raised, no error.txt."""
     try:
         yield
     except BaseException as err:
         if not isinstance(err, KeyboardInterrupt) and not (run_dir / METRICS).is_file():
             try:
-                atomic_write_text(run_dir / ERROR, _failure_text(err))
+                atomic_write_text(run_dir / ERROR, f"{type(err).__name__}: {' '.join(str(err).split())}\n\n"
+                                                   f"{traceback.format_exc()}")
             except OSError:
                 pass
         if isinstance(err, CheckpointError):
             raise RunError(str(err)) from None
         raise
-
-
-def _failure_text(err: BaseException) -> str:
-    """error.txt: the error on its first line, then its traceback."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}\n\n{traceback.format_exc()}"
 
 
 def _cached(run_dir: Path, spec: RunSpec, device: str, progress: bool, weights=None) -> RunResult:
@@ -174,3 +178,46 @@ def _train_and_evaluate(spec: RunSpec, cfg: MKDConfig, execution: Execution, mod
         "weights_sha256": weights_sha256(source.weights),
         "device": str(device),
     })
+
+
+def restore_cloners(new_cloner: Callable[[], Cloner], source: Source, data: Dataset, cfg: MKDConfig,
+                    execution: Execution, loss: MKDLoss, checkpoint_dir: str | Path, *,
+                    device: str | torch.device = "cpu", progress: bool = True) -> list[int]:
+    """Recompute the sampled cloners missing from a checkpoint folder (deleted or lost), touching nothing
+    else; returns their epochs. The one at last.pt's epoch is last.pt's own cloner; earlier ones are
+    retrained from the nearest earlier full checkpoint, which is the seeded start (only last.pt keeps
+    optimizer state), in checkpoint_dir/recover/ (itself resumable). The data order depends only on
+    (seed, epoch), so this retraces the run: bit-identical in deterministic mode.
+
+    new_cloner: builds the run's freshly seeded cloner (its initial weights)."""
+    ckpt = Path(checkpoint_dir)
+    missing = missing_cloners(ckpt, cfg)
+    done = trained_epochs(ckpt)
+    if done in missing:
+        save_checkpoint({"cloner": load_checkpoint(ckpt / LAST)["cloner"], "epoch": done}, cloner_path(ckpt, done))
+    earlier = [e for e in missing if e < done]
+    if earlier:
+        print(f"mkdlib: recomputing the missing sampled cloner(s) of epochs {earlier} in {ckpt}: retraining "
+              f"from the start to epoch {max(earlier)}", file=sys.stderr)
+
+        def keep(epoch: int, cloner: Cloner) -> None:
+            if epoch in earlier:
+                save_checkpoint({"cloner": cloner.state_dict(), "epoch": epoch}, cloner_path(ckpt, epoch))
+
+        if trained_epochs(ckpt / "recover") > min(earlier):  # an older recovery went past one of them
+            shutil.rmtree(ckpt / "recover")
+        fit(new_cloner(), source, data, replace(cfg, epochs=max(earlier)), loss, execution=execution, device=device,
+            checkpoint_dir=ckpt / "recover", progress=progress, on_epoch_end=keep)
+        shutil.rmtree(ckpt / "recover", ignore_errors=True)
+    return missing
+
+
+def set_aside_corrupt_metrics(run_dir: Path) -> None:
+    """A corrupt metrics.json is renamed (kept for inspection), so that the run is re-evaluated."""
+    try:
+        if (run_dir / METRICS).is_file():
+            read_metrics(run_dir)
+    except CorruptMetrics as err:
+        aside = run_dir / f"{METRICS}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(run_dir / METRICS, aside)
+        print(f"mkdlib: {err}; kept as {aside.name}, re-evaluating from the checkpoints", file=sys.stderr)

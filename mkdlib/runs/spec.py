@@ -103,11 +103,9 @@ class RunSpec:
         return out
 
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "normal_class": self.normal_class, "config": dict(self.config),
-                "seed": self.seed, "data_root": self.data_root, "weights": self.weights,
-                "localization": list(self.localization), "max_train": self.max_train,
-                "max_test": self.max_test, "dataset_options": dict(self.dataset_options),
-                "execution": dict(self.execution)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # in field order, as spec.json has it
+        return {**d, "config": dict(self.config), "localization": list(self.localization),
+                "dataset_options": dict(self.dataset_options), "execution": dict(self.execution)}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:

@@ -37,32 +37,28 @@ except ImportError:  # Windows: no advisory locks; runs are still atomic file by
 
 SPEC, METRICS, ENV, HISTORY, SCORES, ERROR, LOCK, CLONER = (
     "spec.json", "metrics.json", "env.json", "history.csv", "scores.csv", "error.txt", ".lock", "cloner.pt")
+
+
 class RunError(RuntimeError):
     """A run directory that cannot be used: corrupt, unfinished or from an incompatible version."""
 
 
-class RunLock:
+@contextmanager
+def RunLock(run_dir: Path, *, quiet: bool = False):
     """Exclusive lock on run_dir/.lock (fcntl.flock, freed by the OS if the holder dies): a second
     process asking for the same run waits for the first, then finds it finished."""
-
-    def __init__(self, run_dir: Path, *, quiet: bool = False):
-        self.path, self.quiet, self.fd = Path(run_dir) / LOCK, quiet, None
-
-    def __enter__(self) -> RunLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         if fcntl is not None:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if not self.quiet:
-                    print(f"mkdlib: waiting for another process running {self.path.parent}", file=sys.stderr)
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if fcntl is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+                if not quiet:
+                    print(f"mkdlib: waiting for another process running {Path(run_dir)}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # frees the lock
 
 
 @contextmanager
