@@ -55,14 +55,11 @@ def find_images(folder: Path, *, skip_marked: str | None = None) -> list[Path]:
     return sorted(walk(folder))
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16/32-bit integer modes -> 'L' by full-range scaling (Pillow's own convert would clip at 255)."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        a = np.asarray(im).astype(np.float64)  # (H, W), 0..65535
-        return Image.fromarray(np.clip(np.rint(a * (255 / 65535)), 0, 255).astype(np.uint8), "L")
-    if im.mode == "F":
-        return Image.fromarray(np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8), "L")
-    return im
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixel values in a file's own range -> uint8: integers (16/32 bit) scaled by 255/65535 over the full range
+    (Pillow's own convert would clip at 255), floats as they are."""
+    scale = 1 if a.dtype.kind == "f" else 255 / 65535
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
 
 
 def _decode(path: Path) -> Image.Image:
@@ -96,7 +93,8 @@ def upright_rgb(im: Image.Image) -> Image.Image:
 
 def as_rgb(im: Image.Image) -> Image.Image:
     """A decoded image of any mode as 8-bit RGB: 16-bit scaled, transparency composited over black."""
-    im = _to_8bit(im)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        im = Image.fromarray(_to_uint8(np.asarray(im)), "L")
     if im.mode == "P" or "A" in im.mode or "a" in im.mode:
         rgba = im.convert("RGBA")  # a palette's transparency index becomes alpha here
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -124,10 +122,7 @@ def _mask_8bit(value: np.ndarray) -> np.ndarray:
     peak = value.max()
     if peak > 0 and ((value == 0) | (value == peak)).all():
         return np.where(value == peak, 255, 0).astype(np.uint8)
-    if value.dtype == np.uint8:
-        return value
-    scale = 1 if value.dtype.kind == "f" else 255 / 65535
-    return np.clip(np.rint(value * scale), 0, 255).astype(np.uint8)
+    return value if value.dtype == np.uint8 else _to_uint8(value)
 
 
 def open_mask(path: Path) -> Image.Image:
