@@ -106,34 +106,24 @@ _MASK_AS_IS = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I",
 _MASK_CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA"}  # a palette's transparency: alpha
 
 
-def _mask_channels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """(colour (H, W, C), alpha (H, W) or None) of a decoded mask, in the file's own range (8 or 16 bit)."""
-    if im.mode not in _MASK_AS_IS:  # CMYK, YCbCr ... as RGB
-        im = im.convert(_MASK_CONVERT.get(im.mode, "RGBA" if "A" in im.getbands() else "RGB"))
-    a = np.asarray(im)
-    if a.ndim == 2:
-        return a[..., None], None
-    return (a[..., :-1], a[..., -1]) if im.mode in ("LA", "RGBA") else (a, None)
-
-
-def _mask_8bit(value: np.ndarray) -> np.ndarray:
-    """(H, W) mask values in the file's range -> uint8: a two-level mask (0 and one other value) is binary,
-    0/255; any other is soft, scaled as images are (8-bit as is, 16-bit by 255/65535)."""
-    peak = value.max()
-    if peak > 0 and ((value == 0) | (value == peak)).all():
-        return np.where(value == peak, 255, 0).astype(np.uint8)
-    return value if value.dtype == np.uint8 else _to_uint8(value)
-
-
 def open_mask(path: Path) -> Image.Image:
     """Decode a ground-truth mask as 'L', 255 = defect (README_DATA.md, "Masks"): a pixel's value is its
     brightest colour channel, or its alpha where the colour is the same everywhere; a mask of two levels
     (0 and one other, e.g. 0/1 labels, a red or 40% grey drawing) is binary, 0/255; other masks stay soft."""
-    colour, alpha = _mask_channels(_decode(path))
-    value = colour.max(axis=-1)  # red, green, white ... defects all count
+    im = _decode(path)
+    if im.mode not in _MASK_AS_IS:  # CMYK, YCbCr ... as RGB
+        im = im.convert(_MASK_CONVERT.get(im.mode, "RGBA" if "A" in im.getbands() else "RGB"))
+    a = np.asarray(im)  # in the file's own range (8 or 16 bit)
+    alpha = a[..., -1] if im.mode in ("LA", "RGBA") else None
+    value = a if a.ndim == 2 else (a if alpha is None else a[..., :-1]).max(axis=-1)  # red, green, white ... all count
     if alpha is not None and value.min() == value.max() and alpha.min() != alpha.max():
         value = alpha  # the colour carries nothing: the defect is drawn in the alpha channel
-    return Image.fromarray(_mask_8bit(value), "L")
+    peak = value.max()
+    if peak > 0 and ((value == 0) | (value == peak)).all():
+        value = np.where(value == peak, 255, 0).astype(np.uint8)
+    elif value.dtype != np.uint8:  # soft, scaled as images are
+        value = _to_uint8(value)
+    return Image.fromarray(value, "L")
 
 
 def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
@@ -143,8 +133,6 @@ def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
     for img in images:
         mask = by_stem.get(f"{img.stem}_mask") or by_stem.get(img.stem)
         if mask is None:
-            raise MissingMaskError(
-                f"defect image {img} has no mask: expected {mask_dir / (img.stem + '_mask.png')}"
-            )
+            raise MissingMaskError(f"defect image {img} has no mask: expected {mask_dir / (img.stem + '_mask.png')}")
         masks.append(mask)
     return masks
