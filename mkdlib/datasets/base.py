@@ -86,10 +86,8 @@ class ImageDataset(Dataset):
         # the paper's HeadCT augmentation (Sec. 4.4): rotation up to 20 degrees, scale in [0.9, 1.05]
         self.augment = T.RandomAffine(degrees=20, scale=(0.9, 1.05), interpolation=BILINEAR) if augment else None
         self.grey = bool(grey)
-        self._images: Tensor | None = None  # (N, 3, H, W) uint8 once cached
-        self._masks: Tensor | None = None  # (N, 1, H, W) uint8, 255 = defect
-        if cache:
-            self._images, self._masks = self._load_all()
+        # once cached: (N, 3, H, W) uint8 images and (N, 1, H, W) uint8 masks, 255 = defect
+        self._images, self._masks = self._load_all() if cache else (None, None)
 
     def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
         """Decoded, resized uint8 image (3,H,W) and mask (1,H,W) or None of item i."""
@@ -143,9 +141,7 @@ class ImageDataset(Dataset):
         """All ground-truth masks, (N, H, W) float32 in [0, 1], or None for datasets without masks."""
         if not self.has_masks:
             return None
-        m = self._masks
-        if m is None:
-            m = torch.stack([self._prepare(i)[1] for i in range(len(self))])  # (N, 1, H, W) uint8
+        m = self._masks if self._masks is not None else torch.stack([self._prepare(i)[1] for i in range(len(self))])
         return m[:, 0].numpy().astype(np.float32) / 255
 
     def __repr__(self) -> str:
