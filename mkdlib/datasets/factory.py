@@ -1,8 +1,8 @@
 """`get_dataset`: one entry point for every dataset of the paper (Sec. 4) plus `folder` and `synthetic`.
 
-Defaults follow the reference code's preprocessing per dataset (docs/differences.md:
-preprocessing as coded); `imagenet_norm=True` on a dataset where the reference did not normalise, or False on
-CIFAR-10, is a deviation from it, and so is `grey=True` (every image its luma in all three channels).
+Defaults follow the reference code's preprocessing per dataset (docs/differences.md: preprocessing as coded);
+`imagenet_norm=True` on a dataset where the reference did not normalise, or False on CIFAR-10, is a deviation
+from it, and so is `grey=True` (every image its luma in all three channels).
 """
 
 import inspect
@@ -45,9 +45,8 @@ BUILDERS = {
 DATASET_NAMES = tuple(BUILDERS)
 
 
-# keyword arguments get_dataset passes to every builder itself: not dataset options
-_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download", "normalize", "augment", "cache",
-                       "grey"}
+# keyword parameters of builders that get_dataset sets itself: not dataset options
+_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download"}
 
 
 def dataset_options(key: str) -> tuple[str, ...]:
