@@ -24,14 +24,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the file before it is left as it was
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):  # the old file is left as it was
             raise OSError(err.errno, f"no space left on the device writing {path} ({len(data)} bytes); free "
                           "space or choose another results folder, then run the same command again") from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

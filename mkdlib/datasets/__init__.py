@@ -17,10 +17,8 @@ from .synthetic import make_synthetic
 __all__ = [
     "get_dataset", "dataset_options", "describe_options", "load_images", "list_images", "make_synthetic",
     "download_mvtec",
-    "IMAGE_EXTENSIONS",
-    "DATASET_NAMES", "MVTEC_CATEGORIES", "RETINA_CLASSES", "CLASS_NAMES", "MVTEC_SHA256", "ENV_VAR",
+    "DATASET_NAMES", "MVTEC_CATEGORIES", "RETINA_CLASSES", "CLASS_NAMES", "MVTEC_SHA256", "ENV_VAR", "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "FileDataset",
-    "DatasetNotFoundError", "MissingMaskError", "MaskSizeError", "EmptyMaskError", "EmptyFolderError",
-    "ImageReadError",
+    "DatasetNotFoundError", "MissingMaskError", "MaskSizeError", "EmptyMaskError", "EmptyFolderError", "ImageReadError",
     "ArchiveError", "AspectRatioWarning",
 ]

@@ -7,6 +7,7 @@ corrupted file is caught), else replaced whole, and temporary folders of a kille
 at the next call.
 """
 
+import filecmp
 import os
 import re
 import shutil
@@ -61,85 +62,49 @@ def _check(member: tarfile.TarInfo, archive: Path) -> None:
         raise ArchiveError(f"refusing special file {member.name!r} in {archive}")
 
 
-def _top(name: str) -> str:
-    """The top-level entry a member lands in ("./bottle/x.png" -> "bottle")."""
-    return PurePosixPath(name.replace("\\", "/")).parts[0]
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    """Whether files `a` and `b` hold the same bytes (sizes first, then block by block)."""
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while (block := fa.read(1 << 20)) == fb.read(1 << 20):
-            if not block:
-                return True
-    return False
-
-
-def _complete(dest: Path, new: Path, names: list[str]) -> bool:
-    """Whether every file the archive holds (relative `names`, just extracted under `new`) is already in
-    `dest` with the same content: a same-size file corrupted on disk is not complete."""
-    return all((dest / name).is_file() and _same_bytes(dest / name, new / name) for name in names)
-
-
-def _owner_alive(folder: Path) -> bool | None:
-    """Whether the process that made a `.extract-<host>-<pid>-*` folder still runs; None where this cannot
-    be told here (another host's folder, an older name without host and pid, not a POSIX system)."""
+def _stale(folder: Path, now: float) -> bool:
+    """A temporary `.extract-<host>-<pid>-*` folder left by a process that is gone; where that cannot be told
+    here (another host's folder, an older name without host and pid, not a POSIX system): untouched for a day."""
     match = re.fullmatch(r"\.extract-(.+)-(\d+)-[^-]+", folder.name)
     if not match or match[1] != socket.gethostname() or os.name != "posix":
-        return None
+        return now - folder.stat().st_mtime > STALE_AFTER_S
     try:
         os.kill(int(match[2]), 0)  # signal 0 sends nothing: it only asks whether the process exists
     except ProcessLookupError:
-        return False
+        return True
     except PermissionError:  # it exists, as another user's process
         pass
-    return True
-
-
-def _stale(folder: Path, now: float) -> bool:
-    """A temporary extraction folder left by a process that is gone, or else untouched for a day."""
-    alive = _owner_alive(folder)
-    return now - folder.stat().st_mtime > STALE_AFTER_S if alive is None else not alive
-
-
-def _remove_stale(dest: Path) -> None:
-    """Delete `.extract-*` folders left in `dest` by an extraction that was killed (kill -9, power loss)."""
-    now = time.time()
-    for folder in dest.glob(".extract-*"):
-        if folder.is_dir() and _stale(folder, now):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _install(entry: Path, target: Path, trash: Path) -> None:
-    """Put the extracted `entry` at `target` by rename; an existing `target` is first moved into `trash`
-    (same file system), so readers see the old or the new copy, never a half-written one."""
-    if target.exists() or target.is_symlink():
-        target.rename(trash / target.name)
-    entry.rename(target)
+    return False
 
 
 def safe_extract(archive: Path, dest: Path) -> list[Path]:
     """Extract a tar archive into `dest`; returns its top-level entries. An existing entry is kept when it
     already has every file of the archive's copy with the same bytes, else replaced whole by the archive's."""
     dest.mkdir(parents=True, exist_ok=True)
-    _remove_stale(dest)
+    now = time.time()
+    for folder in dest.glob(".extract-*"):  # left by an extraction that was killed (kill -9, power loss)
+        if folder.is_dir() and _stale(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".extract-{socket.gethostname()}-{os.getpid()}-", dir=dest))
+    new = tmp / "new"
     try:
         files: dict[str, list[str]] = {}  # top-level entry -> its member files' names
         with tarfile.open(archive) as tar:
             for member in tar:  # one pass: xz cannot seek back cheaply
                 _check(member, archive)
-                tar.extract(member, tmp / "new", **_STDLIB_FILTER)
+                tar.extract(member, new, **_STDLIB_FILTER)
                 if member.isfile():
-                    files.setdefault(_top(member.name), []).append(member.name)
+                    files.setdefault(PurePosixPath(member.name.replace("\\", "/")).parts[0], []).append(member.name)
         (tmp / "old").mkdir()
         top = []
-        for entry in sorted((tmp / "new").iterdir()):
+        for entry in sorted(new.iterdir()):
             target = dest / entry.name
-            if not target.exists() or not _complete(dest, tmp / "new", files.get(entry.name, [])):
-                _install(entry, target, tmp / "old")
+            kept = target.exists() and all((dest / n).is_file() and filecmp.cmp(dest / n, new / n, shallow=False)
+                                           for n in files.get(entry.name, []))
+            if not kept:  # by renames, so readers see the old or the new copy, never a half-written one
+                if target.exists() or target.is_symlink():
+                    target.rename(tmp / "old" / target.name)  # same file system
+                entry.rename(target)
             top.append(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

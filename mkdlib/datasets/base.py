@@ -60,11 +60,6 @@ def grey_rgb(img: Tensor) -> Tensor:
     return luma.unsqueeze(-3).expand_as(img).contiguous()
 
 
-def paper_augmentation() -> T.RandomAffine:
-    """HeadCT augmentation of the paper (Sec. 4.4): rotation up to 20 degrees, scale in [0.9, 1.05]."""
-    return T.RandomAffine(degrees=20, scale=(0.9, 1.05), interpolation=BILINEAR)
-
-
 def for_display(data, images: torch.Tensor) -> torch.Tensor:
     """A dataset's (B, 3, H, W) network inputs back in [0, 1] for display: its normalisation undone."""
     mean, std = getattr(data, "mean", None), getattr(data, "std", None)
@@ -88,12 +83,11 @@ class ImageDataset(Dataset):
         self.has_masks = has_masks
         self.image_size = image_size  # items are (3, image_size, image_size)
         self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if normalize else (None, None)
-        self.augment = paper_augmentation() if augment else None
+        # the paper's HeadCT augmentation (Sec. 4.4): rotation up to 20 degrees, scale in [0.9, 1.05]
+        self.augment = T.RandomAffine(degrees=20, scale=(0.9, 1.05), interpolation=BILINEAR) if augment else None
         self.grey = bool(grey)
-        self._images: Tensor | None = None  # (N, 3, H, W) uint8 once cached
-        self._masks: Tensor | None = None  # (N, 1, H, W) uint8, 255 = defect
-        if cache:
-            self._images, self._masks = self._load_all()
+        # once cached: (N, 3, H, W) uint8 images and (N, 1, H, W) uint8 masks, 255 = defect
+        self._images, self._masks = self._load_all() if cache else (None, None)
 
     def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
         """Decoded, resized uint8 image (3,H,W) and mask (1,H,W) or None of item i."""
@@ -147,9 +141,7 @@ class ImageDataset(Dataset):
         """All ground-truth masks, (N, H, W) float32 in [0, 1], or None for datasets without masks."""
         if not self.has_masks:
             return None
-        m = self._masks
-        if m is None:
-            m = torch.stack([self._prepare(i)[1] for i in range(len(self))])  # (N, 1, H, W) uint8
+        m = self._masks if self._masks is not None else torch.stack([self._prepare(i)[1] for i in range(len(self))])
         return m[:, 0].numpy().astype(np.float32) / 255
 
     def __repr__(self) -> str:
@@ -185,27 +177,24 @@ class FileDataset(ImageDataset):
             self._check(range(len(self)))
 
     def _prepare(self, i: int) -> tuple[Tensor, Tensor | None]:
-        img, mask = self._decode(i)
+        image = open_image(self.files[i])
+        self._native_size[i] = image.size
+        img, mask = self._resize(image), None  # (3, S, S) uint8
+        if self.mask_files is not None:
+            if (m := self.mask_files[i]) is None:
+                mask = torch.zeros((1, *img.shape[1:]), dtype=torch.uint8)
+            else:
+                mask_image = open_mask(m)
+                if mask_image.size != image.size:  # native sizes: both are then resized to S alike
+                    raise MaskSizeError(f"mask {m} is {mask_image.width}x{mask_image.height} px but its image "
+                                        f"{self.files[i]} is {image.width}x{image.height} px; a mask must have its "
+                                        "image's size (check that it belongs to this image, or save it at the "
+                                        "image's size)")
+                self._mask_peak[i] = mask_image.getextrema()[1]  # at its own size: resizing may thin a small defect
+                mask = self._resize(mask_image)  # (1, S, S) uint8
         if self._lazy:  # uncached: each item as it is read; cached: all at once in __init__
             self._check([i])
         return img, mask
-
-    def _decode(self, i: int) -> tuple[Tensor, Tensor | None]:
-        image = open_image(self.files[i])
-        img = self._resize(image)  # (3, S, S) uint8
-        self._native_size[i] = image.size
-        if self.mask_files is None:
-            return img, None
-        m = self.mask_files[i]
-        if m is None:
-            return img, torch.zeros((1, *img.shape[1:]), dtype=torch.uint8)
-        mask = open_mask(m)
-        if mask.size != image.size:  # native sizes: both are then resized to S alike
-            raise MaskSizeError(f"mask {m} is {mask.width}x{mask.height} px but its image {self.files[i]} is "
-                                f"{image.width}x{image.height} px; a mask must have its image's size (check "
-                                "that it belongs to this image, or save it at the image's size)")
-        self._mask_peak[i] = mask.getextrema()[1]  # at its own size: resizing may thin a small defect
-        return img, self._resize(mask)  # (1, S, S) uint8
 
     def _check(self, items) -> None:
         """Among decoded `items`: the aspect warning (the first non-square image), then EmptyMaskError naming

@@ -1,8 +1,8 @@
 """`get_dataset`: one entry point for every dataset of the paper (Sec. 4) plus `folder` and `synthetic`.
 
-Defaults follow the reference code's preprocessing per dataset (docs/differences.md:
-preprocessing as coded); `imagenet_norm=True` on a dataset where the reference did not normalise, or False on
-CIFAR-10, is a deviation from it, and so is `grey=True` (every image its luma in all three channels).
+Defaults follow the reference code's preprocessing per dataset (docs/differences.md: preprocessing as coded);
+`imagenet_norm=True` on a dataset where the reference did not normalise, or False on CIFAR-10, is a deviation
+from it, and so is `grey=True` (every image its luma in all three channels).
 """
 
 import inspect
@@ -22,8 +22,6 @@ from .mvtec import build_mvtec
 from .onecls import TORCHVISION, build_onecls, reference_transform
 from .synthetic import build_synthetic
 
-DATASET_NAMES = ("mnist", "fashionmnist", "cifar10", "mvtec", "retina", "headct", "brainmri", "folder",
-                 "synthetic")
 ALIASES = {"fmnist": "fashionmnist", "fashion_mnist": "fashionmnist", "fashion-mnist": "fashionmnist",
            "cifar": "cifar10", "cifar-10": "cifar10", "mvtec_ad": "mvtec", "mvtecad": "mvtec",
            "oct": "retina", "oct2017": "retina", "head_ct": "headct", "brain_mri": "brainmri"}
@@ -44,11 +42,11 @@ BUILDERS = {
     "folder": build_folder,
     "synthetic": build_synthetic,
 }
+DATASET_NAMES = tuple(BUILDERS)
 
 
-# keyword arguments get_dataset passes to every builder itself: not dataset options
-_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download", "normalize", "augment", "cache",
-                       "grey"}
+# keyword parameters of builders that get_dataset sets itself: not dataset options
+_SET_BY_GET_DATASET = {"split", "image_size", "normal_class", "seed", "download"}
 
 
 def dataset_options(key: str) -> tuple[str, ...]:
@@ -64,13 +62,12 @@ def describe_options(key: str) -> str:
     return ", ".join(f"{name}={params[name].default!r}" for name in dataset_options(key)) or "none"
 
 
-def _check_options(key: str, options: dict) -> None:
-    """Refuse options `key` does not take by name (e.g. `mkd train --option bogus=1`), not by a TypeError."""
-    valid = dataset_options(key)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"{key}: unknown dataset option(s) {unknown}; valid options for {key}: "
-                         f"{list(valid) if valid else 'none'}")
+def _key(name: str) -> str:
+    """The dataset `name` (or an alias of it) means."""
+    key = ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+    if key not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
+    return key
 
 
 def get_dataset(name: str, root: str | Path | None = None, *, split: str,
@@ -88,12 +85,13 @@ def get_dataset(name: str, root: str | Path | None = None, *, split: str,
     cache: decode and resize every image once, at construction (False: per item).
     options: dataset specific, e.g. folder's normal_dir / abnormal_dir / mask_dir, headct's n_test_normal.
     """
-    key = ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
-    if key not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
+    key = _key(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    _check_options(key, options)
+    valid = dataset_options(key)  # refused by name (e.g. `mkd train --option bogus=1`), not by a TypeError
+    if unknown := sorted(set(options) - set(valid)):
+        raise ValueError(f"{key}: unknown dataset option(s) {unknown}; valid options for {key}: "
+                         f"{list(valid) if valid else 'none'}")
     if key in WITH_CLASS:
         if normal_class is None:
             raise ValueError(f"{key} needs normal_class (the normal class or category)")
@@ -107,8 +105,7 @@ def get_dataset(name: str, root: str | Path | None = None, *, split: str,
                          f"for the others see mkdlib/datasets/README_DATA.md")
     if key in SEEDED:
         options["seed"] = seed
-    normalize = REFERENCE_IMAGENET_NORM.get(key, False) if imagenet_norm is None else bool(imagenet_norm)
-    return BUILDERS[key](root, split=split, image_size=image_size, normalize=normalize,
+    return BUILDERS[key](root, split=split, image_size=image_size, normalize=imagenet_normalised(key, imagenet_norm),
                          augment=augment and split == "train", cache=cache, grey=_flag("grey", grey), **options)
 
 
@@ -128,9 +125,7 @@ def load_images(files: Sequence[str | Path | Image.Image], name: str, image_size
     file. Non-square images squashed to a square are said once per call, or once per `aspect` shared by
     several calls (predict's). A PIL image in `files` takes the same path from its decoded pixels on
     (EXIF turn, mode to 8-bit RGB, the dataset's resize), so it scores as the file it was read from."""
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {list(DATASET_NAMES)}")
+    key = _key(name)
     # mnist, fashionmnist, cifar10: the reference's resize (and crop); the others a square resize
     transform = reference_transform(key, image_size)[0] if key in TORCHVISION else resize_to_uint8(image_size)
     aspect = aspect or AspectNote(image_size, f"{key} images")

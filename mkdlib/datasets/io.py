@@ -55,14 +55,11 @@ def find_images(folder: Path, *, skip_marked: str | None = None) -> list[Path]:
     return sorted(walk(folder))
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16/32-bit integer modes -> 'L' by full-range scaling (Pillow's own convert would clip at 255)."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        a = np.asarray(im).astype(np.float64)  # (H, W), 0..65535
-        return Image.fromarray(np.clip(np.rint(a * (255 / 65535)), 0, 255).astype(np.uint8), "L")
-    if im.mode == "F":
-        return Image.fromarray(np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8), "L")
-    return im
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixel values in a file's own range -> uint8: integers (16/32 bit) scaled by 255/65535 over the full range
+    (Pillow's own convert would clip at 255), floats as they are."""
+    scale = 1 if a.dtype.kind == "f" else 255 / 65535
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
 
 
 def _decode(path: Path) -> Image.Image:
@@ -96,7 +93,8 @@ def upright_rgb(im: Image.Image) -> Image.Image:
 
 def as_rgb(im: Image.Image) -> Image.Image:
     """A decoded image of any mode as 8-bit RGB: 16-bit scaled, transparency composited over black."""
-    im = _to_8bit(im)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        im = Image.fromarray(_to_uint8(np.asarray(im)), "L")
     if im.mode == "P" or "A" in im.mode or "a" in im.mode:
         rgba = im.convert("RGBA")  # a palette's transparency index becomes alpha here
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -108,37 +106,24 @@ _MASK_AS_IS = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I",
 _MASK_CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA"}  # a palette's transparency: alpha
 
 
-def _mask_channels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """(colour (H, W, C), alpha (H, W) or None) of a decoded mask, in the file's own range (8 or 16 bit)."""
-    if im.mode not in _MASK_AS_IS:  # CMYK, YCbCr ... as RGB
-        im = im.convert(_MASK_CONVERT.get(im.mode, "RGBA" if "A" in im.getbands() else "RGB"))
-    a = np.asarray(im)
-    if a.ndim == 2:
-        return a[..., None], None
-    return (a[..., :-1], a[..., -1]) if im.mode in ("LA", "RGBA") else (a, None)
-
-
-def _mask_8bit(value: np.ndarray) -> np.ndarray:
-    """(H, W) mask values in the file's range -> uint8: a two-level mask (0 and one other value) is binary,
-    0/255; any other is soft, scaled as images are (8-bit as is, 16-bit by 255/65535)."""
-    peak = value.max()
-    if peak > 0 and ((value == 0) | (value == peak)).all():
-        return np.where(value == peak, 255, 0).astype(np.uint8)
-    if value.dtype == np.uint8:
-        return value
-    scale = 1 if value.dtype.kind == "f" else 255 / 65535
-    return np.clip(np.rint(value * scale), 0, 255).astype(np.uint8)
-
-
 def open_mask(path: Path) -> Image.Image:
     """Decode a ground-truth mask as 'L', 255 = defect (README_DATA.md, "Masks"): a pixel's value is its
     brightest colour channel, or its alpha where the colour is the same everywhere; a mask of two levels
     (0 and one other, e.g. 0/1 labels, a red or 40% grey drawing) is binary, 0/255; other masks stay soft."""
-    colour, alpha = _mask_channels(_decode(path))
-    value = colour.max(axis=-1)  # red, green, white ... defects all count
+    im = _decode(path)
+    if im.mode not in _MASK_AS_IS:  # CMYK, YCbCr ... as RGB
+        im = im.convert(_MASK_CONVERT.get(im.mode, "RGBA" if "A" in im.getbands() else "RGB"))
+    a = np.asarray(im)  # in the file's own range (8 or 16 bit)
+    alpha = a[..., -1] if im.mode in ("LA", "RGBA") else None
+    value = a if a.ndim == 2 else (a if alpha is None else a[..., :-1]).max(axis=-1)  # red, green, white ... all count
     if alpha is not None and value.min() == value.max() and alpha.min() != alpha.max():
         value = alpha  # the colour carries nothing: the defect is drawn in the alpha channel
-    return Image.fromarray(_mask_8bit(value), "L")
+    peak = value.max()
+    if peak > 0 and ((value == 0) | (value == peak)).all():
+        value = np.where(value == peak, 255, 0).astype(np.uint8)
+    elif value.dtype != np.uint8:  # soft, scaled as images are
+        value = _to_uint8(value)
+    return Image.fromarray(value, "L")
 
 
 def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
@@ -148,8 +133,6 @@ def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
     for img in images:
         mask = by_stem.get(f"{img.stem}_mask") or by_stem.get(img.stem)
         if mask is None:
-            raise MissingMaskError(
-                f"defect image {img} has no mask: expected {mask_dir / (img.stem + '_mask.png')}"
-            )
+            raise MissingMaskError(f"defect image {img} has no mask: expected {mask_dir / (img.stem + '_mask.png')}")
         masks.append(mask)
     return masks

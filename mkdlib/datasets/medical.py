@@ -14,7 +14,6 @@ import pandas as pd
 from .base import FileDataset
 from .io import list_images
 from .roots import locate, not_found
-from .splits import seeded_split
 
 RETINA_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")  # NORMAL is the normal class
 
@@ -37,9 +36,23 @@ def build_retina(root: str | Path | None, *, split: str, image_size: int | None,
                        name="retina", split=split, **kwargs)
 
 
+def seeded_split(labels: np.ndarray, seed: int, n_test_normal: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) indices for a dataset without an official split (paper Sec. 4, "Evaluation
+    Protocol"): `n_test_normal` random normals + all anomalies are the test set, the other normals train."""
+    labels = np.asarray(labels)
+    normal = np.flatnonzero(labels == 0)
+    if not 0 < n_test_normal < len(normal):
+        raise ValueError(f"n_test_normal must be in 1..{len(normal) - 1} ({len(normal)} normal images), "
+                         f"got {n_test_normal}")
+    held_out = np.random.default_rng(seed).choice(normal, size=n_test_normal, replace=False)
+    train = np.setdiff1d(normal, held_out)
+    test = np.union1d(held_out, np.flatnonzero(labels != 0))
+    return train, test
+
+
 def _seeded(name: str, files: list[Path], labels: list[int], groups: list[str], *, split: str, seed: int,
             n_test_normal: int, image_size: int | None, **kwargs) -> FileDataset:
-    train, test = seeded_split(np.asarray(labels), seed, n_test_normal)
+    train, test = seeded_split(labels, seed, n_test_normal)
     idx = train if split == "train" else test
     return FileDataset([files[i] for i in idx], [labels[i] for i in idx], [groups[i] for i in idx],
                        mask_files=None, image_size=image_size or 128, name=name, split=split, **kwargs)

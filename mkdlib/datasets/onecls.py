@@ -12,7 +12,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch import Tensor
 
-from .base import BILINEAR, ImageDataset
+from .base import ImageDataset, resize_to_uint8
 from .roots import ENV_VAR, data_root, not_found
 
 # name -> (torchvision class, its folder under root)
@@ -49,7 +49,7 @@ def reference_transform(name: str, image_size: int | None) -> tuple[T.Compose, i
         resize = T.Resize(round(crop * 256 / 224), interpolation=T.InterpolationMode.LANCZOS)
         return T.Compose([resize, T.CenterCrop(crop), T.PILToTensor()]), crop
     size = image_size or 32  # MNIST / F-MNIST: 28 -> 32
-    return T.Compose([T.Resize((size, size), interpolation=BILINEAR), T.PILToTensor()]), size
+    return resize_to_uint8(size), size
 
 
 class ArrayDataset(ImageDataset):

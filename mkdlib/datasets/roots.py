@@ -62,11 +62,8 @@ def data_root(name: str, root: str | Path | None) -> Path:
 def locate(name: str, root: str | Path | None, marker: str) -> Path:
     """The folder `d` with `d/marker` present: the root itself or one of its default subfolders."""
     base = data_root(name, root)
-    candidates = [base] + [base / sub for sub in SUBFOLDERS.get(name, ()) if sub]
-    for folder in candidates:
+    for folder in [base] + [base / sub for sub in SUBFOLDERS[name]]:
         if (folder / marker).exists():
             return folder
-    if root is None:  # said as the documented location, not this machine's expansion of it
-        sub = next((s for s in SUBFOLDERS.get(name, ()) if s), "")
-        raise not_found(name, Path(f"${ENV_VAR}") / sub / marker)
-    raise not_found(name, base / marker)
+    # without a root: said as the documented location, not this machine's expansion of it
+    raise not_found(name, (Path(f"${ENV_VAR}") / SUBFOLDERS[name][0] if root is None else base) / marker)

@@ -17,19 +17,9 @@ class Subset(Dataset):
         self.labels = np.asarray(base.labels)[self.indices]
         self.has_masks = base.has_masks
         self.paths = [base.paths[i] for i in self.indices]
+        self.mean, self.std = getattr(base, "mean", None), getattr(base, "std", None)  # None: not normalised
+        self.deterministic = getattr(base, "deterministic", True)
         self._items = [base[int(i)] for i in self.indices] if self.deterministic else None
-
-    @property
-    def mean(self):  # the base's normalisation (None: not normalised)
-        return getattr(self.base, "mean", None)
-
-    @property
-    def std(self):
-        return getattr(self.base, "std", None)
-
-    @property
-    def deterministic(self) -> bool:
-        return getattr(self.base, "deterministic", True)
 
     def __len__(self) -> int:
         return len(self.indices)
