@@ -27,8 +27,6 @@ MAX_RUNS_DRAWN = 12  # runs drawn one by one in a panel (more: the first ones, a
 show_figures_in_notebooks()
 
 
-
-
 def _label(result: RunResult) -> str:
     spec = result.spec
     what = spec.dataset if spec.normal_class is None else f"{spec.dataset} {spec.normal_class}"
@@ -69,11 +67,6 @@ def paper_vs_ours(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def _history(result: RunResult) -> pd.DataFrame | None:
-    path = result.run_dir / HISTORY
-    return pd.read_csv(path) if path.is_file() else None
-
-
 def _markdown(text: str):
     from IPython.display import Markdown  # IPython comes with the notebooks' kernel
 
@@ -111,8 +104,8 @@ def training_curves(results: Sequence[RunResult]) -> Figure:
     for (loss_ax, auroc_ax), dataset in zip(axes, datasets):
         mine = [r for r in runs if r.spec.dataset == dataset]
         for r in mine[:MAX_RUNS_DRAWN]:
-            history = _history(r)
-            if history is not None:
+            if (r.run_dir / HISTORY).is_file():
+                history = pd.read_csv(r.run_dir / HISTORY)
                 loss_ax.plot(history["epoch"], history["loss"], lw=1, label=_label(r))
             per_epoch = r.metrics["image_auroc"]["per_epoch"]
             epochs = sorted(per_epoch)
@@ -192,12 +185,9 @@ def per_group_auroc(result: RunResult) -> pd.DataFrame:
     """Image AUROC (%) of each anomalous group (MVTec: defect type) against the normal images, with counts."""
     table = scores(result)
     normal = table[table["label"] == 0]
-    rows = {}
-    for group, sub in table[table["label"] == 1].groupby("group"):
-        both = pd.concat([normal, sub])
-        rows[group] = {"images": len(sub), "AUROC (%)": round(100 * image_auroc(both["label"], both["score"]), 2)}
-    rows["all"] = {"images": int(table["label"].sum()),
-                   "AUROC (%)": round(100 * image_auroc(table["label"], table["score"]), 2)}
+    groups = {g: pd.concat([normal, sub]) for g, sub in table[table["label"] == 1].groupby("group")}
+    rows = {g: {"images": int(t["label"].sum()), "AUROC (%)": round(100 * image_auroc(t["label"], t["score"]), 2)}
+            for g, t in {**groups, "all": table}.items()}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = f"{_label(result)}: anomalous group"
     return out
