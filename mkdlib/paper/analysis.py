@@ -24,6 +24,7 @@ from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import HISTORY, SCORES
 
 MAX_RUNS_DRAWN = 12  # runs drawn one by one in a panel (more: the first ones, and the figure says so)
+NOTHING_RAN = "*No finished run here: nothing to plot (the tables say why).*"
 show_figures_in_notebooks()
 
 
@@ -73,11 +74,6 @@ def _markdown(text: str):
     return Markdown(text)
 
 
-def nothing_ran(results: Sequence[RunResult]):
-    """A Markdown line where none of `results` finished (the plots need records), else None."""
-    return None if _finished(results) else _markdown("*No finished run here: nothing to plot (the tables say why).*")
-
-
 def comparisons(tables) -> list:
     """For each table with ours in it: paper_vs_ours and its reading (Markdown), in order, for display(*...)."""
     out = []
@@ -89,7 +85,7 @@ def comparisons(tables) -> list:
 
 def per_group_aurocs(results: Sequence[RunResult]) -> list:
     """per_group_auroc of each finished run, for display(*...)."""
-    return [per_group_auroc(r) for r in _finished(results)] or [nothing_ran(results)]
+    return [per_group_auroc(r) for r in _finished(results)] or [_markdown(NOTHING_RAN)]
 
 
 def training_curves(results: Sequence[RunResult]) -> Figure:
@@ -97,7 +93,7 @@ def training_curves(results: Sequence[RunResult]) -> Figure:
     sampled cloners (the epochs the tables average over), the final one marked."""
     runs = _finished(results)
     if not runs:
-        return nothing_ran(results)
+        return _markdown(NOTHING_RAN)
     datasets = list(dict.fromkeys(r.spec.dataset for r in runs))
     fig = Figure(figsize=(10, 3.3 * len(datasets)))
     axes = fig.subplots(len(datasets), 2, squeeze=False)
@@ -198,7 +194,7 @@ def score_distributions(results: Sequence[RunResult], *, runs: int = 3) -> Figur
     ROC curve of every run (up to MAX_RUNS_DRAWN) and its AUROC."""
     done = _finished(results)
     if not done:
-        return nothing_ran(results)
+        return _markdown(NOTHING_RAN)
     shown = done[:runs]
     fig = Figure(figsize=(3.4 * (len(shown) + 1), 3.2))
     axes = fig.subplots(1, len(shown) + 1, squeeze=False)[0]
@@ -229,7 +225,7 @@ def per_split(table: pd.DataFrame, results: Sequence[RunResult]) -> Figure:
 
     runs = _finished(results)
     if not runs:
-        return nothing_ran(results)
+        return _markdown(NOTHING_RAN)
     df = table.drop(index="mean", errors="ignore")
     fig = Figure(figsize=(6.5, 0.9 + 0.5 * len(df)))
     ax = fig.subplots()

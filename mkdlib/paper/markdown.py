@@ -217,8 +217,7 @@ def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping
              "- weights:", *_kv(weights), "- hardware:", *_kv(hardware), "",
              "| item | title | profile | weights | file | csv | modified |", "|---|---|---|---|---|---|---|"]
     for md in sorted(p for p in results_dir.glob("*.md") if p.name != "README.md"):
-        first = md.read_text(encoding="utf-8").splitlines()[:1]
-        title = first[0].lstrip("#").strip() if first else ""
+        title = (md.read_text(encoding="utf-8").splitlines() or [""])[0].lstrip("#").strip()
         csv = md.with_suffix(".csv")
         mtime = datetime.fromtimestamp(md.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         csv_cell = f"[{csv.name}]({csv.name})" if csv.exists() else "—"

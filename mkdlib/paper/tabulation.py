@@ -209,8 +209,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
                         setting=name, notes=notes_below)  # written under the table by markdown.to_markdown
         df["profile"] = prof.name
-        df["weights"] = sub["weights"].reindex(df.index)
-        df["overrides"] = sub["overrides"].reindex(df.index)
+        df[["weights", "overrides"]] = sub[["weights", "overrides"]].reindex(df.index)
         out[output_name(it.id, name)] = df
     if it.summary:
         out[it.summary] = means_table(it.summary, {n: out[output_name(it.id, n)] for n in it.settings
