@@ -18,7 +18,7 @@ import pandas as pd
 from mkdlib.config import Profile, paper_config, profile_of
 from mkdlib.localization import localization_variants
 from mkdlib.paper import markdown
-from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Setting, get_item, output_name, title,
+from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, get_item, output_name, title,
                                 varied_keys)
 from mkdlib.paper.numbers import PAPER
 from mkdlib.runs.evaluation import add_localization
