@@ -221,7 +221,7 @@ def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping
         csv = md.with_suffix(".csv")
         mtime = datetime.fromtimestamp(md.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         csv_cell = f"[{csv.name}]({csv.name})" if csv.exists() else "—"
-        prof, used = _provenance(csv) if csv.exists() else ("—", "—")
+        prof, used = _provenance(csv)
         lines.append(f"| {md.stem} | {_cell(title)} | {_cell(prof)} | {_cell(used)} | [{md.name}]({md.name}) "
                      f"| {csv_cell} | {mtime} |")
     return atomic_write_text(results_dir / "README.md", "\n".join(lines) + "\n")
