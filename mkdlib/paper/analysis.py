@@ -24,9 +24,8 @@ from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import HISTORY, SCORES
 
 MAX_RUNS_DRAWN = 12  # runs drawn one by one in a panel (more: the first ones, and the figure says so)
+NOTHING_RAN = "*No finished run here: nothing to plot (the tables say why).*"
 show_figures_in_notebooks()
-
-
 
 
 def _label(result: RunResult) -> str:
@@ -69,20 +68,10 @@ def paper_vs_ours(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def _history(result: RunResult) -> pd.DataFrame | None:
-    path = result.run_dir / HISTORY
-    return pd.read_csv(path) if path.is_file() else None
-
-
 def _markdown(text: str):
     from IPython.display import Markdown  # IPython comes with the notebooks' kernel
 
     return Markdown(text)
-
-
-def nothing_ran(results: Sequence[RunResult]):
-    """A Markdown line where none of `results` finished (the plots need records), else None."""
-    return None if _finished(results) else _markdown("*No finished run here: nothing to plot (the tables say why).*")
 
 
 def comparisons(tables) -> list:
@@ -96,7 +85,7 @@ def comparisons(tables) -> list:
 
 def per_group_aurocs(results: Sequence[RunResult]) -> list:
     """per_group_auroc of each finished run, for display(*...)."""
-    return [per_group_auroc(r) for r in _finished(results)] or [nothing_ran(results)]
+    return [per_group_auroc(r) for r in _finished(results)] or [_markdown(NOTHING_RAN)]
 
 
 def training_curves(results: Sequence[RunResult]) -> Figure:
@@ -104,15 +93,15 @@ def training_curves(results: Sequence[RunResult]) -> Figure:
     sampled cloners (the epochs the tables average over), the final one marked."""
     runs = _finished(results)
     if not runs:
-        return nothing_ran(results)
+        return _markdown(NOTHING_RAN)
     datasets = list(dict.fromkeys(r.spec.dataset for r in runs))
     fig = Figure(figsize=(10, 3.3 * len(datasets)))
     axes = fig.subplots(len(datasets), 2, squeeze=False)
     for (loss_ax, auroc_ax), dataset in zip(axes, datasets):
         mine = [r for r in runs if r.spec.dataset == dataset]
         for r in mine[:MAX_RUNS_DRAWN]:
-            history = _history(r)
-            if history is not None:
+            if (r.run_dir / HISTORY).is_file():
+                history = pd.read_csv(r.run_dir / HISTORY)
                 loss_ax.plot(history["epoch"], history["loss"], lw=1, label=_label(r))
             per_epoch = r.metrics["image_auroc"]["per_epoch"]
             epochs = sorted(per_epoch)
@@ -192,12 +181,9 @@ def per_group_auroc(result: RunResult) -> pd.DataFrame:
     """Image AUROC (%) of each anomalous group (MVTec: defect type) against the normal images, with counts."""
     table = scores(result)
     normal = table[table["label"] == 0]
-    rows = {}
-    for group, sub in table[table["label"] == 1].groupby("group"):
-        both = pd.concat([normal, sub])
-        rows[group] = {"images": len(sub), "AUROC (%)": round(100 * image_auroc(both["label"], both["score"]), 2)}
-    rows["all"] = {"images": int(table["label"].sum()),
-                   "AUROC (%)": round(100 * image_auroc(table["label"], table["score"]), 2)}
+    groups = {g: pd.concat([normal, sub]) for g, sub in table[table["label"] == 1].groupby("group")}
+    rows = {g: {"images": int(t["label"].sum()), "AUROC (%)": round(100 * image_auroc(t["label"], t["score"]), 2)}
+            for g, t in {**groups, "all": table}.items()}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = f"{_label(result)}: anomalous group"
     return out
@@ -208,7 +194,7 @@ def score_distributions(results: Sequence[RunResult], *, runs: int = 3) -> Figur
     ROC curve of every run (up to MAX_RUNS_DRAWN) and its AUROC."""
     done = _finished(results)
     if not done:
-        return nothing_ran(results)
+        return _markdown(NOTHING_RAN)
     shown = done[:runs]
     fig = Figure(figsize=(3.4 * (len(shown) + 1), 3.2))
     axes = fig.subplots(1, len(shown) + 1, squeeze=False)[0]
@@ -239,7 +225,7 @@ def per_split(table: pd.DataFrame, results: Sequence[RunResult]) -> Figure:
 
     runs = _finished(results)
     if not runs:
-        return nothing_ran(results)
+        return _markdown(NOTHING_RAN)
     df = table.drop(index="mean", errors="ignore")
     fig = Figure(figsize=(6.5, 0.9 + 0.5 * len(df)))
     ax = fig.subplots()

@@ -88,16 +88,16 @@ def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.Data
     datasets)."""
     out = []
     for item, setting in FAST_ROWS:
-        beside = like_for_like(item, paper, fast)
-        frames = {}
-        for name, res in (("paper", beside), ("fast", fast)):
-            long = collect(item, res)
-            frames[name] = long[long["setting"] == setting].set_index("class")
-        costs = {"paper": _costs(item, beside), "fast": _costs(item, fast)}
-        for cls in get_item(item).rows:
+        sides = {"paper": like_for_like(item, paper, fast), "fast": fast}
+        longs = {name: collect(item, res) for name, res in sides.items()}
+        frames = {name: long[long["setting"] == setting].set_index("class") for name, long in longs.items()}
+        costs = {name: _costs(item, res) for name, res in sides.items()}
+        it = get_item(item)
+        for cls in it.rows:
             if not any(cls in f.index and f.at[cls, "n"] for f in frames.values()):
                 continue
-            row = {"item": item, "metric": get_item(item).settings[setting].metric[-1], "class": cls, "dev": (item, cls) in FAST_DEV}
+            row = {"item": item, "metric": it.settings[setting].metric[-1], "class": cls,
+                   "dev": (item, cls) in FAST_DEV}
             for name, f in frames.items():
                 for k in ("final", "mean", "std"):
                     row[f"{name}_{k}"] = f.at[cls, k] if cls in f.index else math.nan
@@ -120,9 +120,8 @@ def comparison(paper: Sequence[RunResult], fast: Sequence[RunResult]) -> pd.Data
 
 
 def comparison_markdown(df: pd.DataFrame) -> str:
-    """The comparison as a Markdown table (2 decimals; ratios to 3)."""
-    cols = FAST_COLUMNS
-
+    """The comparison as a Markdown table (2 decimals; ratios to 3), the fast schedule named from
+    config.FAST_SCHEDULES."""
     def cell(col, v):
         if isinstance(v, (bool, np.bool_)):
             return "dev" if v else ""
@@ -131,23 +130,18 @@ def comparison_markdown(df: pd.DataFrame) -> str:
                 f"{v:,.0f}" if col.endswith(("passes", "_s")) else f"{v:.2f}"
         return str(v)
 
+    spec = FAST_SCHEDULES["fast"]
+    schedule = (f"{Fraction(spec['fraction']).limit_denominator(10)} of the paper's epochs, warm-up + "
+                f"{spec['schedule']} lr from a peak of {spec['lr']:g}")
     lines = ["# The fast profile beside the paper's", "",
-             f"AUROC in %; `fast` is ours ({_schedule_words()}), `paper` the faithful protocol. diff = fast "
+             f"AUROC in %; `fast` is ours ({schedule}), `paper` the faithful protocol. diff = fast "
              "final − paper final; `runs`: the runs behind each side (seeds: a row of several is compared on "
              "the seeds both finished). Passes and seconds are per run, as each run recorded them (training "
              "only; the machines and threads of the sessions that ran them differ: see each run's env.json). "
              "`dev`: rows whose test sets chose the schedule.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(c, r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+             "| " + " | ".join(FAST_COLUMNS) + " |", "|" + "---|" * len(FAST_COLUMNS)]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in FAST_COLUMNS) + " |" for _, r in df.iterrows()]
     return "\n".join(lines) + "\n"
-
-
-def _schedule_words() -> str:
-    """The fast schedule in words, from config.FAST_SCHEDULES (e.g. "2/5 of the paper's epochs, warm-up +
-    cosine lr to 0.01")."""
-    spec = FAST_SCHEDULES["fast"]
-    return (f"{Fraction(spec['fraction']).limit_denominator(10)} of the paper's epochs, warm-up + "
-            f"{spec['schedule']} lr from a peak of {spec['lr']:g}")
 
 
 def save_comparison(df: pd.DataFrame, results_dir: str | Path) -> tuple[Path, Path]:

@@ -37,10 +37,10 @@ def means_figure_for(figure: str, tabs: Mapping[str, pd.DataFrame]) -> Figure:
     return means_figure(panels, title(figure) + "".join(f" [profile {p}: NOT paper numbers]" for p in sorted(profiles)))
 
 
-def example_maps(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu"):
-    """(images in [0, 1], masks, maps, titles) of n test images of a finished run, for heatmap figures:
-    one anomalous image per defect type where there are masks (Figs. 1 and 6), else normal images
-    (Fig. 1's MNIST and CIFAR-10 rows: 'normal features')."""
+def heatmap_figure(result: RunResult, n: int = 3, *, device: str = "cpu") -> Figure:
+    """Figure 6 style rows (image, ground truth, gradient map) for n test images of a finished run: one
+    anomalous image per defect type where there are masks (Figs. 1 and 6), else normal images (Fig. 1's
+    MNIST and CIFAR-10 rows: 'normal features')."""
     _, cfg, source, cloner = load_model(result.run_dir, device=device)
     test = load_data(result.spec, cfg, split="test")
     labels, kinds = np.asarray(test.labels), [Path(p).parent.name for p in test.paths]
@@ -54,17 +54,11 @@ def example_maps(result: RunResult, n: int = 3, *, method: str = GRADIENTS, devi
     items = [test[i] for i in pick]
     x = torch.stack([item["image"] for item in items])  # (n, 3, H, W) network input
     gen = torch.Generator(torch.device(device)).manual_seed(result.spec.seed)
-    maps = localize(x.to(device), source, cloner, score_loss(cfg), method=method, generator=gen)
+    maps = localize(x.to(device), source, cloner, score_loss(cfg), method=GRADIENTS, generator=gen)
     masks = np.stack([item["mask"][0].numpy() if "mask" in item else np.zeros(x.shape[2:]) for item in items])
     name = result.spec.normal_class if result.spec.normal_class is not None else result.spec.dataset
     titles = [f"{name}: {kinds[i] if test.has_masks else 'normal'}" for i in pick]
-    return for_display(test, x), masks, maps, titles
-
-
-def heatmap_figure(result: RunResult, n: int = 3, *, method: str = GRADIENTS, device: str = "cpu") -> Figure:
-    """Figure 6 style rows (image, ground truth, map) for n test images of a finished run."""
-    images, masks, maps, titles = example_maps(result, n, method=method, device=device)
-    return heatmap_rows(images, masks, maps, titles=titles)
+    return heatmap_rows(for_display(test, x), masks, maps, titles=titles)
 
 
 def save_heatmaps(figure: str, results: Iterable[RunResult], results_dir: str | Path, *, n: int = 3,

@@ -30,23 +30,10 @@ def not_run(path: str | Path) -> str:
     return f"not run: {path}"
 
 
-def _ours_frame(ours: pd.DataFrame) -> pd.DataFrame:
-    """`ours` (index: class; columns final and optionally mean, std; AUROC in %) as floats indexed by str."""
-    unknown = set(ours.columns) - {"final", "mean", "std"}
-    if unknown or "final" not in ours.columns:
-        raise ValueError(f"ours needs column 'final' (and optionally 'mean', 'std'); got {list(ours.columns)}")
-    df = ours.reindex(columns=["final", "mean", "std"]).astype(float)
-    df.index = df.index.map(str)
-    auroc = df[["final", "mean"]].to_numpy().ravel()
-    if ((auroc < 0) | (auroc > 100)).any():  # NaN compares False: not run
-        raise ValueError("AUROC values outside [0, 100]: ours is in %")
-    return df
-
-
 def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None,
                      notes: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Paper vs ours (a frame as `_ours_frame` takes it, in %) for one paper item and column (default: the
-    paper's method column).
+    """Paper vs ours (index: class; columns final and optionally mean, std; AUROC in %) for one paper item
+    and column (default: the paper's method column).
 
     Rows are the paper table's classes (or ours' classes, for a table printing only means), then a
     "mean" row when the paper prints a mean: mean over classes of each column, with the paper's
@@ -56,7 +43,13 @@ def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None
     col = column or t.default_column
     if col not in t.columns:
         raise KeyError(f"{item} has no column {col!r}; columns: {t.columns}")
-    o = _ours_frame(ours)
+    if set(ours.columns) - {"final", "mean", "std"} or "final" not in ours.columns:
+        raise ValueError(f"ours needs column 'final' (and optionally 'mean', 'std'); got {list(ours.columns)}")
+    o = ours.reindex(columns=["final", "mean", "std"]).astype(float)
+    o.index = o.index.map(str)
+    auroc = o[["final", "mean"]].to_numpy().ravel()
+    if ((auroc < 0) | (auroc > 100)).any():  # NaN compares False: not run
+        raise ValueError("AUROC values outside [0, 100]: ours is in %")
     notes = dict(notes or {})
     classes = t.classes or list(o.index)
     extra = (set(o.index) | set(notes)) - set(classes)
@@ -70,9 +63,7 @@ def comparison_table(item: str, ours: pd.DataFrame, *, column: str | None = None
     if independent:
         df["paddle"] = [independent.get(c) for c in classes]
     df["paper_pm"] = [t.spread.get(c, {}).get(col) for c in classes]
-    df["ours_final"] = o["final"].reindex(classes)
-    df["ours_mean"] = o["mean"].reindex(classes)
-    df["ours_std"] = o["std"].reindex(classes)
+    df[["ours_final", "ours_mean", "ours_std"]] = o.reindex(classes).to_numpy()
     num = columns[:-1]
     df[num] = df[num].astype(float)
     df["diff"] = df["ours_final"] - df["paper"]
@@ -226,12 +217,11 @@ def write_index(results_dir: str | Path, *, profile: str, weights: str | Mapping
              "- weights:", *_kv(weights), "- hardware:", *_kv(hardware), "",
              "| item | title | profile | weights | file | csv | modified |", "|---|---|---|---|---|---|---|"]
     for md in sorted(p for p in results_dir.glob("*.md") if p.name != "README.md"):
-        first = md.read_text(encoding="utf-8").splitlines()[:1]
-        title = first[0].lstrip("#").strip() if first else ""
+        title = (md.read_text(encoding="utf-8").splitlines() or [""])[0].lstrip("#").strip()
         csv = md.with_suffix(".csv")
         mtime = datetime.fromtimestamp(md.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         csv_cell = f"[{csv.name}]({csv.name})" if csv.exists() else "—"
-        prof, used = _provenance(csv) if csv.exists() else ("—", "—")
+        prof, used = _provenance(csv)
         lines.append(f"| {md.stem} | {_cell(title)} | {_cell(prof)} | {_cell(used)} | [{md.name}]({md.name}) "
                      f"| {csv_cell} | {mtime} |")
     return atomic_write_text(results_dir / "README.md", "\n".join(lines) + "\n")

@@ -33,17 +33,15 @@ def _as_text(kind: str, value: str | Path) -> str:
     return str(value) if kind == "markdown" else f"[figure] {value}"
 
 
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None
-
-
 def _show(kind: str, value: str | Path) -> None:
     """Markdown text or an image file: displayed in a notebook, printed (text, path) elsewhere."""
-    if not _in_notebook():
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None:
         print(_as_text(kind, value), flush=True)
         return
     from IPython.display import Image, Markdown, display
@@ -127,12 +125,11 @@ def _figures(out: Reproduction, device: str) -> None:
         if key in HEATMAPS:
             n, shown = HEATMAPS[key]
             saved = figures.save_heatmaps(key, out.results, out.results_dir, n=n, device=device)
-            out.figures += saved
-            out.shown_figures += saved[:shown]
         else:
-            path = save_figure(figures.means_figure_for(key, out.tables), out.results_dir / "figures" / f"{key}.png")
-            out.figures.append(path)
-            out.shown_figures.append(path)
+            figure = figures.means_figure_for(key, out.tables)
+            saved, shown = [save_figure(figure, out.results_dir / "figures" / f"{key}.png")], 1
+        out.figures += saved
+        out.shown_figures += saved[:shown]
 
 
 def reproduce(notebook: str, *, profile: str = "paper", results_dir: str | Path | None = None,

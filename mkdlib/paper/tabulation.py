@@ -18,7 +18,7 @@ import pandas as pd
 from mkdlib.config import Profile, paper_config, profile_of
 from mkdlib.localization import localization_variants
 from mkdlib.paper import markdown
-from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, Setting, get_item, output_name, title,
+from mkdlib.paper.items import (AU_PRO, PAPER_PIXEL, PIXEL_AUROC, Item, get_item, output_name, title,
                                 varied_keys)
 from mkdlib.paper.numbers import PAPER
 from mkdlib.runs.evaluation import add_localization
@@ -33,32 +33,30 @@ PIXEL_LABELS = {
 }
 
 
-def _norm(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def _same(spec: RunSpec, config: Mapping[str, Any], keys: Iterable[str]) -> bool:
+    """Whether the run used `config`'s value of every key in `keys` (an override, else the paper's value for
+    the run's dataset)."""
+    default = paper_config(spec.dataset)
 
+    def value(cfg: Mapping[str, Any], key: str) -> Any:
+        v = cfg[key] if key in cfg else getattr(default, key)
+        return tuple(v) if isinstance(v, list) else v
 
-def _effective(spec: RunSpec, key: str) -> Any:
-    """A config value as the run used it: its override, else the paper's value for its dataset."""
-    return _norm(spec.config[key] if key in spec.config else getattr(paper_config(spec.dataset), key))
+    return all(value(spec.config, k) == value(config, k) for k in keys)
 
 
 def row_of(item: str | Item, spec: RunSpec) -> str | None:
     """The row of item a run belongs to (same dataset, class and row-specific config), or None."""
     it = get_item(item)
     keys = {k for r in it.rows.values() for k in r.config}
-    default = paper_config(spec.dataset)
-    for name, row in it.rows.items():
-        if (row.dataset == spec.dataset and str(row.normal_class) == str(spec.normal_class)
-                and all(_effective(spec, k) == _norm(row.config.get(k, getattr(default, k))) for k in keys)):
-            return name
-    return None
+    return next((name for name, row in it.rows.items() if row.dataset == spec.dataset
+                 and str(row.normal_class) == str(spec.normal_class) and _same(spec, row.config, keys)), None)
 
 
-def _matches(it: Item, s: Setting, spec: RunSpec) -> bool:
-    """The run has the setting's value of every config key that the item's settings vary."""
-    default = paper_config(spec.dataset)
-    return all(_effective(spec, k) == _norm(s.config.get(k, getattr(default, k)))
-               for k in {k for x in it.settings.values() for k in x.config})
+def _settings_of(it: Item, spec: RunSpec) -> list[str]:
+    """The settings of it a run belongs to: it has their value of every config key the item's settings vary."""
+    keys = {k for s in it.settings.values() for k in s.config}
+    return [name for name, s in it.settings.items() if _same(spec, s.config, keys)]
 
 
 def _metric(metrics: Mapping, path: tuple[str, ...]) -> tuple[float, float, float]:
@@ -86,21 +84,14 @@ def supported(method: str) -> bool:
     return method in localization_variants()
 
 
-def _missing_maps_note(method: str) -> str:
-    if not supported(method):
-        return f"not run: localisation method {method!r} is not implemented (RunSpec.localization)"
-    return f"not run: no {method!r} maps in the run (call tabulation.add_maps)"
-
-
 def add_maps(item: str | Item, results: Sequence[RunResult], *, device: str = "cpu",
              progress: bool = True) -> list[RunResult]:
     """Add to each finished run of item the maps its settings read and the run lacks
     (evaluation.add_localization; methods mkdlib does not implement are left out and noted)."""
     it, out = get_item(item), []
     for res in results:
-        row = row_of(it, res.spec) if res.ok else None
-        need = {m for s in it.settings.values() if row is not None and _matches(it, s, res.spec)
-                for m in s.localization}
+        ours = _settings_of(it, res.spec) if res.ok and row_of(it, res.spec) is not None else []
+        need = {m for name in ours for m in it.settings[name].localization}
         missing = sorted(m for m in need if supported(m) and m not in res.metrics.get("pixel", {}))
         if missing:
             try:
@@ -126,12 +117,6 @@ def _weights(result: RunResult) -> str:
     return describe_weights(str(recorded), sha)
 
 
-def overrides_of(spec: RunSpec, exclude: Iterable[str] = ()) -> str:
-    """The run's MKDConfig overrides of what it trains outside `exclude`, as "key=value, ..." ("" for none)."""
-    skip = set(exclude)
-    return ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items()) if k not in skip)
-
-
 def precision_of(result: RunResult) -> str:
     """Where a finished run computed in bf16, from the execution its spec.json recorded ("" for fp32)."""
     recorded = recorded_execution(result.run_dir) if result.run_dir is not None else {}
@@ -140,8 +125,10 @@ def precision_of(result: RunResult) -> str:
     return "bf16 scoring" if recorded.get("bf16_inference") else ""
 
 
-def _overrides(result: RunResult, exclude: Iterable[str]) -> str:
-    return ", ".join(t for t in (overrides_of(result.spec, exclude), precision_of(result)) if t)
+def _overrides(result: RunResult, exclude: set[str]) -> str:
+    """The run's MKDConfig overrides outside `exclude` ("key=value, ...") and where it computed in bf16."""
+    config = ", ".join(f"{k}={v!r}" for k, v in sorted(result.spec.config.items()) if k not in exclude)
+    return ", ".join(t for t in (config, precision_of(result)) if t)
 
 
 def _row_overrides(per_run: list[str]) -> str:
@@ -166,9 +153,8 @@ def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable
     found: dict[tuple[str, str], dict[int, RunResult]] = {}
     for res in results:
         row = row_of(it, res.spec)
-        for name, s in it.settings.items():
-            if row is not None and _matches(it, s, res.spec):
-                found.setdefault((name, row), {}).setdefault(res.spec.seed, res)  # one run per seed
+        for name in _settings_of(it, res.spec) if row is not None else []:
+            found.setdefault((name, row), {}).setdefault(res.spec.seed, res)  # one run per seed
     out = []
     for (name, row), by_seed in sorted(found.items(), key=lambda kv: (list(it.settings).index(kv[0][0]),
                                                                        list(it.rows).index(kv[0][1]))):
@@ -177,7 +163,9 @@ def collect(item: str | Item, results: Iterable[RunResult], *, exclude: Iterable
         failed = [failure_note(r) for r in runs if not r.ok]
         path = it.settings[name].metric
         if path[0] == "pixel" and any(path[1] not in r.metrics.get("pixel", {}) for r in ok):
-            failed += [_missing_maps_note(path[1])] * len(ok)
+            failed += [f"not run: localisation method {path[1]!r} is not implemented (RunSpec.localization)"
+                       if not supported(path[1]) else
+                       f"not run: no {path[1]!r} maps in the run (call tabulation.add_maps)"] * len(ok)
             ok = []
         values = np.array([_metric(r.metrics, path) for r in ok]).reshape(-1, 3)  # (n runs, 3)
         final = mean = std = math.nan
@@ -221,8 +209,7 @@ def tables(item: str | Item, results: Iterable[RunResult], *, profile: str,
         df.attrs.update(title=_title(df.attrs["title"], s.label, prof), metric=metric, profile=prof.name,
                         setting=name, notes=notes_below)  # written under the table by markdown.to_markdown
         df["profile"] = prof.name
-        df["weights"] = sub["weights"].reindex(df.index)
-        df["overrides"] = sub["overrides"].reindex(df.index)
+        df[["weights", "overrides"]] = sub[["weights", "overrides"]].reindex(df.index)
         out[output_name(it.id, name)] = df
     if it.summary:
         out[it.summary] = means_table(it.summary, {n: out[output_name(it.id, n)] for n in it.settings
