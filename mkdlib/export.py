@@ -18,12 +18,11 @@ from mkdlib import __version__
 from mkdlib.calibration import DECISION, IMAGE_RULE
 from mkdlib.datasets import IMAGENET_MEAN, IMAGENET_STD
 from mkdlib.datasets.factory import imagenet_normalised
-from mkdlib.detector import Detector
+from mkdlib.detector import Detector, Threshold, check_percentile, check_threshold
 from mkdlib.io_utils import atomic_write_text, file_sha256
 from mkdlib.losses import MKDLoss
 from mkdlib.outputs import check_output, output_folder
 from mkdlib.runs.loading import final_cloner_file
-from mkdlib.thresholds import Threshold, check_percentile, check_threshold
 from mkdlib.weights import weights_sha256
 
 MODEL, SIDECAR, EXPORT_DIR = "model.onnx", "model.json", "export"
@@ -73,13 +72,12 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weigh
                 opset: int = OPSET, threshold: float | None = None, percentile: float | None = None) -> Path:
     """Write out_dir/model.onnx and its sidecar out_dir/model.json (default out_dir: <run>/export, replaced
     whole; another folder only if mkdlib wrote it). The threshold: the run's active one, or a raw value, or a
-    percentile of the training scores (thresholds.py). Returns the model's path."""
+    percentile of the training scores (detector.py). Returns the model's path."""
     try:
         import onnx
     except ModuleNotFoundError:
         raise ModuleNotFoundError("mkd export needs the onnx package: pip install 'mkdlib[onnx]'") from None
-    threshold = None if threshold is None else check_threshold(threshold)  # before any work
-    percentile = None if percentile is None else check_percentile(percentile)
+    threshold, percentile = check_threshold(threshold), check_percentile(percentile)  # before any work
     default = out_dir is None
     if not default:
         check_output(out_dir, protect=[run_dir])

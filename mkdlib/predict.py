@@ -5,7 +5,7 @@ error), a figure per image, and with save_maps the maps as .npy.
 pred_score is the raw score (the MKD loss over the score layers, paper sec. 3.3) normalised with the threshold
 in use at 0.5 (calibration.py): an image is anomalous when pred_score exceeds 0.5, i.e. when its raw score
 exceeds the threshold (the run's active one, by default the 99th percentile of the training images' scores;
-a percentile, or a user's value: thresholds.py). Maps are the run's localisation maps on its fixed scale
+a percentile, or a user's value: detector.py). Maps are the run's localisation maps on its fixed scale
 (calibrated on its training images), so a good image's map looks cooler than a broken one's; pixels above 0.5
 are the predicted mask. `evaluation_figures` draws the same figures for a run's own labelled test set.
 """
@@ -25,15 +25,14 @@ from tqdm.auto import tqdm
 from mkdlib import __version__
 from mkdlib.calibration import DECISION
 from mkdlib.datasets.base import AspectNote, for_display
-from mkdlib.detector import CHUNK, Detector, Predictions
+from mkdlib.detector import (CHUNK, Detector, Item, Predictions, Threshold, check_method, check_percentile,
+                             check_threshold, image_files)
 from mkdlib.features import image_loader
-from mkdlib.inputs import Item, image_files
 from mkdlib.io_utils import atomic_write_bytes, atomic_write_text
-from mkdlib.localization import GRADIENTS, METHODS
+from mkdlib.localization import GRADIENTS
 from mkdlib.outputs import check_output, output_folder
 from mkdlib.plots import decision_figure, save_figure
 from mkdlib.runs.loading import load_data
-from mkdlib.thresholds import Threshold, check_percentile, check_threshold
 
 CSV_NAME, JSON_NAME, HEATMAP_DIR, MAP_DIR, FIGURE_DIR = ("predictions.csv", "predictions.json", "heatmaps", "maps",
                                                          "figures")
@@ -75,12 +74,10 @@ def predict(run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Pat
     of the training images' scores. weights: the source weights file here (checked against the run's
     SHA-256). The folder is replaced whole, atomically, and only if mkdlib wrote it (outputs.py: never the
     input images, the run, or a user's folder). ValueError when no image could be read."""
-    if method not in METHODS:
-        raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
+    check_method(method)
     if threshold is not None and percentile is not None:
         raise ValueError("give --threshold or --percentile, not both")
-    threshold = None if threshold is None else check_threshold(threshold)  # before any work
-    percentile = None if percentile is None else check_percentile(percentile)
+    threshold, percentile = check_threshold(threshold), check_percentile(percentile)  # before any work
     protect = [*paths, run_dir]
     check_output(out_dir, protect=protect)  # before the run is loaded or any image read
     files = image_files(paths)
@@ -164,8 +161,7 @@ def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *
     masks) | map on the run's fixed scale | predicted mask, titled with the score, the decision and
     the truth. Written to out_dir (default <run>/figures/), replaced whole if mkdlib wrote it (outputs.py);
     returns the folder."""
-    if method not in METHODS:
-        raise ValueError(f"unknown localization method {method!r}; valid: {list(METHODS)}")
+    check_method(method)
     default = out_dir is None
     if not default:
         check_output(out_dir, protect=[run_dir])

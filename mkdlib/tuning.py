@@ -7,27 +7,63 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mkdlib.calibration import DECISION, at_threshold
-from mkdlib.calibration_file import DEFAULT, read_calibration, write_calibration
 from mkdlib.datasets import DatasetNotFoundError
 from mkdlib.datasets.base import resize_to_uint8
 from mkdlib.datasets.errors import MissingMaskError
 from mkdlib.datasets.io import match_masks, open_image, open_mask
-from mkdlib.detector import Detector
-from mkdlib.inputs import image_files
+from mkdlib.decisions import DEFAULT, read_calibration, write_calibration
+from mkdlib.detector import F1_RULE, Detector, active_threshold, default_threshold, image_files
 from mkdlib.localization import GRADIENTS
 from mkdlib.runs.evaluation import portable_path
 from mkdlib.runs.loading import load_data
 from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import SCORES, RunError, RunLock, load_run
-from mkdlib.thresholds import active_threshold, add_version, best_f1, default_threshold, use_version
 
 SHOWN = 3  # refused files named in a message; the rest are counted
+
+
+def best_f1(raw_scores, anomalous) -> dict:
+    """The threshold with the best image F1 on labelled scores (anomalous positive; decision raw > threshold),
+    with its precision, recall and counts. Candidates lie halfway between consecutive distinct scores (and
+    halfway between 0 and the lowest): a margin on both sides. Ties: the higher precision, then the higher
+    threshold (fewer false alarms on good images not seen here)."""
+    raw, truth = np.asarray(raw_scores, dtype=np.float64), np.asarray(anomalous, dtype=bool)
+    if truth.all() or not truth.any():
+        raise ValueError(f"a threshold needs good and anomalous images: got {int((~truth).sum())} good and "
+                         f"{int(truth.sum())} anomalous")
+    levels = np.unique(np.concatenate([[0.0], raw]))
+    candidates = (levels[:-1] + levels[1:]) / 2
+    good, bad = np.sort(raw[~truth]), np.sort(raw[truth])
+    tp = len(bad) - np.searchsorted(bad, candidates, side="right")
+    fp = len(good) - np.searchsorted(good, candidates, side="right")
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    recall = tp / len(bad)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    best = np.lexsort((candidates, precision, f1))[-1]  # the last key sorts first
+    t, p_, n = int(tp[best]), int(fp[best]), len(bad)
+    return {"threshold": float(candidates[best]), "f1": float(f1[best]), "precision": float(precision[best]),
+            "recall": float(recall[best]), "tp": t, "fp": p_, "tn": len(good) - p_, "fn": n - t,
+            "n_good": len(good), "n_anomalous": n, "rule": F1_RULE}
+
+
+def add_version(cal: dict, entry: dict) -> str:
+    """Add a threshold version to `cal` (in place) under a new name, f1-<UTC date>-<n>, and make it active;
+    the default under "image" is kept as it is. Returns the name."""
+    now = datetime.now(timezone.utc)
+    day = now.strftime("%Y-%m-%d")
+    versions = cal.setdefault("thresholds", {})
+    taken = [int(n) for name in versions if name.startswith(f"f1-{day}-") and (n := name[len(day) + 4:]).isdigit()]
+    name = f"f1-{day}-{max(taken, default=0) + 1}"
+    versions[name] = {**entry, "created": now.isoformat(timespec="seconds")}
+    cal["active"] = name
+    return name
 
 
 def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str | Path], *,
@@ -150,7 +186,11 @@ def use_threshold(run_dir: str | Path, name: str) -> str:
         if "image" not in cal:
             raise RunError(f"{run_dir} has no calibration yet: `mkd predict` computes its default threshold, "
                            "`mkd calibrate --good ... --anomalous ...` sets one")
-        use_version(cal, name)
+        names = [DEFAULT, *cal.get("thresholds", {})]
+        if name not in names:
+            raise ValueError(f"no threshold named {name!r} in this run's calibration; its thresholds: "
+                             f"{', '.join(names)}")
+        cal["active"] = name
         write_calibration(run_dir, cal)
     chosen = active_threshold(cal)
     return f"active threshold of {run_dir}: {chosen.name} (raw score {chosen.value:.6g}; {chosen.source})"
