@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mkdlib import __version__
-from mkdlib.calibration import DECISION, IMAGE_RULE
+from mkdlib.calibration import DECISION, IMAGE_RULE, span
 from mkdlib.datasets import IMAGENET_MEAN, IMAGENET_STD
 from mkdlib.datasets.factory import imagenet_normalised
 from mkdlib.detector import Detector, Threshold, check_percentile, check_threshold
@@ -60,11 +60,9 @@ class ScoreGraph(nn.Module):
 def score_graph(detector: Detector, threshold: Threshold) -> ScoreGraph:
     """The detector's scorer with `threshold` at 0.5 on pred_score, in eval mode on the CPU."""
     image, spec = detector.calibration["image"], detector.result.spec
-    span = image["threshold"] - image["min"]
-    span = span if span > 0 else max(abs(image["threshold"]), 1e-12)  # as calibration.normalize_scores
     graph = ScoreGraph(detector.source, detector.cloner, detector.loss, grey=bool(detector.grey),
                        normalise=imagenet_normalised(spec.dataset, detector.imagenet_norm), threshold=threshold.value,
-                       low=image["min"], span=span)
+                       low=image["min"], span=span(image))
     return graph.eval().cpu()
 
 
@@ -78,15 +76,14 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weigh
     except ModuleNotFoundError:
         raise ModuleNotFoundError("mkd export needs the onnx package: pip install 'mkdlib[onnx]'") from None
     threshold, percentile = check_threshold(threshold), check_percentile(percentile)  # before any work
-    default = out_dir is None
-    if not default:
-        check_output(out_dir, protect=[run_dir])
+    ours = out_dir is None  # the run's own export/ only mkdlib writes
+    out_dir = Path(run_dir).expanduser() / EXPORT_DIR if ours else Path(out_dir).expanduser()
+    check_output(out_dir, protect=[run_dir], ours=ours)
     detector = Detector.from_run(run_dir, weights=weights, device="cpu")
     chosen = detector.threshold_for(threshold, percentile)
     graph = score_graph(detector, chosen)
     size = detector.image_size
-    out_dir = detector.result.run_dir / EXPORT_DIR if default else Path(out_dir).expanduser()
-    with output_folder(out_dir, writer="mkd export", protect=[] if default else [run_dir], ours=default) as out:
+    with output_folder(out_dir, writer="mkd export", protect=[run_dir], ours=ours) as out:
         with warnings.catch_warnings():
             # The TorchScript-based exporter (dynamo=False) is deprecated but needs no onnxscript; MKDLoss's shape
             # check is traced once as a constant, which is right: the shapes are fixed by the architecture.

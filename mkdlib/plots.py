@@ -125,9 +125,9 @@ def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -
 NOTEBOOK_DPI = 80  # figures displayed in notebooks: legible, and an executed notebook stays small
 
 
-def _png(fig: Figure) -> bytes:
+def _encoded(fig: Figure, format: str = "png", dpi: int = NOTEBOOK_DPI) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=NOTEBOOK_DPI)
+    fig.savefig(buffer, format=format, dpi=dpi)
     return buffer.getvalue()
 
 
@@ -140,12 +140,10 @@ def show_figures_in_notebooks() -> None:
         return
     shell = get_ipython()
     if shell is not None:
-        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _encoded)
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
     """Write `fig` to `path` (format from the suffix, e.g. .png or .pdf) atomically."""
     path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, _encoded(fig, path.suffix.lstrip(".") or "png", dpi))

@@ -162,15 +162,13 @@ def evaluation_figures(run_dir: str | Path, out_dir: str | Path | None = None, *
     the truth. Written to out_dir (default <run>/figures/), replaced whole if mkdlib wrote it (outputs.py);
     returns the folder."""
     check_method(method)
-    default = out_dir is None
-    if not default:
-        check_output(out_dir, protect=[run_dir])
+    ours = out_dir is None  # the run's own figures/ only mkdlib writes
+    out_dir = Path(run_dir).expanduser() / FIGURE_DIR if ours else Path(out_dir).expanduser()
+    check_output(out_dir, protect=[run_dir], ours=ours)
     detector = Detector.from_run(run_dir, weights=weights, device=device, method=method)
     test = load_data(detector.result.spec, detector.cfg, split="test")
     masks, labels, generator = test.masks, np.asarray(test.labels), detector.generator()
-    out_dir = detector.result.run_dir / FIGURE_DIR if default else Path(out_dir).expanduser()
-    with output_folder(out_dir, writer="mkd evaluate --figures", protect=[] if default else [run_dir],
-                       ours=default) as out:
+    with output_folder(out_dir, writer="mkd evaluate --figures", protect=[run_dir], ours=ours) as out:
         done = 0
         for x in tqdm(image_loader(test, CHUNK), desc="figures", unit="chunk", disable=not progress):
             normalised = detector.normalised(detector.raw_scores(x))
