@@ -67,19 +67,15 @@ def read_calibration(run_dir: str | Path) -> dict:
     if not path.is_file():
         return {}
     cal = read_json(path, ADVICE)
-    recorded = cal.get(DIGEST)
-    if recorded is not None and recorded != _digest_or_none(cal):
+    try:
+        changed = cal.get(DIGEST) is not None and cal[DIGEST] != digest(cal)
+    except (TypeError, ValueError):  # NaN or values JSON cannot hold: not what mkdlib wrote
+        changed = True
+    if changed:
         raise RunError(f"{path} was changed after mkdlib wrote it (its content no longer matches the SHA-256 "
                        f"it holds); {ADVICE}")
     check_values(cal, path)
     return cal
-
-
-def _digest_or_none(cal: dict) -> str | None:
-    try:
-        return digest(cal)
-    except (TypeError, ValueError):  # NaN or values JSON cannot hold: not what mkdlib wrote
-        return None
 
 
 def _number(value, what: str, path: Path, *, low: float | None = None, positive: bool = False) -> float:
@@ -117,11 +113,6 @@ def check_values(cal: dict, path: Path) -> None:
         if not math.isclose(scale, (pixel - offset) / DECISION, rel_tol=1e-6):
             raise RunError(f"{path} holds maps.{method}.scale {scale!r}, not 2 * (pixel_threshold - offset) = "
                            f"{(pixel - offset) / DECISION!r}; {ADVICE}")
-    _check_thresholds(cal, path)
-
-
-def _check_thresholds(cal: dict, path: Path) -> None:
-    """The versioned thresholds `mkd calibrate` adds, and which one is active."""
     versions = cal.get("thresholds", {})
     if not isinstance(versions, dict):
         raise RunError(f"{path} holds \"thresholds\" that is not an object; {ADVICE}")

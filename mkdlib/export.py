@@ -20,7 +20,6 @@ from mkdlib.datasets import IMAGENET_MEAN, IMAGENET_STD
 from mkdlib.datasets.factory import imagenet_normalised
 from mkdlib.detector import Detector, Threshold, check_percentile, check_threshold
 from mkdlib.io_utils import atomic_write_text, file_sha256
-from mkdlib.losses import MKDLoss
 from mkdlib.outputs import check_output, output_folder
 from mkdlib.runs.loading import final_cloner_file
 from mkdlib.weights import weights_sha256
@@ -33,13 +32,16 @@ LUMA = (299.0, 587.0, 114.0)  # ITU-R 601 in thousandths, as datasets.base.grey_
 
 
 class ScoreGraph(nn.Module):
-    """The detection scorer as one forward graph: images in [0, 1] -> (raw_score, pred_score), each (N,)."""
+    """A detector's scorer as one forward graph, `threshold` at 0.5 on pred_score: images in [0, 1] ->
+    (raw_score, pred_score), each (N,)."""
 
-    def __init__(self, source: nn.Module, cloner: nn.Module, loss: MKDLoss, *, grey: bool, normalise: bool,
-                 threshold: float, low: float, span: float) -> None:
+    def __init__(self, detector: Detector, threshold: Threshold) -> None:
         super().__init__()
-        self.source, self.cloner, self.loss, self.grey, self.normalise = source, cloner, loss, grey, normalise
-        self.threshold, self.low, self.span = float(threshold), float(low), float(span)
+        image = detector.calibration["image"]
+        self.source, self.cloner, self.loss = detector.source, detector.cloner, detector.loss
+        self.grey = bool(detector.grey)
+        self.normalise = imagenet_normalised(detector.result.spec.dataset, detector.imagenet_norm)
+        self.threshold, self.low, self.span = float(threshold.value), float(image["min"]), float(span(image))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1))
@@ -57,15 +59,6 @@ class ScoreGraph(nn.Module):
         return raw, pred
 
 
-def score_graph(detector: Detector, threshold: Threshold) -> ScoreGraph:
-    """The detector's scorer with `threshold` at 0.5 on pred_score, in eval mode on the CPU."""
-    image, spec = detector.calibration["image"], detector.result.spec
-    graph = ScoreGraph(detector.source, detector.cloner, detector.loss, grey=bool(detector.grey),
-                       normalise=imagenet_normalised(spec.dataset, detector.imagenet_norm), threshold=threshold.value,
-                       low=image["min"], span=span(image))
-    return graph.eval().cpu()
-
-
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weights: str | Path | None = None,
                 opset: int = OPSET, threshold: float | None = None, percentile: float | None = None) -> Path:
     """Write out_dir/model.onnx and its sidecar out_dir/model.json (default out_dir: <run>/export, replaced
@@ -81,7 +74,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weigh
     check_output(out_dir, protect=[run_dir], ours=ours)
     detector = Detector.from_run(run_dir, weights=weights, device="cpu")
     chosen = detector.threshold_for(threshold, percentile)
-    graph = score_graph(detector, chosen)
+    graph = ScoreGraph(detector, chosen).eval().cpu()
     size = detector.image_size
     with output_folder(out_dir, writer="mkd export", protect=[run_dir], ours=ours) as out:
         with warnings.catch_warnings():

@@ -79,17 +79,6 @@ def _stale(entry: Path, name: str) -> bool:
     return False
 
 
-def remove_stale(out: Path) -> list[Path]:
-    """Remove the temporary folders killed processes left beside `out`; returns them."""
-    removed = []
-    if out.parent.is_dir():
-        for entry in out.parent.glob(f".{out.name}.tmp-*"):
-            if _stale(entry, out.name):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-    return removed
-
-
 @contextmanager
 def output_folder(out: str | Path, *, writer: str, protect: Iterable[str | Path] = (),
                   ours: bool = False) -> Iterator[Path]:
@@ -98,7 +87,9 @@ def output_folder(out: str | Path, *, writer: str, protect: Iterable[str | Path]
     protect = list(protect)
     out = check_output(out, protect=protect, ours=ours)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
+    for entry in out.parent.glob(f".{out.name}.tmp-*"):  # left by killed processes
+        if _stale(entry, out.name):
+            shutil.rmtree(entry, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         atomic_write_text(tmp / MARKER, f"written by {writer}; replaced whole by the next {writer}\n")

@@ -61,13 +61,12 @@ def heatmap_rows(images, masks: np.ndarray, maps: np.ndarray, *, titles: Sequenc
         axes[row, 1].imshow(mask, cmap="gray", vmin=0, vmax=1)
         axes[row, 2].imshow(image)
         axes[row, 2].imshow(heat_overlay(score, threshold))
-        for col, ax in enumerate(axes[row]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(COLUMNS[col])
         if titles is not None:
             axes[row, 0].set_ylabel(titles[row])
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+    for ax, name in zip(axes[0], COLUMNS):
+        ax.set_title(name)
     fig.tight_layout()
     return fig
 

@@ -5,7 +5,6 @@ With masks, the pixel F1 of the maps on the run's fixed scale (> 0.5) is reporte
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from mkdlib.datasets.errors import MissingMaskError
 from mkdlib.datasets.io import match_masks, open_image, open_mask
 from mkdlib.decisions import DEFAULT, read_calibration, write_calibration
 from mkdlib.detector import F1_RULE, Detector, active_threshold, default_threshold, image_files
+from mkdlib.io_utils import file_sha256
 from mkdlib.localization import GRADIENTS
 from mkdlib.runs.evaluation import portable_path
 from mkdlib.runs.loading import load_data
@@ -83,13 +83,11 @@ def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str |
     result = detector.predict(files, maps=masks is not None)
     unread = [f"{f} ({e})" for f, e in zip(files, result.error) if e]
     if unread:
-        raise ValueError(f"cannot calibrate on unreadable images: {'; '.join(unread[:SHOWN])}"
-                         + (f" and {len(unread) - SHOWN} more" if len(unread) > SHOWN else ""))
+        raise ValueError(f"cannot calibrate on unreadable images: {_some(unread, '; ')}")
     truth = np.r_[np.zeros(len(good_files), bool), np.ones(len(bad_files), bool)]
     entry = best_f1(result.raw_score, truth)
     default = default_threshold(detector.calibration)
-    entry["default_on_these"] = {"threshold": default.value, **_scores(
-        at_threshold(result.raw_score > default.value, truth))}
+    entry["default_on_these"] = {"threshold": default.value, **at_threshold(result.raw_score > default.value, truth)}
     entry["folders"] = {"good": [str(Path(p).expanduser().resolve()) for p in good],
                         "anomalous": [str(Path(p).expanduser().resolve()) for p in anomalous],
                         "masks": None if masks is None else str(Path(masks).expanduser().resolve())}
@@ -104,8 +102,9 @@ def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str |
     return {"name": name, "run_dir": str(detector.result.run_dir), **cal["thresholds"][name]}
 
 
-def _scores(d: dict) -> dict:
-    return {k: d[k] for k in ("f1", "precision", "recall", "tp", "fp", "tn", "fn")}
+def _some(items: list[str], sep: str) -> str:
+    """The first SHOWN items, the rest counted."""
+    return sep.join(items[:SHOWN]) + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
 def _anomalous_with_masks(anomalous: list[str | Path], masks: str | Path | None) -> tuple[list[Path], list[Path]]:
@@ -159,23 +158,14 @@ def _refuse_test_images(run: RunResult, files: list[Path]) -> None:
         hits = [f for f in files if any(f.resolve().as_posix().endswith(t) for t in tails)]
     else:
         on_disk = [p for p in test if p.is_file()]
-        resolved = {p.resolve() for p in on_disk}
-        by_size: dict[int, list[Path]] = {}
-        for p in on_disk:
-            by_size.setdefault(p.stat().st_size, []).append(p)
-        digests: dict[Path, str] = {}
-        hits = [f for f in files if f.resolve() in resolved or any(
-            _sha(f, digests) == _sha(p, digests) for p in by_size.get(f.stat().st_size if f.is_file() else -1, []))]
+        resolved, test_sizes = {p.resolve() for p in on_disk}, {p.stat().st_size for p in on_disk}
+        same_size = {f for f in files if f.is_file() and f.stat().st_size in test_sizes}  # only these are hashed
+        sizes = {f.stat().st_size for f in same_size}
+        digests = {file_sha256(p) for p in on_disk if p.stat().st_size in sizes}
+        hits = [f for f in files if f.resolve() in resolved or (f in same_size and file_sha256(f) in digests)]
     if hits:
-        named = ", ".join(map(str, hits[:SHOWN])) + (f" and {len(hits) - SHOWN} more" if len(hits) > SHOWN else "")
-        raise ValueError(f"{named}: among the test images of {run.run_dir}; calibrate on labelled images that "
-                         "are not the test set (the test set measures the threshold chosen here)")
-
-
-def _sha(path: Path, cache: dict[Path, str]) -> str:
-    if path not in cache:
-        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return cache[path]
+        raise ValueError(f"{_some(list(map(str, hits)), ', ')}: among the test images of {run.run_dir}; calibrate on "
+                         "labelled images that are not the test set (the test set measures the threshold chosen here)")
 
 
 def use_threshold(run_dir: str | Path, name: str) -> str:
