@@ -17,7 +17,6 @@ the decisions at the threshold only.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn

@@ -50,13 +50,10 @@ def write_calibration(run_dir: str | Path, cal: dict) -> dict:
     The training scores are written on one line: a run has thousands, one per line would bury the rest."""
     check_values(cal, Path(run_dir) / CALIBRATION)  # never store what reading would refuse
     cal = {**{k: v for k, v in cal.items() if k != DIGEST}, DIGEST: digest(cal)}
-    image = cal.get("image", {})
-    scores = image.get("train_scores")
-    marker = "\"@train_scores@\""
-    shown = {**cal, "image": {**image, "train_scores": "@train_scores@"}} if scores is not None else cal
+    scores = cal.get("image", {}).get("train_scores")
+    shown = {**cal, "image": {**cal["image"], "train_scores": "@train_scores@"}} if scores is not None else cal
     text = json.dumps(shown, indent=1, allow_nan=False)
-    if scores is not None:
-        text = text.replace(marker, json.dumps(scores, separators=(",", ":")), 1)
+    text = text.replace('"@train_scores@"', json.dumps(scores, separators=(",", ":")), 1)  # absent: no change
     atomic_write_text(Path(run_dir) / CALIBRATION, text + "\n")
     return cal
 

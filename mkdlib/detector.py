@@ -185,28 +185,6 @@ def _pil(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a))  # uint8 (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
 
 
-def prepare(items: Sequence[Item], dataset: str, image_size: int, imagenet_norm: bool | None,
-            grey: bool = False, aspect: AspectNote | None = None):
-    """(positions of the items that load, their (inputs, display) tensors, {position: error} of the others),
-    prepared as dataset `dataset` prepares its own (load_images): one bad file does not stop the rest.
-    `aspect`: says once that non-square images are squashed (one per predict call, shared by its chunks)."""
-    good, inputs, display, bad = [], [], [], {}
-    aspect = aspect or AspectNote(image_size, f"{dataset} images")
-    for i, item in enumerate(items):
-        try:
-            x, d = load_images([item.image], dataset, image_size, imagenet_norm=imagenet_norm, grey=grey,
-                               aspect=aspect)
-        except Exception as err:  # any decoding failure: listed, the other images still scored
-            bad[i] = " ".join(str(err).split()) or type(err).__name__
-            continue
-        good.append(i)
-        inputs.append(x)
-        display.append(d)
-    if not good:
-        return good, None, None, bad
-    return good, torch.cat(inputs), torch.cat(display), bad
-
-
 @dataclass
 class Predictions:
     """Per-image results, in the order the images were given; an image that could not be read has its
@@ -294,20 +272,33 @@ class Detector:
 
     def predict_items(self, items: list[Item], *, maps: bool, threshold: Threshold, aspect: AspectNote,
                       generator: torch.Generator | None = None, display: bool = False) -> Predictions:
-        """One chunk of items (predict's loop; `mkd predict` keeps the display images for its figures)."""
-        read, inputs, shown, bad = prepare(items, self.result.spec.dataset, self.image_size, self.imagenet_norm,
-                                           self.grey, aspect)
+        """One chunk of items (predict's loop; `mkd predict` keeps the display images for its figures), each
+        prepared as the run's dataset prepares its own (load_images): one bad file does not stop the rest.
+        `aspect` says once that non-square images are squashed (one per predict call, shared by its chunks)."""
+        read, inputs, shown, bad = [], [], [], {}
+        for i, item in enumerate(items):
+            try:
+                x, d = load_images([item.image], self.result.spec.dataset, self.image_size,
+                                   imagenet_norm=self.imagenet_norm, grey=self.grey, aspect=aspect)
+            except Exception as err:  # any decoding failure: listed, the other images still scored
+                bad[i] = " ".join(str(err).split()) or type(err).__name__
+                continue
+            read.append(i)
+            inputs.append(x)
+            shown.append(d)
         n, size = len(items), (len(items), self.image_size, self.image_size)
         raw, heat = np.full(n, np.nan), np.full(size, np.nan, dtype=np.float32) if maps else None
         if read:
-            raw[read] = self.raw_scores(inputs)
+            x = torch.cat(inputs)
+            raw[read] = self.raw_scores(x)
             if maps:
-                heat[read] = self.maps(inputs, generator)
+                heat[read] = self.maps(x, generator)
         normalised = self.normalised(raw, threshold)  # NaN stays NaN
         return Predictions(pred_score=normalised, raw_score=raw, pred_label=normalised > DECISION,
                            threshold=threshold, paths=[item.path for item in items],
                            error=[bad.get(i, "") for i in range(n)], anomaly_map=heat,
-                           pred_mask=None if heat is None else heat > DECISION, display=shown if display else None)
+                           pred_mask=None if heat is None else heat > DECISION,
+                           display=torch.cat(shown) if display and read else None)
 
     def normalised(self, raw: np.ndarray, threshold: Threshold | None = None) -> np.ndarray:
         """Raw scores -> pred_score in [0, 1]: `threshold` (default the run's active one) at 0.5, the training
