@@ -85,8 +85,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weigh
             torch.onnx.export(graph, (torch.rand(2, 3, size, size),), str(out / MODEL), input_names=[INPUT],
                               output_names=list(OUTPUTS), opset_version=opset, dynamo=False,
                               dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)})
-        model = onnx.load(str(out / MODEL))
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(onnx.load(str(out / MODEL)))
         sidecar = _sidecar(detector, graph, chosen, opset)
         sidecar["check"] = check_with_onnxruntime(graph, out / MODEL, size)
         atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1, allow_nan=False) + "\n")
