@@ -129,23 +129,30 @@ def check_values(cal: dict, path: Path) -> None:
         raise RunError(f"{path} makes {active!r} the active threshold but holds no such threshold; {ADVICE}")
 
 
-def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig,
-                    method: str | None = GRADIENTS, *, device: str | torch.device = "cpu") -> dict:
-    """The run's calibration with `method`'s map scale (None: the image scores' only). What is missing
-    (a new run, or another method) is computed from the run's training images and the final cloner, and
-    stored atomically under the run's lock."""
+def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDConfig, method: str | None = GRADIENTS,
+                    *, device: str | torch.device = "cpu", scores: bool = False) -> dict:
+    """The run's calibration with `method`'s map scale (None: the image scores' only) and, with `scores`, the
+    final cloner's scores of the training images. What is missing (a new run, another method, the scores of a
+    run calibrated before they were kept) is computed from the run's training images and the final cloner,
+    and stored atomically under the run's lock."""
+    def complete(cal: dict) -> bool:
+        return ("image" in cal and (method is None or method in cal.get("maps", {}))
+                and (not scores or "train_scores" in cal["image"]))
+
     cal = read_calibration(result.run_dir)
-    if "image" in cal and (method is None or method in cal.get("maps", {})):
+    if complete(cal):
         return cal
     with RunLock(result.run_dir, quiet=True):
         cal = read_calibration(result.run_dir)  # another process may have stored it meanwhile
-        train = None
+        if complete(cal):
+            return cal
+        train = _training_images(result, cfg)
         if "image" not in cal:
-            train = _training_images(result, cfg)
             cal["image"] = _image_calibration(result, train, source, cloner, cfg, device)
+        if scores and "train_scores" not in cal["image"]:
+            cal["image"]["train_scores"] = compact(score(cloner, score_loss(cfg), train, source=source,
+                                                         batch_size=cfg.batch_size, device=device))
         if method is not None and method not in cal.setdefault("maps", {}):
-            if train is None:
-                train = _training_images(result, cfg)
             cal["maps"][method] = map_calibration(train, source, cloner, score_loss(cfg), method, device=device,
                                                   seed=result.spec.seed)
         return write_calibration(result.run_dir, cal)
@@ -155,15 +162,7 @@ def training_scores(result: RunResult, source: Source, cloner: Cloner, cfg: MKDC
                     device: str | torch.device = "cpu") -> np.ndarray:
     """The final cloner's scores of the run's training images (for a threshold at another percentile), kept in
     calibration.json["image"]["train_scores"]: computed from the images once, read back afterwards."""
-    cal = run_calibration(result, source, cloner, cfg, None, device=device)
-    if "train_scores" not in cal["image"]:
-        with RunLock(result.run_dir, quiet=True):
-            cal = read_calibration(result.run_dir)
-            if "train_scores" not in cal["image"]:
-                scores = score(cloner, score_loss(cfg), _training_images(result, cfg), source=source,
-                               batch_size=cfg.batch_size, device=device)
-                cal["image"]["train_scores"] = compact(scores)
-                cal = write_calibration(result.run_dir, cal)
+    cal = run_calibration(result, source, cloner, cfg, None, device=device, scores=True)
     # read back through float32: the very scores computed, so percentile 99 gives the default threshold exactly
     return np.asarray(cal["image"]["train_scores"], dtype=np.float32).astype(np.float64)
 
