@@ -46,11 +46,9 @@ def best_f1(raw_scores, anomalous) -> dict:
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     recall = tp / len(bad)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
-    best = np.lexsort((candidates, precision, f1))[-1]  # the last key sorts first
-    t, p_, n = int(tp[best]), int(fp[best]), len(bad)
-    return {"threshold": float(candidates[best]), "f1": float(f1[best]), "precision": float(precision[best]),
-            "recall": float(recall[best]), "tp": t, "fp": p_, "tn": len(good) - p_, "fn": n - t,
-            "n_good": len(good), "n_anomalous": n, "rule": F1_RULE}
+    threshold = float(candidates[np.lexsort((candidates, precision, f1))[-1]])  # the last key sorts first
+    return {"threshold": threshold, **at_threshold(raw > threshold, truth), "n_good": len(good),
+            "n_anomalous": len(bad), "rule": F1_RULE}
 
 
 def add_version(cal: dict, entry: dict) -> str:
