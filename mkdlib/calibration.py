@@ -17,7 +17,6 @@ the decisions at the threshold only.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn
@@ -55,9 +54,13 @@ def normalize_scores(scores, image_cal: dict, threshold: float | None = None) ->
     """Raw scores -> [0, 1], `threshold` (default the run's) at 0.5; the span (threshold - min) is the
     run's, so a user's threshold moves the decision without rescaling."""
     threshold = image_cal["threshold"] if threshold is None else float(threshold)
-    span = image_cal["threshold"] - image_cal["min"]
-    span = span if span > 0 else max(abs(image_cal["threshold"]), 1e-12)  # all training scores equal
-    return np.clip(DECISION + DECISION * (np.asarray(scores, dtype=np.float64) - threshold) / span, 0.0, 1.0)
+    return np.clip(DECISION + DECISION * (np.asarray(scores, dtype=np.float64) - threshold) / span(image_cal), 0, 1)
+
+
+def span(image_cal: dict) -> float:
+    """The run's threshold - min (where all training scores are equal, the threshold's own size)."""
+    width = image_cal["threshold"] - image_cal["min"]
+    return width if width > 0 else max(abs(image_cal["threshold"]), 1e-12)
 
 
 def blurred(raw: np.ndarray) -> np.ndarray:

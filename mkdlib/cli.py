@@ -18,34 +18,23 @@ from mkdlib.cli_parser import RESULTS_ENV, build_parser
 DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.paper.regenerate"}
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _train(a) -> int:
-    from mkdlib.config import PAPER_SETTINGS
+    from mkdlib.config import PAPER_SETTINGS, profile_of
+    from mkdlib.datasets.factory import ALIASES
     from mkdlib.runs.runner import run
     from mkdlib.runs.spec import RunSpec
 
-    cls = a.normal_class
-    if isinstance(cls, str) and cls.isdigit():
-        cls = int(cls)
-    weights = None if str(a.weights).lower() == "none" else a.weights
-    from mkdlib.datasets.factory import ALIASES
-    from mkdlib.config import profile_of
-
+    cls = int(a.normal_class) if a.normal_class and a.normal_class.isdigit() else a.normal_class
     dataset = ALIASES.get(a.dataset.lower(), a.dataset.lower())  # e.g. "MNIST" -> "mnist"
     profile = profile_of(a.profile)
     if profile.guidance:
         print(f"{profile.name}: {profile.guidance}", file=sys.stderr)
     overrides = profile.overrides(dataset) if dataset in PAPER_SETTINGS else {}
-    config = {**overrides, **dict(a.config)}
-    spec = RunSpec(a.dataset, cls, config=config, seed=a.seed, data_root=a.data_root, weights=weights,
+    spec = RunSpec(a.dataset, cls, config={**overrides, **dict(a.config)}, seed=a.seed, data_root=a.data_root,
+                   weights=None if str(a.weights).lower() == "none" else a.weights,
                    localization=tuple(a.localization), max_train=a.max_train, max_test=a.max_test,
                    dataset_options=dict(a.option))
-    result = run(spec, _results_root(a), device=a.device or _default_device(), progress=not a.quiet)
+    result = run(spec, _results_root(a), device=a.device, progress=not a.quiet)
     print(_summary(result.metrics), file=sys.stderr)
     print(result.run_dir)
     return 0
@@ -71,27 +60,25 @@ def _evaluate(a) -> int:
     from mkdlib.decisions import add_threshold_metrics
     from mkdlib.runs.runner import evaluate
 
-    device = a.device or _default_device()
     if a.out and not a.figures:
         raise ValueError("mkd evaluate --out is the folder for --figures; add --figures or drop --out")
     if a.out:
         from mkdlib.outputs import check_output
 
         check_output(a.out, protect=[a.run])  # before any work: never the run, nor a folder mkdlib did not write
-    evaluate(a.run, a.localization, device=device, progress=not a.quiet, weights=a.weights)
-    result = add_threshold_metrics(a.run, device=device, weights=a.weights)
+    evaluate(a.run, a.localization, device=a.device, progress=not a.quiet, weights=a.weights)
+    result = add_threshold_metrics(a.run, device=a.device, weights=a.weights)
     print(json.dumps(result.metrics, indent=1) if a.json else
           _summary(result.metrics) + "\n" + _at_threshold_summary(result.metrics.get("at_threshold")))
     if a.figures:
         from mkdlib.predict import evaluation_figures
 
-        folder = evaluation_figures(a.run, a.out, device=device, progress=not a.quiet, weights=a.weights)
+        folder = evaluation_figures(a.run, a.out, device=a.device, progress=not a.quiet, weights=a.weights)
         print(f"wrote the test figures to {folder}", file=sys.stderr)
     return 0
 
 
 def _at_threshold_summary(decisions: dict | None) -> str:
-    """One line per level of metrics.json "at_threshold"."""
     if decisions is None:
         return "no metrics at a threshold: the run's final cloner is not here to calibrate one"
     return "\n".join(f"at the threshold, {level}: precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
@@ -103,7 +90,7 @@ def _predict(a) -> int:
     from mkdlib.predict import CSV_NAME, JSON_NAME, predict
 
     table = predict(a.run, a.paths, a.out, threshold=a.threshold, percentile=a.percentile, method=a.method,
-                    weights=a.weights, device=a.device or _default_device(), heatmaps=not a.no_heatmaps,
+                    weights=a.weights, device=a.device, heatmaps=not a.no_heatmaps,
                     save_maps=a.save_maps, progress=not a.quiet)
     threshold = json.loads((Path(a.out) / JSON_NAME).read_text())["threshold"]
     print(f"{int(table['pred_label'].sum())} of {len(table)} images anomalous (pred_score > 0.5: raw score > "
@@ -116,19 +103,16 @@ def _calibrate(a) -> int:
     from mkdlib.tuning import calibrate, describe, list_thresholds, use_threshold
 
     labelled = a.good is not None or a.anomalous is not None or a.masks is not None
-    if a.use is not None and labelled:
-        raise ValueError("mkd calibrate --use switches the active threshold; give it without --good/--anomalous")
     if a.use is not None:
+        if labelled:
+            raise ValueError("mkd calibrate --use switches the active threshold; give it without --good/--anomalous")
         print(use_threshold(a.run, a.use))
-        return 0
-    if not labelled:
+    elif not labelled:
         print(list_thresholds(a.run))
-        return 0
-    if a.good is None or a.anomalous is None:
+    elif a.good is None or a.anomalous is None:
         raise ValueError("mkd calibrate needs both --good and --anomalous (labelled images, not the test set)")
-    entry = calibrate(a.run, a.good, a.anomalous, masks=a.masks, weights=a.weights,
-                      device=a.device or _default_device())
-    print(describe(entry))
+    else:
+        print(describe(calibrate(a.run, a.good, a.anomalous, masks=a.masks, weights=a.weights, device=a.device)))
     return 0
 
 
@@ -184,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(argv[first], argv[first + 1:])
     args = build_parser().parse_args(argv)
     try:
+        if "device" in args and args.device is None:
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "calibrate": _calibrate,
                     "export": _export, "runs": _runs}
         return commands[args.command](args)

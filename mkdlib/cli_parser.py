@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    """`mkd train`: one run's spec (dataset, class, seed, profile and overrides), where it goes."""
     t = sub.add_parser("train", help="train and evaluate one run (cached); prints its directory",
                        description="Train (or resume) and evaluate one run, cached in RESULTS/<hash>/. "
                        "A finished run is not recomputed. Prints the run directory on stdout.")
@@ -95,8 +94,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "normal_dir=normal, abnormal_dir=abnormal (or a list, '[\"crack\", \"scratch\"]'), "
                         "mask_dir (none), normal_test_dir (none: a seeded test_split_ratio=0.2 of normal_dir), "
                         "extensions (.png .jpg .jpeg .bmp .tif .tiff .webp); every dataset: image_size, "
-                        "imagenet_norm, grey (true: each image's luma in all 3 channels); the others: mkdlib.datasets.describe_options(NAME). Unknown keys "
-                        "are refused by name")
+                        "imagenet_norm, grey (true: each image's luma in all 3 channels); the others: "
+                        "mkdlib.datasets.describe_options(NAME). Unknown keys are refused by name")
     t.add_argument("--localization", nargs="+", default=[], choices=VARIANTS, metavar="METHOD",
                    help=f"pixel metrics for these methods when masks exist: {', '.join(VARIANTS)}")
     t.add_argument("--max-train", type=int, metavar="N", help="use N training images (smoke runs)")
@@ -107,7 +106,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    """`mkd evaluate`: a finished run's metrics, localisation metrics and figures added."""
     e = sub.add_parser("evaluate", help="show a run's metrics; add localisation metrics",
                        description="Print the metrics of a finished run. With --localization, compute the "
                        "pixel metrics of methods the run lacks (final cloner, test set) and store them. "
@@ -128,7 +126,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    """`mkd predict`: new images scored with a run; the description says what is written."""
     r = sub.add_parser("predict", help="score new images with a run: CSV + JSON + a figure per image",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="""\
@@ -166,7 +163,6 @@ Earlier versions named the columns score, anomalous, heatmap (now pred_score, pr
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
-    """`mkd calibrate`: a run's image threshold set on labelled images, versioned; switching between them."""
     c = sub.add_parser("calibrate", help="set a run's threshold at the best F1 on labelled images; list or "
                        "switch its thresholds", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="""\
@@ -193,7 +189,6 @@ is never overwritten. `mkd predict` and mkdlib.Detector use the active one.
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    """`mkd export`: the detection scorer as an ONNX model with a JSON sidecar."""
     x = sub.add_parser("export", help="export a run's detection scorer (ONNX) with a JSON sidecar",
                        description="Write the run's detection scorer (source + final cloner + the per-image MKD "
                        "loss over the score layers + the normalisation to pred_score with the threshold in use) "
@@ -215,7 +210,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_runs(sub: argparse._SubParsersAction) -> None:
-    """`mkd runs`: the results folder's table, its filters, removing runs."""
     s = sub.add_parser("runs", help="list the runs in a results folder; remove runs (--rm)",
                        description="A table of the runs in RESULTS: key, dataset, class, profile, epochs, "
                        "status, image AUROC in percent (final (mean +- std over the sampled cloners)), pixel "
@@ -223,8 +217,9 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
                        "started); oldest first. status: finished, training e/N, failed (error.txt; its first "
                        "line is printed below the table) or corrupt (the reason below the table), with (locked) "
                        "while another process holds the run; a finished run whose last.pt is unreadable gets a "
-                       "note (it is only needed to train further). profile: paper (no overrides, whole data), smoke (max-train/max-test or the smoke "
-                       "profile's epochs), fast (the fast profile's schedule) or custom.")
+                       "note (it is only needed to train further). profile: paper (no overrides, whole data), smoke "
+                       "(max-train/max-test or the smoke profile's epochs), fast (the fast profile's schedule) or "
+                       "custom.")
     s.add_argument("--results", metavar="DIR", help=f"results folder (default: ${RESULTS_ENV}, else ./runs)")
     s.add_argument("--dataset", metavar="NAME", help="only runs of this dataset")
     s.add_argument("--class", dest="normal_class", metavar="C", help="only runs of this normal class (index or name)")

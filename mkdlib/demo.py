@@ -58,7 +58,8 @@ def quick_demo(out_dir: str | Path = "demo", *, epochs: int = 30, image_size: in
         "image_auroc": image_auroc(labels, scores),
         "paper_pixel_auroc": paper_pixel_auroc(masks[labels == 1], maps[labels == 1]),
         "pixel_auroc": pixel_auroc(masks, maps),
-        "weights": Path(source.weights).name if source.weights else "random (no ImageNet weights found)",  # no machine path
+        # the file's name, not its path on this machine
+        "weights": Path(source.weights).name if source.weights else "random (no ImageNet weights found)",
         "epochs": epochs, "image_size": image_size, "n_train": len(train), "n_test": len(test),
         "final_loss": history[-1]["loss"], "train_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1),
     }

@@ -15,15 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from mkdlib import __version__
-from mkdlib.calibration import DECISION, IMAGE_RULE
+from mkdlib.calibration import DECISION, IMAGE_RULE, span
 from mkdlib.datasets import IMAGENET_MEAN, IMAGENET_STD
 from mkdlib.datasets.factory import imagenet_normalised
-from mkdlib.detector import Detector
+from mkdlib.detector import Detector, Threshold, check_percentile, check_threshold
 from mkdlib.io_utils import atomic_write_text, file_sha256
-from mkdlib.losses import MKDLoss
 from mkdlib.outputs import check_output, output_folder
 from mkdlib.runs.loading import final_cloner_file
-from mkdlib.thresholds import Threshold, check_percentile, check_threshold
 from mkdlib.weights import weights_sha256
 
 MODEL, SIDECAR, EXPORT_DIR = "model.onnx", "model.json", "export"
@@ -34,13 +32,16 @@ LUMA = (299.0, 587.0, 114.0)  # ITU-R 601 in thousandths, as datasets.base.grey_
 
 
 class ScoreGraph(nn.Module):
-    """The detection scorer as one forward graph: images in [0, 1] -> (raw_score, pred_score), each (N,)."""
+    """A detector's scorer as one forward graph, `threshold` at 0.5 on pred_score: images in [0, 1] ->
+    (raw_score, pred_score), each (N,)."""
 
-    def __init__(self, source: nn.Module, cloner: nn.Module, loss: MKDLoss, *, grey: bool, normalise: bool,
-                 threshold: float, low: float, span: float) -> None:
+    def __init__(self, detector: Detector, threshold: Threshold) -> None:
         super().__init__()
-        self.source, self.cloner, self.loss, self.grey, self.normalise = source, cloner, loss, grey, normalise
-        self.threshold, self.low, self.span = float(threshold), float(low), float(span)
+        image = detector.calibration["image"]
+        self.source, self.cloner, self.loss = detector.source, detector.cloner, detector.loss
+        self.grey = bool(detector.grey)
+        self.normalise = imagenet_normalised(detector.result.spec.dataset, detector.imagenet_norm)
+        self.threshold, self.low, self.span = float(threshold.value), float(image["min"]), float(span(image))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1))
@@ -58,37 +59,24 @@ class ScoreGraph(nn.Module):
         return raw, pred
 
 
-def score_graph(detector: Detector, threshold: Threshold) -> ScoreGraph:
-    """The detector's scorer with `threshold` at 0.5 on pred_score, in eval mode on the CPU."""
-    image, spec = detector.calibration["image"], detector.result.spec
-    span = image["threshold"] - image["min"]
-    span = span if span > 0 else max(abs(image["threshold"]), 1e-12)  # as calibration.normalize_scores
-    graph = ScoreGraph(detector.source, detector.cloner, detector.loss, grey=bool(detector.grey),
-                       normalise=imagenet_normalised(spec.dataset, detector.imagenet_norm), threshold=threshold.value,
-                       low=image["min"], span=span)
-    return graph.eval().cpu()
-
-
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weights: str | Path | None = None,
                 opset: int = OPSET, threshold: float | None = None, percentile: float | None = None) -> Path:
     """Write out_dir/model.onnx and its sidecar out_dir/model.json (default out_dir: <run>/export, replaced
     whole; another folder only if mkdlib wrote it). The threshold: the run's active one, or a raw value, or a
-    percentile of the training scores (thresholds.py). Returns the model's path."""
+    percentile of the training scores (detector.py). Returns the model's path."""
     try:
         import onnx
     except ModuleNotFoundError:
         raise ModuleNotFoundError("mkd export needs the onnx package: pip install 'mkdlib[onnx]'") from None
-    threshold = None if threshold is None else check_threshold(threshold)  # before any work
-    percentile = None if percentile is None else check_percentile(percentile)
-    default = out_dir is None
-    if not default:
-        check_output(out_dir, protect=[run_dir])
+    threshold, percentile = check_threshold(threshold), check_percentile(percentile)  # before any work
+    ours = out_dir is None  # the run's own export/ only mkdlib writes
+    out_dir = Path(run_dir).expanduser() / EXPORT_DIR if ours else Path(out_dir).expanduser()
+    check_output(out_dir, protect=[run_dir], ours=ours)
     detector = Detector.from_run(run_dir, weights=weights, device="cpu")
     chosen = detector.threshold_for(threshold, percentile)
-    graph = score_graph(detector, chosen)
+    graph = ScoreGraph(detector, chosen).eval().cpu()
     size = detector.image_size
-    out_dir = detector.result.run_dir / EXPORT_DIR if default else Path(out_dir).expanduser()
-    with output_folder(out_dir, writer="mkd export", protect=[] if default else [run_dir], ours=default) as out:
+    with output_folder(out_dir, writer="mkd export", protect=[run_dir], ours=ours) as out:
         with warnings.catch_warnings():
             # The TorchScript-based exporter (dynamo=False) is deprecated but needs no onnxscript; MKDLoss's shape
             # check is traced once as a constant, which is right: the shapes are fixed by the architecture.
@@ -97,8 +85,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, weigh
             torch.onnx.export(graph, (torch.rand(2, 3, size, size),), str(out / MODEL), input_names=[INPUT],
                               output_names=list(OUTPUTS), opset_version=opset, dynamo=False,
                               dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)})
-        model = onnx.load(str(out / MODEL))
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(onnx.load(str(out / MODEL)))
         sidecar = _sidecar(detector, graph, chosen, opset)
         sidecar["check"] = check_with_onnxruntime(graph, out / MODEL, size)
         atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1, allow_nan=False) + "\n")

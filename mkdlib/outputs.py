@@ -39,28 +39,27 @@ def _holds_runs(folder: Path) -> bool:
         return False
 
 
-def check_output(out: str | Path, *, protect: Iterable[str | Path] = (), option: str = "--out",
-                 ours: bool = False) -> Path:
+def check_output(out: str | Path, *, protect: Iterable[str | Path] = (), ours: bool = False) -> Path:
     """`out` if mkdlib may (re)place a folder there, else OutputError naming why: a file; a folder that is or
     holds one of `protect` (the input images, the run); a run or a results folder; a non-empty folder without
     the marker (unless `ours`: a location only mkdlib writes, such as a run's figures/)."""
     out = Path(out).expanduser()
     here = out.resolve()
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{option} {out} is a file: give a folder (mkdlib creates it, or replaces one it wrote)")
+        raise OutputError(f"--out {out} is a file: give a folder (mkdlib creates it, or replaces one it wrote)")
     if out.is_dir() and (_is_run(out) or _holds_runs(out)):
         kind = "a run directory" if _is_run(out) else "a results folder holding runs"
-        raise OutputError(f"{option} {out} is {kind}: choose a new folder for the output")
+        raise OutputError(f"--out {out} is {kind}: choose a new folder for the output")
     for path in protect:
         theirs = Path(path).expanduser().resolve()
         if here == theirs or here in theirs.parents:
-            raise OutputError(f"{option} {out} would replace {path}, which mkdlib reads here: choose a folder "
+            raise OutputError(f"--out {out} would replace {path}, which mkdlib reads here: choose a folder "
                               "of its own (e.g. a new one)")
     if not out.is_dir() or (out / MARKER).is_file() or ours:
         return out
     entries = sorted(e.name for e in out.iterdir() if not _stale(e, out.name))
     if entries:
-        raise OutputError(f"{option} {out} holds files mkdlib did not write (e.g. {entries[0]}): choose a new or "
+        raise OutputError(f"--out {out} holds files mkdlib did not write (e.g. {entries[0]}): choose a new or "
                           f"empty folder, or move them away first (mkdlib replaces only folders marked {MARKER})")
     return out
 
@@ -68,45 +67,34 @@ def check_output(out: str | Path, *, protect: Iterable[str | Path] = (), option:
 def _stale(entry: Path, name: str) -> bool:
     """A temporary sibling of `name` left by a process that no longer runs (.<name>.tmp-<pid>-*)."""
     prefix = f".{name}.tmp-"
-    if not entry.name.startswith(prefix):
-        return False
     pid = entry.name[len(prefix):].split("-")[0]
-    if not pid.isdigit():
+    if not entry.name.startswith(prefix) or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except OSError:
-        return False
+    except OSError:  # alive, another user's
+        pass
     return False
 
 
-def remove_stale(out: Path) -> list[Path]:
-    """Remove the temporary folders killed processes left beside `out`; returns them."""
-    removed = []
-    if out.parent.is_dir():
-        for entry in out.parent.glob(f".{out.name}.tmp-*"):
-            if _stale(entry, out.name):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-    return removed
-
-
 @contextmanager
-def output_folder(out: str | Path, *, writer: str, protect: Iterable[str | Path] = (), option: str = "--out",
+def output_folder(out: str | Path, *, writer: str, protect: Iterable[str | Path] = (),
                   ours: bool = False) -> Iterator[Path]:
     """A temporary marked folder beside `out` that replaces it whole when the block succeeds (checked by
     check_output first; an older output is never mixed with a new one, nor lost when this one fails)."""
     protect = list(protect)
-    out = check_output(out, protect=protect, option=option, ours=ours)
+    out = check_output(out, protect=protect, ours=ours)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
+    for entry in out.parent.glob(f".{out.name}.tmp-*"):  # left by killed processes
+        if _stale(entry, out.name):
+            shutil.rmtree(entry, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         atomic_write_text(tmp / MARKER, f"written by {writer}; replaced whole by the next {writer}\n")
         yield tmp
-        check_output(out, protect=protect, option=option, ours=ours)  # nothing else appeared there meanwhile
+        check_output(out, protect=protect, ours=ours)  # nothing else appeared there meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -61,13 +61,12 @@ def heatmap_rows(images, masks: np.ndarray, maps: np.ndarray, *, titles: Sequenc
         axes[row, 1].imshow(mask, cmap="gray", vmin=0, vmax=1)
         axes[row, 2].imshow(image)
         axes[row, 2].imshow(heat_overlay(score, threshold))
-        for col, ax in enumerate(axes[row]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(COLUMNS[col])
         if titles is not None:
             axes[row, 0].set_ylabel(titles[row])
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+    for ax, name in zip(axes[0], COLUMNS):
+        ax.set_title(name)
     fig.tight_layout()
     return fig
 
@@ -125,9 +124,9 @@ def means_figure(panels: Mapping[str, Mapping[str, pd.DataFrame]], title: str) -
 NOTEBOOK_DPI = 80  # figures displayed in notebooks: legible, and an executed notebook stays small
 
 
-def _png(fig: Figure) -> bytes:
+def _encoded(fig: Figure, format: str = "png", dpi: int = NOTEBOOK_DPI) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=NOTEBOOK_DPI)
+    fig.savefig(buffer, format=format, dpi=dpi)
     return buffer.getvalue()
 
 
@@ -140,12 +139,10 @@ def show_figures_in_notebooks() -> None:
         return
     shell = get_ipython()
     if shell is not None:
-        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _encoded)
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
     """Write `fig` to `path` (format from the suffix, e.g. .png or .pdf) atomically."""
     path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, _encoded(fig, path.suffix.lstrip(".") or "png", dpi))

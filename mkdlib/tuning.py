@@ -5,29 +5,63 @@ With masks, the pixel F1 of the maps on the run's fixed scale (> 0.5) is reporte
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mkdlib.calibration import DECISION, at_threshold
-from mkdlib.calibration_file import DEFAULT, read_calibration, write_calibration
 from mkdlib.datasets import DatasetNotFoundError
 from mkdlib.datasets.base import resize_to_uint8
 from mkdlib.datasets.errors import MissingMaskError
 from mkdlib.datasets.io import match_masks, open_image, open_mask
-from mkdlib.detector import Detector
-from mkdlib.inputs import image_files
+from mkdlib.decisions import DEFAULT, read_calibration, write_calibration
+from mkdlib.detector import F1_RULE, Detector, active_threshold, default_threshold, image_files
+from mkdlib.io_utils import file_sha256
 from mkdlib.localization import GRADIENTS
 from mkdlib.runs.evaluation import portable_path
 from mkdlib.runs.loading import load_data
 from mkdlib.runs.spec import RunResult
 from mkdlib.runs.store import SCORES, RunError, RunLock, load_run
-from mkdlib.thresholds import active_threshold, add_version, best_f1, default_threshold, use_version
 
 SHOWN = 3  # refused files named in a message; the rest are counted
+
+
+def best_f1(raw_scores, anomalous) -> dict:
+    """The threshold with the best image F1 on labelled scores (anomalous positive; decision raw > threshold),
+    with its precision, recall and counts. Candidates lie halfway between consecutive distinct scores (and
+    halfway between 0 and the lowest): a margin on both sides. Ties: the higher precision, then the higher
+    threshold (fewer false alarms on good images not seen here)."""
+    raw, truth = np.asarray(raw_scores, dtype=np.float64), np.asarray(anomalous, dtype=bool)
+    if truth.all() or not truth.any():
+        raise ValueError(f"a threshold needs good and anomalous images: got {int((~truth).sum())} good and "
+                         f"{int(truth.sum())} anomalous")
+    levels = np.unique(np.concatenate([[0.0], raw]))
+    candidates = (levels[:-1] + levels[1:]) / 2
+    good, bad = np.sort(raw[~truth]), np.sort(raw[truth])
+    tp = len(bad) - np.searchsorted(bad, candidates, side="right")
+    fp = len(good) - np.searchsorted(good, candidates, side="right")
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    recall = tp / len(bad)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    threshold = float(candidates[np.lexsort((candidates, precision, f1))[-1]])  # the last key sorts first
+    return {"threshold": threshold, **at_threshold(raw > threshold, truth), "n_good": len(good),
+            "n_anomalous": len(bad), "rule": F1_RULE}
+
+
+def add_version(cal: dict, entry: dict) -> str:
+    """Add a threshold version to `cal` (in place) under a new name, f1-<UTC date>-<n>, and make it active;
+    the default under "image" is kept as it is. Returns the name."""
+    now = datetime.now(timezone.utc)
+    day = now.strftime("%Y-%m-%d")
+    versions = cal.setdefault("thresholds", {})
+    taken = [int(n) for name in versions if name.startswith(f"f1-{day}-") and (n := name[len(day) + 4:]).isdigit()]
+    name = f"f1-{day}-{max(taken, default=0) + 1}"
+    versions[name] = {**entry, "created": now.isoformat(timespec="seconds")}
+    cal["active"] = name
+    return name
 
 
 def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str | Path], *,
@@ -47,13 +81,11 @@ def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str |
     result = detector.predict(files, maps=masks is not None)
     unread = [f"{f} ({e})" for f, e in zip(files, result.error) if e]
     if unread:
-        raise ValueError(f"cannot calibrate on unreadable images: {'; '.join(unread[:SHOWN])}"
-                         + (f" and {len(unread) - SHOWN} more" if len(unread) > SHOWN else ""))
+        raise ValueError(f"cannot calibrate on unreadable images: {_some(unread, '; ')}")
     truth = np.r_[np.zeros(len(good_files), bool), np.ones(len(bad_files), bool)]
     entry = best_f1(result.raw_score, truth)
     default = default_threshold(detector.calibration)
-    entry["default_on_these"] = {"threshold": default.value, **_scores(
-        at_threshold(result.raw_score > default.value, truth))}
+    entry["default_on_these"] = {"threshold": default.value, **at_threshold(result.raw_score > default.value, truth)}
     entry["folders"] = {"good": [str(Path(p).expanduser().resolve()) for p in good],
                         "anomalous": [str(Path(p).expanduser().resolve()) for p in anomalous],
                         "masks": None if masks is None else str(Path(masks).expanduser().resolve())}
@@ -68,8 +100,9 @@ def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str |
     return {"name": name, "run_dir": str(detector.result.run_dir), **cal["thresholds"][name]}
 
 
-def _scores(d: dict) -> dict:
-    return {k: d[k] for k in ("f1", "precision", "recall", "tp", "fp", "tn", "fn")}
+def _some(items: list[str], sep: str) -> str:
+    """The first SHOWN items, the rest counted."""
+    return sep.join(items[:SHOWN]) + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
 def _anomalous_with_masks(anomalous: list[str | Path], masks: str | Path | None) -> tuple[list[Path], list[Path]]:
@@ -123,23 +156,14 @@ def _refuse_test_images(run: RunResult, files: list[Path]) -> None:
         hits = [f for f in files if any(f.resolve().as_posix().endswith(t) for t in tails)]
     else:
         on_disk = [p for p in test if p.is_file()]
-        resolved = {p.resolve() for p in on_disk}
-        by_size: dict[int, list[Path]] = {}
-        for p in on_disk:
-            by_size.setdefault(p.stat().st_size, []).append(p)
-        digests: dict[Path, str] = {}
-        hits = [f for f in files if f.resolve() in resolved or any(
-            _sha(f, digests) == _sha(p, digests) for p in by_size.get(f.stat().st_size if f.is_file() else -1, []))]
+        resolved, test_sizes = {p.resolve() for p in on_disk}, {p.stat().st_size for p in on_disk}
+        same_size = {f for f in files if f.is_file() and f.stat().st_size in test_sizes}  # only these are hashed
+        sizes = {f.stat().st_size for f in same_size}
+        digests = {file_sha256(p) for p in on_disk if p.stat().st_size in sizes}
+        hits = [f for f in files if f.resolve() in resolved or (f in same_size and file_sha256(f) in digests)]
     if hits:
-        named = ", ".join(map(str, hits[:SHOWN])) + (f" and {len(hits) - SHOWN} more" if len(hits) > SHOWN else "")
-        raise ValueError(f"{named}: among the test images of {run.run_dir}; calibrate on labelled images that "
-                         "are not the test set (the test set measures the threshold chosen here)")
-
-
-def _sha(path: Path, cache: dict[Path, str]) -> str:
-    if path not in cache:
-        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return cache[path]
+        raise ValueError(f"{_some(list(map(str, hits)), ', ')}: among the test images of {run.run_dir}; calibrate on "
+                         "labelled images that are not the test set (the test set measures the threshold chosen here)")
 
 
 def use_threshold(run_dir: str | Path, name: str) -> str:
@@ -150,7 +174,11 @@ def use_threshold(run_dir: str | Path, name: str) -> str:
         if "image" not in cal:
             raise RunError(f"{run_dir} has no calibration yet: `mkd predict` computes its default threshold, "
                            "`mkd calibrate --good ... --anomalous ...` sets one")
-        use_version(cal, name)
+        names = [DEFAULT, *cal.get("thresholds", {})]
+        if name not in names:
+            raise ValueError(f"no threshold named {name!r} in this run's calibration; its thresholds: "
+                             f"{', '.join(names)}")
+        cal["active"] = name
         write_calibration(run_dir, cal)
     chosen = active_threshold(cal)
     return f"active threshold of {run_dir}: {chosen.name} (raw score {chosen.value:.6g}; {chosen.source})"

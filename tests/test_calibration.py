@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from mkdlib.calibration import CALIBRATION, at_threshold, image_calibration, normalize_scores, shared_scale
-from mkdlib.calibration_file import digest, write_calibration
-from mkdlib.decisions import compact, read_calibration
+from mkdlib.decisions import compact, digest, read_calibration, write_calibration
 from mkdlib.runs.store import RunError
 
 

@@ -14,14 +14,14 @@ from PIL import Image
 
 import mkdlib
 from mkdlib.calibration import CALIBRATION, at_threshold
-from mkdlib.calibration_file import read_calibration, write_calibration
+from mkdlib.decisions import read_calibration, write_calibration
 from mkdlib.cli import main
 from mkdlib.datasets import load_images, make_synthetic
 from mkdlib.predict import predict
 from mkdlib.runs.runner import run
 from mkdlib.runs.spec import RunSpec
 from mkdlib.runs.store import RunError
-from mkdlib.thresholds import best_f1
+from mkdlib.tuning import best_f1
 
 DATA = dict(size=48, n_train=12, n_test_good=6, n_test_defect=6)
 CONFIG = dict(image_size=48, epochs=15, eval_every=15, sample_last=1, checkpoint_every=15, batch_size=12)
