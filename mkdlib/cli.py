@@ -1,7 +1,7 @@
-"""`mkd` / `python -m mkdlib`: train, evaluate and apply runs; benchmark; regenerate the paper.
+"""`mkd` / `python -m mkdlib`: train, evaluate and apply runs; regenerate the paper.
 
 Every subcommand is a thin shell over mkdlib functions (runs.runner.run, runs.runner.add_localization,
-predict.predict, tuning.calibrate, export.export_onnx, bench.main, regenerate.main). Errors users can fix
+predict.predict, tuning.calibrate, export.export_onnx, demo.main, regenerate.main). Errors users can fix
 are one line on stderr, exit 2.
 The parser and its help texts are mkdlib/cli_parser.py.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mkdlib.cli_parser import RESULTS_ENV, build_parser
 
-DELEGATED = {"demo": "mkdlib.demo", "bench": "mkdlib.bench", "regenerate": "mkdlib.paper.regenerate"}
+DELEGATED = {"demo": "mkdlib.demo", "regenerate": "mkdlib.paper.regenerate"}
 
 
 def _train(a) -> int:

@@ -27,7 +27,6 @@ examples:
   mkd calibrate runs/1a2b3c4d5e6f7a8b --good labelled/good --anomalous labelled/bad
   mkd export runs/1a2b3c4d5e6f7a8b --format onnx --out exported/
   mkd demo --out demo
-  mkd bench --sizes 128 --batch 32
   mkd regenerate --help
 
 environment: MKDLIB_DATA (data root), MKDLIB_VGG16_WEIGHTS (VGG-16 weights file),
@@ -53,7 +52,7 @@ def key_value(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """`mkd`'s parser: train, evaluate, predict, calibrate, export and runs parsed here; demo, bench and regenerate are
+    """`mkd`'s parser: train, evaluate, predict, calibrate, export and runs parsed here; demo and regenerate are
     placeholders for the help, their own parsers own their arguments (cli.main delegates them)."""
     p = argparse.ArgumentParser(
         prog="mkd", description="Multiresolution Knowledge Distillation for anomaly detection "
@@ -66,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_evaluate, _add_predict, _add_calibrate, _add_export, _add_runs):  # as listed
         add(sub)
     sub.add_parser("demo", add_help=False, help="quick demo on the generated synthetic set (mkd demo --help)")
-    sub.add_parser("bench", add_help=False, help="throughput benchmark (mkd bench --help)")
     sub.add_parser("regenerate", add_help=False,
                    help="regenerate the paper's tables and figures (mkd regenerate --help)")
     return p

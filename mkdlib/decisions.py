@@ -28,7 +28,7 @@ from mkdlib.models import Cloner, Source
 from mkdlib.runs.evaluation import pixel_at_threshold, threshold_metrics
 from mkdlib.runs.loading import final_cloner_file, load_data, load_model
 from mkdlib.runs.spec import RunResult
-from mkdlib.runs.store import METRICS, SCORES, RunError, RunLock, load_run, read_json, write_json
+from mkdlib.runs.store import METRICS, SCORES, RunError, load_run, read_json, run_lock, write_json
 from mkdlib.scoring import score, score_loss
 
 DIGEST = "sha256"  # the field holding the digest of the rest of the file
@@ -142,7 +142,7 @@ def run_calibration(result: RunResult, source: Source, cloner: Cloner, cfg: MKDC
     cal = read_calibration(result.run_dir)
     if complete(cal):
         return cal
-    with RunLock(result.run_dir, quiet=True):
+    with run_lock(result.run_dir, quiet=True):
         cal = read_calibration(result.run_dir)  # another process may have stored it meanwhile
         if complete(cal):
             return cal
@@ -216,7 +216,7 @@ def add_threshold_metrics(run_dir: str | Path, *, device: str | torch.device = "
     threshold = result.metrics.get("threshold", threshold)  # runs made before 2026-12 recorded theirs
     if threshold is None:
         return result
-    with RunLock(result.run_dir, quiet=True):
+    with run_lock(result.run_dir, quiet=True):
         result = load_run(run_dir)
         if "at_threshold" not in result.metrics:
             scores = _read_scores(result.run_dir / SCORES)

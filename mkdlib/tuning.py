@@ -24,7 +24,7 @@ from mkdlib.localization import GRADIENTS
 from mkdlib.runs.evaluation import portable_path
 from mkdlib.runs.loading import load_data
 from mkdlib.runs.spec import RunResult
-from mkdlib.runs.store import SCORES, RunError, RunLock, load_run
+from mkdlib.runs.store import SCORES, RunError, load_run, run_lock
 
 SHOWN = 3  # refused files named in a message; the rest are counted
 
@@ -93,7 +93,7 @@ def calibrate(run_dir: str | Path, good: list[str | Path], anomalous: list[str |
         truth_px = np.concatenate([np.zeros((len(good_files), *result.anomaly_map.shape[1:]), bool),
                                    _read_masks(bad_files, mask_files, detector.image_size)])
         entry["pixel"] = {"method": method, "threshold": DECISION, **at_threshold(result.pred_mask, truth_px)}
-    with RunLock(detector.result.run_dir, quiet=True):
+    with run_lock(detector.result.run_dir, quiet=True):
         cal = read_calibration(detector.result.run_dir)  # as stored now: another process may have added one
         name = add_version(cal, entry)
         write_calibration(detector.result.run_dir, cal)
@@ -169,7 +169,7 @@ def _refuse_test_images(run: RunResult, files: list[Path]) -> None:
 def use_threshold(run_dir: str | Path, name: str) -> str:
     """Make `name` (DEFAULT or a version) the run's active threshold; returns a line saying which it is now."""
     run_dir = Path(run_dir)
-    with RunLock(run_dir, quiet=True):
+    with run_lock(run_dir, quiet=True):
         cal = read_calibration(run_dir)
         if "image" not in cal:
             raise RunError(f"{run_dir} has no calibration yet: `mkd predict` computes its default threshold, "

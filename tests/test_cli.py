@@ -37,7 +37,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for command in ("train", "evaluate", "predict", "calibrate", "export", "bench", "regenerate"):
+    for command in ("train", "evaluate", "predict", "calibrate", "export", "regenerate"):
         assert command in out
     for command in ("train", "evaluate", "predict", "calibrate", "export"):
         with pytest.raises(SystemExit):
@@ -138,12 +138,12 @@ def test_evaluate_re_evaluates_a_corrupt_metrics_file(trained, capsys):
         aside.unlink()
 
 
-def test_bench_and_regenerate_are_delegated(monkeypatch):
+def test_demo_and_regenerate_are_delegated(monkeypatch):
     seen = {}
-    import mkdlib.bench
+    import mkdlib.demo
 
-    monkeypatch.setattr(mkdlib.bench, "main", lambda argv: seen.setdefault("bench", argv) and 0)
-    assert main(["bench", "--sizes", "32", "--help"]) == 0 and seen["bench"] == ["--sizes", "32", "--help"]
+    monkeypatch.setattr(mkdlib.demo, "main", lambda argv: seen.setdefault("demo", argv) and 0)
+    assert main(["demo", "--out", "d", "--help"]) == 0 and seen["demo"] == ["--out", "d", "--help"]
     fake = types.ModuleType("mkdlib.paper.regenerate")
     fake.main = lambda argv: seen.setdefault("regenerate", argv) and 0
     monkeypatch.setitem(sys.modules, "mkdlib.paper.regenerate", fake)

@@ -15,7 +15,7 @@ from mkdlib.runs.catalog import COLUMNS, list_runs
 from mkdlib.runs.planning import plan
 from mkdlib.runs.runner import run
 from mkdlib.runs.spec import RunSpec
-from mkdlib.runs.store import ERROR, SPEC, RunLock, write_spec
+from mkdlib.runs.store import ERROR, SPEC, run_lock, write_spec
 from tests.test_runs_runner import TINY_CONFIG, tiny
 
 SMOKE_CONFIG = {**TINY_CONFIG, "epochs": 2, "eval_every": 1, "sample_last": 1, "checkpoint_every": 1}
@@ -184,7 +184,7 @@ def test_rm_refuses_an_unknown_key_and_removes_nothing(copy, capsys, key):
 
 def test_rm_refuses_a_run_another_holder_has_locked(copy, capsys):
     root, keys = copy
-    with RunLock(root / keys["smoke"], quiet=True):
+    with run_lock(root / keys["smoke"], quiet=True):
         code, out, _ = _runs(capsys, "--results", str(root), "--json", "--status", "locked")
         assert [(r["key"], r["status"]) for r in json.loads(out)] == [(keys["smoke"], "finished (locked)")]
         code, _, err = _runs(capsys, "--results", str(root), "--rm", keys["custom"], keys["smoke"])
@@ -295,7 +295,7 @@ def test_an_older_error_txt_gives_its_exception_line(results):
 
 def test_a_failed_run_training_again_is_listed_training(results):
     root, keys = results
-    with RunLock(root / keys["failed"], quiet=True):
+    with run_lock(root / keys["failed"], quiet=True):
         row = next(r for r in list_runs(root) if r["key"] == keys["failed"])
         assert (row["status"], row["reason"]) == ("training 0/2 (locked)", None)
         assert keys["failed"] in {r["key"] for r in list_runs(root, status="training")}

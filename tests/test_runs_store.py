@@ -9,7 +9,7 @@ import pytest
 from mkdlib.config import Execution
 from mkdlib.localization import METHODS, NOBLUR_SUFFIX, localization_variants, parse_method
 from mkdlib.runs.spec import RunSpec
-from mkdlib.runs.store import (SPEC, RunError, RunLock, environment, load_run, read_spec, upgrade_root, write_json,
+from mkdlib.runs.store import (SPEC, RunError, environment, load_run, read_spec, run_lock, upgrade_root, write_json,
                                write_spec)
 
 METRICS = {"image_auroc": {"final": 0.5, "per_epoch": {"2": 0.4, "4": 0.5}}, "threshold": 1.0, "pixel": {}}
@@ -110,10 +110,10 @@ def test_the_lock_makes_a_second_holder_wait(tmp_path):
     order = []
 
     def second():
-        with RunLock(tmp_path, quiet=True):
+        with run_lock(tmp_path, quiet=True):
             order.append("second")
 
-    with RunLock(tmp_path, quiet=True):
+    with run_lock(tmp_path, quiet=True):
         waiter = threading.Thread(target=second)
         waiter.start()
         time.sleep(0.3)

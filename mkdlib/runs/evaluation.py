@@ -23,7 +23,7 @@ from mkdlib.models import Cloner, Source
 from mkdlib.runs.loading import build_models, check_weights, load_data, load_final_cloner
 from mkdlib.datasets import ENV_VAR as DATA_ENV
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import METRICS, RunLock, load_run, write_json
+from mkdlib.runs.store import METRICS, load_run, run_lock, write_json
 from mkdlib.scoring import pixel_metrics, score_loss
 
 
@@ -39,7 +39,7 @@ def add_localization(run_dir: str | Path, methods: Iterable[str], *, device: str
     test = load_data(spec, cfg, split="test")
     if not test.has_masks:
         raise ValueError(f"{spec.dataset} has no ground-truth masks: pixel metrics need them")
-    with RunLock(result.run_dir, quiet=not progress):
+    with run_lock(result.run_dir, quiet=not progress):
         result = load_run(run_dir)  # a process we waited for may have stored some of them
         metrics, missing = result.metrics, missing_maps(result, methods)
         if not missing:

@@ -35,9 +35,9 @@ from mkdlib.runs.evaluation import add_localization, missing_maps, write_scores
 from mkdlib.runs.loading import build_models, check_device, keep_final_cloner, load_data, load_final_cloner
 from mkdlib.runs.planning import speed_line
 from mkdlib.runs.spec import RunResult, RunSpec
-from mkdlib.runs.store import (ERROR, HISTORY, METRICS, SCORES, SPEC, CorruptMetrics, RunError, RunLock, check_folder,
-                               complete, load_run, read_metrics, read_spec, upgrade_once, write_environment,
-                               write_json, write_spec)
+from mkdlib.runs.store import (ERROR, HISTORY, METRICS, SCORES, SPEC, CorruptMetrics, RunError, check_folder, complete,
+                               load_run, read_metrics, read_spec, run_lock, upgrade_once, write_environment, write_json,
+                               write_spec)
 from mkdlib.scoring import evaluate_checkpoints, pixel_metrics
 from mkdlib.train import fit
 from mkdlib.weights import weights_sha256
@@ -74,7 +74,7 @@ def run(spec: RunSpec, results_root: str | Path, *, device: str = "cpu", progres
     t_data = time.perf_counter() - t0
     models = build_models(spec, cfg, device, weights=weights)  # unusable weights fail here, before any write
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir, quiet=not progress), _failures_recorded(run_dir):
+    with run_lock(run_dir, quiet=not progress), _failures_recorded(run_dir):
         if not complete(run_dir, cfg):  # else another process finished it while we waited
             write_spec(run_dir, spec, cfg, execution)
             set_aside_corrupt_metrics(run_dir)

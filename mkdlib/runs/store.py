@@ -44,7 +44,7 @@ class RunError(RuntimeError):
 
 
 @contextmanager
-def RunLock(run_dir: Path, *, quiet: bool = False):
+def run_lock(run_dir: Path, *, quiet: bool = False):
     """Exclusive lock on run_dir/.lock (fcntl.flock, freed by the OS if the holder dies): a second
     process asking for the same run waits for the first, then finds it finished."""
     fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -64,7 +64,7 @@ def RunLock(run_dir: Path, *, quiet: bool = False):
 @contextmanager
 def lock_if_free(run_dir: Path, *, create: bool):
     """Yields whether run_dir's lock is free, holding it (exclusively, without waiting) until the block
-    ends. `RunLock` waits for the holder instead, which is right for training, wrong for a listing
+    ends. `run_lock` waits for the holder instead, which is right for training, wrong for a listing
     or a removal. create=False tests only an existing .lock file (so a listing writes nothing); without
     fcntl (Windows) every lock reads as free."""
     path = run_dir / LOCK
