@@ -164,16 +164,19 @@ class _Site:
     def __init__(self, results_dir: Path, out: Path, pages: dict[Path, Path]):
         self.results, self.out, self.pages, self.written = results_dir.resolve(), out, pages, []
         self.root = self.results.parent  # the checkout: the docs the notebooks link to are rendered too
-        self.pending: list[Path] = []  # its Markdown files linked but not yet rendered
+        self.pending = list(pages)  # the Markdown files to render: the results', then those a page links to
 
-    def write_linked_docs(self) -> None:
-        """Render every Markdown file of the checkout that a page links to (and those they link to)."""
+    def write_markdown(self) -> None:
+        """Render every pending Markdown file (and those they link to), a table's with a link to its CSV."""
         while self.pending:
             md = self.pending.pop()
             rel = self.pages[md]
             index = quote(Path(os.path.relpath("index.html", rel.parent)).as_posix())
             text = md.read_text(encoding="utf-8")
-            self.write(rel, _page(_title(text, md.stem), render_markdown(text), index), md.parent)
+            body = render_markdown(text)
+            if rel.parts[0] == "tables" and md.with_suffix(".csv").is_file():
+                body += f'\n<p>Data: <a href="{quote(md.stem)}.csv">{html.escape(md.stem)}.csv</a></p>'
+            self.write(rel, _page(_title(text, md.stem), body, index), md.parent)
 
     def write(self, rel: Path, text: str, source_dir: Path) -> None:
         """Write page `rel`, its relative links pointed at the pages and copied files of the site."""
@@ -261,16 +264,10 @@ def build_site(results_dir: Path, out_dir: Path) -> list[Path]:
              for md in [*(t.md for t in tables), *readmes] if md.is_file()}
     with output_folder(out_dir, writer="python -m mkdlib.paper.site", protect=[results_dir]) as out:
         site = _Site(results_dir, out, pages)
-        for md, rel in pages.items():
-            index = quote(Path(os.path.relpath("index.html", rel.parent)).as_posix())
-            text = md.read_text(encoding="utf-8")
-            csv_link = f'<a href="{quote(md.stem)}.csv">{html.escape(md.stem)}.csv</a>'
-            data = f"\n<p>Data: {csv_link}</p>" if md.with_suffix(".csv").is_file() else ""
-            site.write(rel, _page(_title(text, md.stem), render_markdown(text) + data, index), md.parent)
         for nb in notebooks:
             site.write(Path(f"{nb.stem}.html"), render_notebook(nb), nb.parent)
         site.write(Path("index.html"), _index(results_dir, tables, notebooks), results_dir)
-        site.write_linked_docs()
+        site.write_markdown()
     return [out_dir / rel for rel in site.written]
 
 
