@@ -34,7 +34,6 @@ from mkdlib.paper.notebook import (NOTEBOOKS, NOTEBOOKS_ENV, default_results, no
                                    refuse_overwrites, select, use_locations)
 from mkdlib.runs.store import check_folder
 
-KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
 
 
@@ -45,7 +44,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     manager = KernelSpecManager()
-    for name in (KERNEL, OWN_KERNEL):
+    for name in ("python3", OWN_KERNEL):
         try:
             argv0 = manager.get_kernel_spec(name).argv[0]
         except NoSuchKernel:
@@ -75,7 +74,8 @@ def ran_nothing(results_dir: str | Path, name: str, since: float) -> list[str]:
         by_item.setdefault(item, []).append(results_dir / f"{out}.csv")
     if by_item:
         return [item for item, tables in by_item.items() if not any(_has_value(t) for t in tables)]
-    return [key for key in NOTEBOOKS[name] if key in FIGURES and not _drawn(results_dir, key, since)]
+    return [key for key in NOTEBOOKS[name] if key in FIGURES
+            and not any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{key}_*.png"))]
 
 
 def judged(name: str, only: Sequence[str] | None) -> set[str]:
@@ -89,11 +89,6 @@ def judged(name: str, only: Sequence[str] | None) -> set[str]:
     asked = {k for k in keys if k in only}
     return asked | {item for k in asked if k in FIGURES for item in FIGURES[k][1]} | \
         {item for item in keys if item in ITEMS and ITEMS[item].summary in asked}
-
-
-def _drawn(results_dir: Path, figure: str, since: float) -> bool:
-    """Whether `<results_dir>/figures/<figure>_*.png` has a file written after `since`."""
-    return any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{figure}_*.png"))
 
 
 # Parameters `execute` passes to every notebook (the ones a notebook does not declare are left out, rather
@@ -268,14 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {', '.join(keys)}")
         return 0
     try:
-        names = select(args.only)
-    except KeyError as err:
+        names, notebooks = select(args.only), notebooks_folder(args.notebooks)
+    except (KeyError, ValueError) as err:
         print(f"mkd regenerate: {err.args[0]}", file=sys.stderr)
-        return 2
-    try:
-        notebooks = notebooks_folder(args.notebooks)
-    except ValueError as err:
-        print(f"mkd regenerate: {err}", file=sys.stderr)
         return 2
     if args.weights is not None and args.weights.lower() == "none":  # a random source, as `mkd train --weights none`
         args.weights, args.parameter = None, [*args.parameter, ("weights", None)]

@@ -201,8 +201,8 @@ class _Site:
             rel = self.pages[target] = Path("repo", target.relative_to(self.root)).with_suffix(".html")
             self.pending.append(target)
         elif target.is_file() and self.root in target.parents:
-            inside = self.results in target.parents
-            rel = Path("files", *(() if inside else ("repo",)), target.relative_to(self.results if inside else self.root))
+            base = self.results if self.results in target.parents else self.root
+            rel = Path("files", *(() if base == self.results else ("repo",)), target.relative_to(base))
             if not (self.out / rel).exists():
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(target, self.out / rel)

@@ -64,12 +64,12 @@ def setup(runs_dir: str | Path | None = None, *, data_root: str | None = None, e
     runs_dir = notebook_paths("paper", None, runs_dir)[1]  # None: the checkout's results/runs
     record = runs_dir / spec.key()
     try:
-        result, cfg, source, cloner = load_model(record, device=device)
-        data = {split: get_dataset("mvtec", data_root, split=split, normal_class="bottle") for split in ("train", "test")}
+        _, cfg, source, cloner = load_model(record, device=device)
+        train, test = (get_dataset("mvtec", data_root, split=s, normal_class="bottle") for s in ("train", "test"))
         history = pd.read_csv(record / "history.csv")
         origin = (f"the shipped cloner of MVTec AD bottle (record {spec.key()}: the paper profile, "
                   f"{cfg.epochs} epochs), loaded without training")
-        return Walkthrough(source, cloner, cfg, data["train"], data["test"], history, origin)
+        return Walkthrough(source, cloner, cfg, train, test, history, origin)
     except (DatasetNotFoundError, OSError, RuntimeError, ValueError) as err:
         why = " ".join(str(err).split())[:160]
         print(f"the bottle record cannot be used here ({why}): training a small cloner on the synthetic set",
@@ -187,8 +187,8 @@ def terms_table(w: Walkthrough) -> pd.DataFrame:
         terms = loss.terms(w.cloner(x), w.source(x))
         total = loss(w.cloner(x), w.source(x), reduction="none")
     columns = [f"{w.test.groups[i]} (image {i})" for i in picks]
-    rows = {name: [float(v) for v in values] for name, values in terms.items()}
-    rows[f"score = {loss.direction_weight:g} × Σ direction + {loss.value_weight:g} × Σ value"] = [float(v) for v in total]
+    score_name = f"score = {loss.direction_weight:g} × Σ direction + {loss.value_weight:g} × Σ value"
+    rows = {name: [float(v) for v in values] for name, values in {**terms, score_name: total}.items()}
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).round(4)
 
 
