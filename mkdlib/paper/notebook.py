@@ -155,14 +155,14 @@ def _decoded(name: str, value: Any) -> Any:
                          "lists as JSON (-p classes '{\"mvtec\": [\"bottle\"]}') or as YAML (papermill -y)") from None
 
 
-def _int_or_none(value: Any, low: int) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low)
+def _int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 # The notebooks' parameters with what each must be: a check a value passes, and the words of the error.
 _CHECKS: dict[str, tuple[Any, str]] = {
     "classes": (lambda v: v is None or isinstance(v, (dict, list)), "a dict per item or dataset, or a list of classes"),
-    "seeds": (lambda v: v is None or (isinstance(v, list) and all(_int_or_none(s, 0) and s is not None for s in v)),
+    "seeds": (lambda v: v is None or (isinstance(v, list) and all(_int_at_least(s, 0) for s in v)),
               "null or a list of integers >= 0, e.g. [0, 1, 2]"),
     "data_root": (lambda v: v is None or isinstance(v, str), "null or a folder"),
     "data_roots": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
@@ -170,11 +170,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "weights": (lambda v: v in (None, "profile", "imagenet") or (isinstance(v, str) and Path(v).expanduser().is_file()),
                 '"profile", "imagenet", null (a random source) or an existing weights file'),
     "config": (lambda v: v is None or isinstance(v, dict), 'a dict of settings, e.g. {"lr": 0.0005}'),
-    "workers": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
-    "threads": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
-    "progress": (lambda v: isinstance(v, bool), "true or false"),
-    "force": (lambda v: isinstance(v, bool), "true or false"),
-    "train": (lambda v: isinstance(v, bool), "true or false"),
+    **dict.fromkeys(("workers", "threads"), (lambda v: v is None or _int_at_least(v, 1), "null or an integer >= 1")),
+    **dict.fromkeys(("progress", "force", "train"), (lambda v: isinstance(v, bool), "true or false")),
 }
 
 

@@ -127,11 +127,11 @@ def _portable_copy(executed: Path, notebook_dir: Path) -> None:
                             for k, v in record.get("parameters", {}).items()}
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            cell.source = _MD_LINK.sub(lambda m: m[1] + _moved(m[2], notebook_dir, executed.parent) + m[3], cell.source)
+            cell.source = _MD_LINK.sub(lambda m: f"]({_moved(m[1], notebook_dir, executed.parent)})", cell.source)
     atomic_write_text(executed, nbformat.writes(nb) + "\n")
 
 
-_MD_LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+_MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def _moved(link: str, notebook_dir: Path, executed_dir: Path) -> str:
@@ -139,11 +139,9 @@ def _moved(link: str, notebook_dir: Path, executed_dir: Path) -> str:
     in `executed_dir` must write it to reach the same file; anchors, URLs and absolute paths unchanged."""
     from mkdlib.paper.site import local_link
 
-    local = local_link(link)
-    if local is None:
+    if (local := local_link(link)) is None:
         return link
-    path, anchor = local
-    return Path(os.path.relpath((notebook_dir / path).resolve(), executed_dir.resolve())).as_posix() + anchor
+    return Path(os.path.relpath((notebook_dir / local[0]).resolve(), executed_dir.resolve())).as_posix() + local[1]
 
 
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,

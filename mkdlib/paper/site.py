@@ -136,20 +136,20 @@ def render_markdown(text: str) -> str:
     return re.sub(r">([^<]+)<", lambda m: ">" + _UNDERSCORE.sub("_<wbr>", m[1]) + "<", markdown2html_mistune(text))
 
 
-def render_notebook(path: Path, site_index: str = "index.html") -> str:
+def render_notebook(path: Path) -> str:
     """An executed notebook as one self-contained HTML page (lab template, images embedded, no CDN script)
-    with a link to `site_index`."""
+    with a link to the site's index."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file="mkdlib_site.html.j2", embed_images=True,
                             extra_loaders=[DictLoader({"mkdlib_site.html.j2": NOTEBOOK_TEMPLATE})])
-    resources = {"metadata": {"name": path.stem, "path": str(path.parent)}, "site_index": site_index}
+    resources = {"metadata": {"name": path.stem, "path": str(path.parent)}, "site_index": "index.html"}
     body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4), resources=resources)
     return body
 
 
-def _page(title: str, body: str, index: str | None = "index.html") -> str:
+def _page(title: str, body: str, index: str | None) -> str:
     nav = f'<nav class="site"><a href="{index}">&larr; results index</a></nav>\n' if index else ""
     head = (f'<meta charset="utf-8">\n<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>")

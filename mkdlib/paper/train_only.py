@@ -91,15 +91,13 @@ def train_only(names: Sequence[str], *, profile: str = "paper", runs_dir: str | 
     return out
 
 
-def pack_records(results: Sequence[RunResult], archive: str | Path, *,
-                 cloner_budget: int = FINAL_CLONERS_BUDGET) -> list[str]:
+def pack_records(results: Sequence[RunResult], archive: str | Path) -> list[str]:
     """Write the records of the finished runs among `results` into a tar.gz of `<key>/...`: every file but
     checkpoints/ and the lock, their final cloner (cloner.pt) included while they total at most
-    cloner_budget bytes (Figures 1 and 6 and predict use it; nothing else needs a checkpoint once
+    FINAL_CLONERS_BUDGET bytes (Figures 1 and 6 and predict use it; nothing else needs a checkpoint once
     metrics.json exists). Returns the keys whose final cloner was left out."""
-    left_out, budget = [], cloner_budget
-    archive = Path(archive)
-    partial = archive.with_name(archive.name + ".partial")
+    left_out, budget = [], FINAL_CLONERS_BUDGET
+    partial = Path(f"{archive}.partial")
     with tarfile.open(partial, "w:gz") as tar:
         for res in (r for r in _unique(results) if r.ok):
             key = res.run_dir.name
