@@ -212,14 +212,14 @@ class _Site:
         return html.escape(quote(Path(os.path.relpath(self.out / rel, page.parent)).as_posix()) + anchor)
 
 
-def _summary_table(tables: list[Table], link: dict[str, str]) -> str:
+def _summary_table(tables: list[Table]) -> str:
     head = ("<tr><th>table</th><th>profile</th><th>row</th><th>paper</th><th>ours (final)</th>"
             "<th>ours (mean ± std)</th><th>diff</th><th>note</th></tr>")
     body = []
     for table in tables:
         rows = summary_rows(table)
         name, bracket, rest = table.title.partition(" [profile ")  # another profile's tables say so: smaller
-        title = f'<a href="{link[table.name]}">{html.escape(name)}</a>'
+        title = f'<a href="{quote(f"tables/{table.name}.html")}">{html.escape(name)}</a>'
         title += f' <span class="note">[profile {html.escape(rest)}</span>' if bracket else ""
         if rows is None:
             what = "no CSV" if table.csv is None else "its own columns, not the paper's beside ours"
@@ -257,8 +257,7 @@ def build_site(results_dir: Path, out_dir: Path) -> list[Path]:
     if not results_dir.is_dir():
         raise FileNotFoundError(f"no results folder at {results_dir}")
     tables = find_tables(results_dir)
-    executed = results_dir / "executed"
-    notebooks = sorted(executed.glob("*.ipynb"), key=lambda p: _natural(p.stem)) if executed.is_dir() else []
+    notebooks = sorted((results_dir / "executed").glob("*.ipynb"), key=lambda p: _natural(p.stem))
     readmes = [results_dir / "README.md"] + [t.md.parent / "README.md" for t in tables]
     pages = {md.resolve(): Path("tables", md.relative_to(results_dir)).with_suffix(".html")
              for md in [*(t.md for t in tables), *readmes] if md.is_file()}
@@ -275,7 +274,6 @@ def _index(results_dir: Path, tables: list[Table], notebooks: list[Path]) -> str
     folders: dict[str, list[Table]] = {}
     for table in tables:
         folders.setdefault(table.name.rpartition("/")[0], []).append(table)
-    link = {t.name: quote(f"tables/{t.name}.html") for t in tables}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<h1>Multiresolution Knowledge Distillation: our reproduction</h1>",
              "<p>The results of <em>Multiresolution Knowledge Distillation for Anomaly Detection</em> (Salehi et al., "
@@ -291,7 +289,7 @@ def _index(results_dir: Path, tables: list[Table], notebooks: list[Path]) -> str
             parts.append(f'<h2>Tables in <code>{html.escape(folder)}/</code> (<a href="{readme}">its index</a>)</h2>')
         else:
             parts.append("<h2>Tables</h2>")
-        parts.append(_summary_table(group, link))
+        parts.append(_summary_table(group))
     if not tables:
         parts.append("<h2>Tables</h2>\n<p>No tables (<code>*.md</code>) found in the results folder.</p>")
     parts.append("<h2>Notebooks</h2>")
