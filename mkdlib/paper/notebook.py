@@ -1,7 +1,8 @@
 """What a notebook asks for: its parameters turned into folders (`notebook_paths`: relative to the
-notebooks folder, which `notebooks_folder` finds in the working tree, whoever starts papermill), run options (`notebook_options`: dicts given as JSON strings
-decoded) and its runs (`notebook_specs`, by the item that needs them); which notebooks an `--only`
-selects; and the data / weights locations given on the command line (`use_locations`).
+notebooks folder, which `notebooks_folder` finds in the working tree, whoever starts papermill), run options
+(`notebook_options`: dicts given as JSON strings decoded) and its runs (`notebook_specs`, by the item that
+needs them); which notebooks an `--only` selects; and the data / weights locations given on the command line
+(`use_locations`).
 
 `mkd regenerate` executes the notebooks (regenerate.py) and `--train-only` runs the same specs without
 papermill (train_only.py): both ask for the same run keys through `notebook_specs`.
@@ -74,18 +75,14 @@ def outputs(notebook: str) -> dict[str, tuple[str, str | None]]:
     return out
 
 
-def _writes_index(name: str) -> bool:
-    """Every notebook of a paper table or figure rewrites the index; the quickstart writes only its demo."""
-    return bool(outputs(name)) or any(key in FIGURES for key in NOTEBOOKS[name])
-
-
 def overwrites(results_dir: str | Path, names: Sequence[str], profile: str) -> list[tuple[Path, str]]:
     """(file, its profile) for each table (csv, md) or index these notebooks would write in results_dir
     that another profile wrote (markdown.written_profile). `reproduce` (every notebook, however executed)
     and `mkd regenerate` check it before any run."""
     results_dir = Path(results_dir)
     files = [results_dir / f"{out}.{ext}" for name in names for out in outputs(name) for ext in ("csv", "md")]
-    if any(_writes_index(name) for name in names):
+    # every notebook of a paper table or figure rewrites the index; the quickstart writes only its demo
+    if any(outputs(name) or any(key in FIGURES for key in NOTEBOOKS[name]) for name in names):
         files.append(results_dir / "README.md")
     found = [(path, written_profile(path)) for path in dict.fromkeys(files)]
     return [(path, written) for path, written in found if written not in (None, profile)]
@@ -158,14 +155,14 @@ def _decoded(name: str, value: Any) -> Any:
                          "lists as JSON (-p classes '{\"mvtec\": [\"bottle\"]}') or as YAML (papermill -y)") from None
 
 
-def _int_or_none(value: Any, low: int) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low)
+def _int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 # The notebooks' parameters with what each must be: a check a value passes, and the words of the error.
 _CHECKS: dict[str, tuple[Any, str]] = {
     "classes": (lambda v: v is None or isinstance(v, (dict, list)), "a dict per item or dataset, or a list of classes"),
-    "seeds": (lambda v: v is None or (isinstance(v, list) and all(_int_or_none(s, 0) and s is not None for s in v)),
+    "seeds": (lambda v: v is None or (isinstance(v, list) and all(_int_at_least(s, 0) for s in v)),
               "null or a list of integers >= 0, e.g. [0, 1, 2]"),
     "data_root": (lambda v: v is None or isinstance(v, str), "null or a folder"),
     "data_roots": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
@@ -173,11 +170,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "weights": (lambda v: v in (None, "profile", "imagenet") or (isinstance(v, str) and Path(v).expanduser().is_file()),
                 '"profile", "imagenet", null (a random source) or an existing weights file'),
     "config": (lambda v: v is None or isinstance(v, dict), 'a dict of settings, e.g. {"lr": 0.0005}'),
-    "workers": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
-    "threads": (lambda v: _int_or_none(v, 1), "null or an integer >= 1"),
-    "progress": (lambda v: isinstance(v, bool), "true or false"),
-    "force": (lambda v: isinstance(v, bool), "true or false"),
-    "train": (lambda v: isinstance(v, bool), "true or false"),
+    **dict.fromkeys(("workers", "threads"), (lambda v: v is None or _int_at_least(v, 1), "null or an integer >= 1")),
+    **dict.fromkeys(("progress", "force", "train"), (lambda v: isinstance(v, bool), "true or false")),
 }
 
 
@@ -220,12 +214,11 @@ def notebook_specs(name: str, profile: str = "paper", **options: Any) -> dict[st
 def use_locations(data_root: str | None, weights: str | None) -> None:
     """Point $MKDLIB_DATA and $MKDLIB_VGG16_WEIGHTS (inherited by the notebooks' kernels) at these, so that
     the runs' specs keep data_root None and weights "imagenet": the same keys on every machine."""
-    for value, env, kind, exists in ((data_root, DATA_ENV, "folder", Path.is_dir),
-                                     (weights, WEIGHTS_ENV, "file", Path.is_file)):
+    for value, env, kind, option in ((data_root, DATA_ENV, "folder", "--data-root"),
+                                     (weights, WEIGHTS_ENV, "file", "--weights")):
         if value is None:
             continue
         path = Path(value).expanduser().resolve()
-        if not exists(path):
-            raise ValueError(f"{path} is not a {kind}: pass an existing {kind} as "
-                             f"--{'data-root' if env == DATA_ENV else 'weights'}")
+        if not (path.is_dir() if kind == "folder" else path.is_file()):
+            raise ValueError(f"{path} is not a {kind}: pass an existing {kind} as {option}")
         os.environ[env] = str(path)

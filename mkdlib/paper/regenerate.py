@@ -34,7 +34,6 @@ from mkdlib.paper.notebook import (NOTEBOOKS, NOTEBOOKS_ENV, default_results, no
                                    refuse_overwrites, select, use_locations)
 from mkdlib.runs.store import check_folder
 
-KERNEL = "python3"
 OWN_KERNEL = "mkdlib"  # installed into this interpreter's prefix when "python3" is another Python's
 
 
@@ -45,7 +44,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     manager = KernelSpecManager()
-    for name in (KERNEL, OWN_KERNEL):
+    for name in ("python3", OWN_KERNEL):
         try:
             argv0 = manager.get_kernel_spec(name).argv[0]
         except NoSuchKernel:
@@ -75,7 +74,8 @@ def ran_nothing(results_dir: str | Path, name: str, since: float) -> list[str]:
         by_item.setdefault(item, []).append(results_dir / f"{out}.csv")
     if by_item:
         return [item for item, tables in by_item.items() if not any(_has_value(t) for t in tables)]
-    return [key for key in NOTEBOOKS[name] if key in FIGURES and not _drawn(results_dir, key, since)]
+    return [key for key in NOTEBOOKS[name] if key in FIGURES
+            and not any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{key}_*.png"))]
 
 
 def judged(name: str, only: Sequence[str] | None) -> set[str]:
@@ -89,11 +89,6 @@ def judged(name: str, only: Sequence[str] | None) -> set[str]:
     asked = {k for k in keys if k in only}
     return asked | {item for k in asked if k in FIGURES for item in FIGURES[k][1]} | \
         {item for item in keys if item in ITEMS and ITEMS[item].summary in asked}
-
-
-def _drawn(results_dir: Path, figure: str, since: float) -> bool:
-    """Whether `<results_dir>/figures/<figure>_*.png` has a file written after `since`."""
-    return any(p.stat().st_mtime >= since for p in (results_dir / "figures").glob(f"{figure}_*.png"))
 
 
 # Parameters `execute` passes to every notebook (the ones a notebook does not declare are left out, rather
@@ -132,11 +127,11 @@ def _portable_copy(executed: Path, notebook_dir: Path) -> None:
                             for k, v in record.get("parameters", {}).items()}
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            cell.source = _MD_LINK.sub(lambda m: m[1] + _moved(m[2], notebook_dir, executed.parent) + m[3], cell.source)
+            cell.source = _MD_LINK.sub(lambda m: f"]({_moved(m[1], notebook_dir, executed.parent)})", cell.source)
     atomic_write_text(executed, nbformat.writes(nb) + "\n")
 
 
-_MD_LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+_MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def _moved(link: str, notebook_dir: Path, executed_dir: Path) -> str:
@@ -144,11 +139,9 @@ def _moved(link: str, notebook_dir: Path, executed_dir: Path) -> str:
     in `executed_dir` must write it to reach the same file; anchors, URLs and absolute paths unchanged."""
     from mkdlib.paper.site import local_link
 
-    local = local_link(link)
-    if local is None:
+    if (local := local_link(link)) is None:
         return link
-    path, anchor = local
-    return Path(os.path.relpath((notebook_dir / path).resolve(), executed_dir.resolve())).as_posix() + anchor
+    return Path(os.path.relpath((notebook_dir / local[0]).resolve(), executed_dir.resolve())).as_posix() + local[1]
 
 
 def execute(names: Sequence[str], *, profile: str = "paper", results_dir: str | Path | None = None,
@@ -268,14 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {', '.join(keys)}")
         return 0
     try:
-        names = select(args.only)
-    except KeyError as err:
+        names, notebooks = select(args.only), notebooks_folder(args.notebooks)
+    except (KeyError, ValueError) as err:
         print(f"mkd regenerate: {err.args[0]}", file=sys.stderr)
-        return 2
-    try:
-        notebooks = notebooks_folder(args.notebooks)
-    except ValueError as err:
-        print(f"mkd regenerate: {err}", file=sys.stderr)
         return 2
     if args.weights is not None and args.weights.lower() == "none":  # a random source, as `mkd train --weights none`
         args.weights, args.parameter = None, [*args.parameter, ("weights", None)]

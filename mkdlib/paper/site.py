@@ -136,20 +136,20 @@ def render_markdown(text: str) -> str:
     return re.sub(r">([^<]+)<", lambda m: ">" + _UNDERSCORE.sub("_<wbr>", m[1]) + "<", markdown2html_mistune(text))
 
 
-def render_notebook(path: Path, site_index: str = "index.html") -> str:
+def render_notebook(path: Path) -> str:
     """An executed notebook as one self-contained HTML page (lab template, images embedded, no CDN script)
-    with a link to `site_index`."""
+    with a link to the site's index."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file="mkdlib_site.html.j2", embed_images=True,
                             extra_loaders=[DictLoader({"mkdlib_site.html.j2": NOTEBOOK_TEMPLATE})])
-    resources = {"metadata": {"name": path.stem, "path": str(path.parent)}, "site_index": site_index}
+    resources = {"metadata": {"name": path.stem, "path": str(path.parent)}, "site_index": "index.html"}
     body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4), resources=resources)
     return body
 
 
-def _page(title: str, body: str, index: str | None = "index.html") -> str:
+def _page(title: str, body: str, index: str | None) -> str:
     nav = f'<nav class="site"><a href="{index}">&larr; results index</a></nav>\n' if index else ""
     head = (f'<meta charset="utf-8">\n<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>")
@@ -164,16 +164,19 @@ class _Site:
     def __init__(self, results_dir: Path, out: Path, pages: dict[Path, Path]):
         self.results, self.out, self.pages, self.written = results_dir.resolve(), out, pages, []
         self.root = self.results.parent  # the checkout: the docs the notebooks link to are rendered too
-        self.pending: list[Path] = []  # its Markdown files linked but not yet rendered
+        self.pending = list(pages)  # the Markdown files to render: the results', then those a page links to
 
-    def write_linked_docs(self) -> None:
-        """Render every Markdown file of the checkout that a page links to (and those they link to)."""
+    def write_markdown(self) -> None:
+        """Render every pending Markdown file (and those they link to), a table's with a link to its CSV."""
         while self.pending:
             md = self.pending.pop()
             rel = self.pages[md]
             index = quote(Path(os.path.relpath("index.html", rel.parent)).as_posix())
             text = md.read_text(encoding="utf-8")
-            self.write(rel, _page(_title(text, md.stem), render_markdown(text), index), md.parent)
+            body = render_markdown(text)
+            if rel.parts[0] == "tables" and md.with_suffix(".csv").is_file():
+                body += f'\n<p>Data: <a href="{quote(md.stem)}.csv">{html.escape(md.stem)}.csv</a></p>'
+            self.write(rel, _page(_title(text, md.stem), body, index), md.parent)
 
     def write(self, rel: Path, text: str, source_dir: Path) -> None:
         """Write page `rel`, its relative links pointed at the pages and copied files of the site."""
@@ -198,8 +201,8 @@ class _Site:
             rel = self.pages[target] = Path("repo", target.relative_to(self.root)).with_suffix(".html")
             self.pending.append(target)
         elif target.is_file() and self.root in target.parents:
-            inside = self.results in target.parents
-            rel = Path("files", *(() if inside else ("repo",)), target.relative_to(self.results if inside else self.root))
+            base = self.results if self.results in target.parents else self.root
+            rel = Path("files", *(() if base == self.results else ("repo",)), target.relative_to(base))
             if not (self.out / rel).exists():
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(target, self.out / rel)
@@ -209,14 +212,14 @@ class _Site:
         return html.escape(quote(Path(os.path.relpath(self.out / rel, page.parent)).as_posix()) + anchor)
 
 
-def _summary_table(tables: list[Table], link: dict[str, str]) -> str:
+def _summary_table(tables: list[Table]) -> str:
     head = ("<tr><th>table</th><th>profile</th><th>row</th><th>paper</th><th>ours (final)</th>"
             "<th>ours (mean ± std)</th><th>diff</th><th>note</th></tr>")
     body = []
     for table in tables:
         rows = summary_rows(table)
         name, bracket, rest = table.title.partition(" [profile ")  # another profile's tables say so: smaller
-        title = f'<a href="{link[table.name]}">{html.escape(name)}</a>'
+        title = f'<a href="{quote(f"tables/{table.name}.html")}">{html.escape(name)}</a>'
         title += f' <span class="note">[profile {html.escape(rest)}</span>' if bracket else ""
         if rows is None:
             what = "no CSV" if table.csv is None else "its own columns, not the paper's beside ours"
@@ -254,23 +257,16 @@ def build_site(results_dir: Path, out_dir: Path) -> list[Path]:
     if not results_dir.is_dir():
         raise FileNotFoundError(f"no results folder at {results_dir}")
     tables = find_tables(results_dir)
-    executed = results_dir / "executed"
-    notebooks = sorted(executed.glob("*.ipynb"), key=lambda p: _natural(p.stem)) if executed.is_dir() else []
+    notebooks = sorted((results_dir / "executed").glob("*.ipynb"), key=lambda p: _natural(p.stem))
     readmes = [results_dir / "README.md"] + [t.md.parent / "README.md" for t in tables]
     pages = {md.resolve(): Path("tables", md.relative_to(results_dir)).with_suffix(".html")
              for md in [*(t.md for t in tables), *readmes] if md.is_file()}
     with output_folder(out_dir, writer="python -m mkdlib.paper.site", protect=[results_dir]) as out:
         site = _Site(results_dir, out, pages)
-        for md, rel in pages.items():
-            index = quote(Path(os.path.relpath("index.html", rel.parent)).as_posix())
-            text = md.read_text(encoding="utf-8")
-            csv_link = f'<a href="{quote(md.stem)}.csv">{html.escape(md.stem)}.csv</a>'
-            data = f"\n<p>Data: {csv_link}</p>" if md.with_suffix(".csv").is_file() else ""
-            site.write(rel, _page(_title(text, md.stem), render_markdown(text) + data, index), md.parent)
         for nb in notebooks:
             site.write(Path(f"{nb.stem}.html"), render_notebook(nb), nb.parent)
         site.write(Path("index.html"), _index(results_dir, tables, notebooks), results_dir)
-        site.write_linked_docs()
+        site.write_markdown()
     return [out_dir / rel for rel in site.written]
 
 
@@ -278,7 +274,6 @@ def _index(results_dir: Path, tables: list[Table], notebooks: list[Path]) -> str
     folders: dict[str, list[Table]] = {}
     for table in tables:
         folders.setdefault(table.name.rpartition("/")[0], []).append(table)
-    link = {t.name: quote(f"tables/{t.name}.html") for t in tables}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<h1>Multiresolution Knowledge Distillation: our reproduction</h1>",
              "<p>The results of <em>Multiresolution Knowledge Distillation for Anomaly Detection</em> (Salehi et al., "
@@ -294,7 +289,7 @@ def _index(results_dir: Path, tables: list[Table], notebooks: list[Path]) -> str
             parts.append(f'<h2>Tables in <code>{html.escape(folder)}/</code> (<a href="{readme}">its index</a>)</h2>')
         else:
             parts.append("<h2>Tables</h2>")
-        parts.append(_summary_table(group, link))
+        parts.append(_summary_table(group))
     if not tables:
         parts.append("<h2>Tables</h2>\n<p>No tables (<code>*.md</code>) found in the results folder.</p>")
     parts.append("<h2>Notebooks</h2>")

@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +66,14 @@ def train_only(names: Sequence[str], *, profile: str = "paper", runs_dir: str | 
     device = str(check_device(device))
     runs_dir = Path(runs_dir).resolve() if runs_dir else notebook_paths(profile, None)[1]
     options = notebook_options(**(options or {}))
-    sink = open(log, "a") if log else None  # noqa: SIM115  (closed below, after every item)
-
-    def say(line: str) -> None:
-        print(f"mkd regenerate --train-only: {line}", flush=True)
-        if sink:
-            sink.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
-            sink.flush()
-
     out: list[RunResult] = []
-    try:
+    with open(log, "a") if log else nullcontext() as sink:
+        def say(line: str) -> None:
+            print(f"mkd regenerate --train-only: {line}", flush=True)
+            if sink:
+                sink.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+                sink.flush()
+
         say(f"profile {profile}, device {device}, runs in {runs_dir}")
         for name in names:
             by_item = notebook_specs(name, profile, **options)
@@ -89,21 +88,16 @@ def train_only(names: Sequence[str], *, profile: str = "paper", runs_dir: str | 
                 label = item if len(notebooks_for(item)) == 1 else f"{item} ({name})"
                 say(item_line(label, results, new, time.time() - start))
                 out += results
-    finally:
-        if sink:
-            sink.close()
     return out
 
 
-def pack_records(results: Sequence[RunResult], archive: str | Path, *,
-                 cloner_budget: int = FINAL_CLONERS_BUDGET) -> list[str]:
+def pack_records(results: Sequence[RunResult], archive: str | Path) -> list[str]:
     """Write the records of the finished runs among `results` into a tar.gz of `<key>/...`: every file but
     checkpoints/ and the lock, their final cloner (cloner.pt) included while they total at most
-    cloner_budget bytes (Figures 1 and 6 and predict use it; nothing else needs a checkpoint once
+    FINAL_CLONERS_BUDGET bytes (Figures 1 and 6 and predict use it; nothing else needs a checkpoint once
     metrics.json exists). Returns the keys whose final cloner was left out."""
-    left_out, budget = [], cloner_budget
-    archive = Path(archive)
-    partial = archive.with_name(archive.name + ".partial")
+    left_out, budget = [], FINAL_CLONERS_BUDGET
+    partial = Path(f"{archive}.partial")
     with tarfile.open(partial, "w:gz") as tar:
         for res in (r for r in _unique(results) if r.ok):
             key = res.run_dir.name
@@ -156,20 +150,16 @@ def unpack_records(archive: str | Path, runs_dir: str | Path) -> dict[str, list[
     return out
 
 
-def _train_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The -p parameters --train-only uses (the run options); others are refused by name."""
-    unused = sorted(set(parameters) - set(SPEC_OPTIONS))
+def main(args: argparse.Namespace, names: Sequence[str], runs_dir: Path) -> int:
+    """`mkd regenerate --train-only`: train the notebooks' runs, pack their records, report failures. Of the
+    -p parameters it takes the run options only; others are refused by name."""
+    options = dict(args.parameter)
+    unused = sorted(set(options) - set(SPEC_OPTIONS))
     if unused:
         raise ValueError(f"parameters {unused} are not used by --train-only; it takes {list(SPEC_OPTIONS)} "
                          "(and --device, --runs-dir)")
-    return dict(parameters)
-
-
-def main(args: argparse.Namespace, names: Sequence[str], runs_dir: Path) -> int:
-    """`mkd regenerate --train-only`: train the notebooks' runs, pack their records, report failures."""
     results = train_only(names, profile=args.profile, runs_dir=runs_dir, device=args.device or "cpu",
-                         options=_train_parameters(dict(args.parameter)), log=args.log,
-                         progress=args.log_output)
+                         options=options, log=args.log, progress=args.log_output)
     failed = [r for r in _unique(results) if not r.ok and not _no_data(r)]
     if args.archive:
         left_out = pack_records(results, args.archive)

@@ -9,7 +9,7 @@ the source weights are here, else trains a small cloner on the generated synthet
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from mkdlib import postprocess
 from mkdlib.config import MKDConfig, paper_config
 from mkdlib.datasets import DatasetNotFoundError, get_dataset
 from mkdlib.datasets.base import for_display
-from mkdlib.localization import input_gradients
+from mkdlib.localization import input_gradients, localize
 from mkdlib.losses import MKDLoss
 from mkdlib.metrics import CROSS, au_pro, image_auroc, paper_pixel_auroc, paper_pixel_curve, pixel_auroc, pro_curve
 from mkdlib.models import Cloner, Source, eval_mode, n_parameters
@@ -37,6 +37,7 @@ from mkdlib.train import build, fit
 
 show_figures_in_notebooks()
 
+
 @dataclass
 class Walkthrough:
     """A trained source/cloner pair with its data: what every step below draws from."""
@@ -48,7 +49,6 @@ class Walkthrough:
     test: Dataset
     history: pd.DataFrame  # epoch, loss
     origin: str  # where the cloner comes from, for the reader
-    scores: np.ndarray = field(default=None)  # the test images' scores, computed once
 
     @property
     def loss(self) -> MKDLoss:
@@ -64,12 +64,12 @@ def setup(runs_dir: str | Path | None = None, *, data_root: str | None = None, e
     runs_dir = notebook_paths("paper", None, runs_dir)[1]  # None: the checkout's results/runs
     record = runs_dir / spec.key()
     try:
-        result, cfg, source, cloner = load_model(record, device=device)
-        data = {split: get_dataset("mvtec", data_root, split=split, normal_class="bottle") for split in ("train", "test")}
+        _, cfg, source, cloner = load_model(record, device=device)
+        train, test = (get_dataset("mvtec", data_root, split=s, normal_class="bottle") for s in ("train", "test"))
         history = pd.read_csv(record / "history.csv")
         origin = (f"the shipped cloner of MVTec AD bottle (record {spec.key()}: the paper profile, "
                   f"{cfg.epochs} epochs), loaded without training")
-        return Walkthrough(source, cloner, cfg, data["train"], data["test"], history, origin)
+        return Walkthrough(source, cloner, cfg, train, test, history, origin)
     except (DatasetNotFoundError, OSError, RuntimeError, ValueError) as err:
         why = " ".join(str(err).split())[:160]
         print(f"the bottle record cannot be used here ({why}): training a small cloner on the synthetic set",
@@ -92,16 +92,20 @@ def _images(data: Dataset, indices) -> torch.Tensor:
     return torch.stack([data[int(i)]["image"] for i in indices])
 
 
-def _examples(w: Walkthrough) -> tuple[int, list[int]]:
-    """The first good test image and the first image of each defect type."""
+def _defects(w: Walkthrough) -> list[int]:
+    """The first test image of each defect type."""
     groups = list(w.test.groups)
-    defects = list(dict.fromkeys(g for g in groups if g != "good"))
-    return groups.index("good"), [groups.index(g) for g in defects]
+    return [groups.index(g) for g in dict.fromkeys(g for g in groups if g != "good")]
+
+
+def _pair(w: Walkthrough) -> list[int]:
+    """The first good test image and the first defective one."""
+    return [list(w.test.groups).index("good"), _defects(w)[0]]
 
 
 def data_figure(w: Walkthrough, n_train: int = 4) -> Figure:
     """Top: training images (all normal); bottom: one test image per defect type with its mask."""
-    good, defects = _examples(w)
+    defects = _defects(w)
     fig = Figure(figsize=(2.0 * max(n_train, len(defects)), 6.2))
     axes = fig.subplots(3, max(n_train, len(defects)), squeeze=False)
     train = for_display(w.train, _images(w.train, range(n_train)))
@@ -149,8 +153,7 @@ def loss_figure(w: Walkthrough) -> Figure:
 def activations_figure(w: Walkthrough) -> Figure:
     """For a good and a defective test image, at each score layer: the source's and the cloner's activation
     (the norm over channels at each position) and their squared difference, the value term's map."""
-    good, defects = _examples(w)
-    picks = [good, defects[0]]
+    picks = _pair(w)
     x = _images(w.test, picks)
     with torch.no_grad(), eval_mode(w.cloner):
         s, c = w.source(x), w.cloner(x)
@@ -165,8 +168,7 @@ def activations_figure(w: Walkthrough) -> Figure:
             for k, (panel, title) in enumerate(zip(panels, titles)):
                 ax = axes[row, 3 * col + k]
                 ax.imshow(panel.numpy(), cmap="magma")
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set(xticks=[], yticks=[])
                 if row == 0:
                     ax.set_title(f"{w.test.groups[i]}: {title}", fontsize=7)
                 if k == 0:
@@ -178,29 +180,22 @@ def activations_figure(w: Walkthrough) -> Figure:
 def terms_table(w: Walkthrough) -> pd.DataFrame:
     """Each score layer's value term (MSE) and direction term (1 − cosine) for the good and the defective
     image, and the weighted total: the anomaly score (paper Eqs. 2-4; λ on the value term, as coded)."""
-    good, defects = _examples(w)
-    picks = [good, defects[0]]
+    picks = _pair(w)
     x = _images(w.test, picks)
     loss = w.loss
     with torch.no_grad(), eval_mode(w.cloner):
         terms = loss.terms(w.cloner(x), w.source(x))
         total = loss(w.cloner(x), w.source(x), reduction="none")
     columns = [f"{w.test.groups[i]} (image {i})" for i in picks]
-    rows = {name: [float(v) for v in values] for name, values in terms.items()}
-    rows[f"score = {loss.direction_weight:g} × Σ direction + {loss.value_weight:g} × Σ value"] = [float(v) for v in total]
+    score_name = f"score = {loss.direction_weight:g} × Σ direction + {loss.value_weight:g} × Σ value"
+    rows = {name: [float(v) for v in values] for name, values in {**terms, score_name: total}.items()}
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).round(4)
-
-
-def scores_of(w: Walkthrough) -> np.ndarray:
-    """The test images' anomaly scores (computed once)."""
-    if w.scores is None:
-        w.scores = score(w.cloner, w.loss, w.test, source=w.source, batch_size=w.cfg.batch_size)
-    return w.scores
 
 
 def scores_figure(w: Walkthrough) -> Figure:
     """Detection (paper sec. 3.3): the test scores per defect type and the ROC curve with its AUROC."""
-    scores, labels, groups = scores_of(w), np.asarray(w.test.labels), np.asarray(w.test.groups)
+    scores = score(w.cloner, w.loss, w.test, source=w.source, batch_size=w.cfg.batch_size)
+    labels, groups = np.asarray(w.test.labels), np.asarray(w.test.groups)
     fig = Figure(figsize=(9, 3.2))
     hist, roc = fig.subplots(1, 2)
     bins = np.linspace(scores.min(), scores.max(), 30)
@@ -221,8 +216,7 @@ def map_stages_figure(w: Walkthrough, threshold: float = 0.5) -> Figure:
     """One defective image's map through every stage (paper Eqs. 5-6, as coded): the input gradient of its
     score, grey (Σ over channels of |gradient|), percentile-99 normalisation, the Gaussian (σ 4 px at
     128 px), then thresholding and the opening with the 3×3 cross; beside the ground truth."""
-    _, defects = _examples(w)
-    i = defects[0]
+    i = _defects(w)[0]
     x = _images(w.test, [i])
     grads = input_gradients(x, w.source, w.cloner, w.loss).detach().numpy()  # (1, 3, H, W)
     grey = postprocess.grey(grads)
@@ -245,9 +239,7 @@ def map_stages_figure(w: Walkthrough, threshold: float = 0.5) -> Figure:
 
 def heatmaps_figure(w: Walkthrough, n: int = 3) -> Figure:
     """The finished maps of a few defective images over the image, beside their masks."""
-    from mkdlib.localization import localize
-
-    _, defects = _examples(w)
+    defects = _defects(w)
     x = _images(w.test, defects[:n])
     maps = localize(x, w.source, w.cloner, w.loss)
     fig = Figure(figsize=(2.2 * 2 * len(x), 2.4))
@@ -268,9 +260,7 @@ def pixel_metrics_figure(w: Walkthrough) -> Figure:
     """The three pixel metrics on the test set's maps: the paper's protocol (anomalous images only, 1000
     thresholds, opening, soft masks), the standard pixel ROC over all images, and the PRO curve (AU-PRO up
     to a false-positive rate of 0.3)."""
-    from mkdlib.localization import localize
-
-    x = torch.cat([_images(w.test, range(k, min(k + 32, len(w.test)))) for k in range(0, len(w.test), 32)])
+    x = _images(w.test, range(len(w.test)))
     maps = localize(x, w.source, w.cloner, w.loss)
     masks, labels = w.test.masks, np.asarray(w.test.labels)
     fig = Figure(figsize=(11, 3.4))
