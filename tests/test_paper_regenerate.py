@@ -326,3 +326,8 @@ def test_executed_copies_carry_no_machine_path(tmp_path, monkeypatch):
     passed = regenerate._declared(quickstart, {"profile": "paper", "runs_dir": "../results/runs", "train": False,
                                                "data_root": "x"})
     assert "runs_dir" not in passed and "train" not in passed and passed["data_root"] == "x"  # a user's -p stays
+    nested = root / "a" / "b"  # a relative parameter is the notebooks', wherever the command ran from
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)
+    regenerate._portable_copy(executed, root / "notebooks")
+    assert nbformat.read(executed, as_version=4).metadata["papermill"]["parameters"]["results_dir"] == "../results"

@@ -123,8 +123,10 @@ def _portable_copy(executed: Path, notebook_dir: Path) -> None:
     for key in ("input_path", "output_path"):
         if key in record:
             record[key] = _portable(record[key], notebook_dir)
-    record["parameters"] = {k: _portable(v, notebook_dir) if k in PATH_PARAMETERS else v
-                            for k, v in record.get("parameters", {}).items()}
+    # execute() passed the folders already relative to the notebooks: only an absolute one is left to convert
+    # (a relative one resolved here would be read against the current folder, not the notebooks').
+    record["parameters"] = {k: _portable(v, notebook_dir) if k in PATH_PARAMETERS and Path(str(v)).is_absolute()
+                            else v for k, v in record.get("parameters", {}).items()}
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = _MD_LINK.sub(lambda m: f"]({_moved(m[1], notebook_dir, executed.parent)})", cell.source)
