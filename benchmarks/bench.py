@@ -24,7 +24,7 @@ import torch
 from mkdlib import hardware
 from mkdlib.config import Execution
 
-from bench_cases import CASES, PAIRS, PROFILE_ENV, conv_gflop, roofline, run_case
+from bench_cases import CASES, PAIRS, PROFILE_ENV, roofline, run_case
 
 SWITCH = {"auto": None, "on": True, "off": False}  # --channels-last values
 

@@ -12,7 +12,8 @@ from mkdlib.models import CLONER_CFGS, TRAIN_LAYERS, Cloner, Source
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"  # a developer's tool beside the package
 sys.path.insert(0, str(BENCH.parent))
 import bench  # noqa: E402
-from bench import CASES, conv_gflop, format_table, run_case  # noqa: E402
+from bench import CASES, format_table, run_case  # noqa: E402
+from bench_cases import conv_gflop  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CASES)
