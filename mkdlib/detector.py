@@ -59,15 +59,20 @@ class Threshold:
     source: str
 
 
+def _number(value, option: str, wanted: str) -> float:
+    """A user's value as a float, or ValueError naming the option and what to give instead."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} {value!r} is not a number: give {wanted}") from None
+
+
 def check_threshold(value) -> float | None:
     """A user's raw threshold (None stays None), or ValueError naming it: finite and >= 0 (the MKD loss is never
     negative, so a negative threshold would mark every image anomalous)."""
     if value is None:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--threshold {value!r} is not a number: give a raw-score threshold >= 0") from None
+    number = _number(value, "--threshold", "a raw-score threshold >= 0")
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"--threshold {value!r} is not a usable threshold: give a finite raw-score threshold >= 0 "
                          "(the MKD loss is never negative; a negative one would mark every image anomalous)")
@@ -78,10 +83,7 @@ def check_percentile(value) -> float | None:
     """A percentile of the training scores (None stays None), or ValueError naming it: in (0, 100]."""
     if value is None:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--percentile {value!r} is not a number: give a percentile in (0, 100]") from None
+    number = _number(value, "--percentile", "a percentile in (0, 100]")
     if not (0 < number <= 100):  # NaN fails this too
         raise ValueError(f"--percentile {value!r} is outside (0, 100]: give the percentile of the training images' "
                          f"scores to put the threshold at (the default is {THRESHOLD_PERCENTILE:g})")
