@@ -15,7 +15,7 @@ import numpy as np
 from .base import FileDataset
 from .errors import DatasetNotFoundError
 from .io import IMAGE_EXTENSIONS, list_images, match_masks
-from .medical import seeded_split
+from .splits import seeded_split
 
 
 def _resolve(root: str | Path | None, folder: str | Path, role: str) -> Path:

@@ -8,12 +8,12 @@ All use the MVTec recipe (128 px, [0, 1]); the paper's BrainMRI images are 256 p
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .base import FileDataset
 from .io import list_images
 from .roots import locate, not_found
+from .splits import seeded_split
 
 RETINA_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")  # NORMAL is the normal class
 
@@ -34,20 +34,6 @@ def build_retina(root: str | Path | None, *, split: str, image_size: int | None,
         groups += [c] * len(images)
     return FileDataset(files, labels, groups, mask_files=None, image_size=image_size or 128,
                        name="retina", split=split, **kwargs)
-
-
-def seeded_split(labels: np.ndarray, seed: int, n_test_normal: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, test) indices for a dataset without an official split (paper Sec. 4, "Evaluation
-    Protocol"): `n_test_normal` random normals + all anomalies are the test set, the other normals train."""
-    labels = np.asarray(labels)
-    normal = np.flatnonzero(labels == 0)
-    if not 0 < n_test_normal < len(normal):
-        raise ValueError(f"n_test_normal must be in 1..{len(normal) - 1} ({len(normal)} normal images), "
-                         f"got {n_test_normal}")
-    held_out = np.random.default_rng(seed).choice(normal, size=n_test_normal, replace=False)
-    train = np.setdiff1d(normal, held_out)
-    test = np.union1d(held_out, np.flatnonzero(labels != 0))
-    return train, test
 
 
 def _seeded(name: str, files: list[Path], labels: list[int], groups: list[str], *, split: str, seed: int,
