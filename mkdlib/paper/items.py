@@ -79,9 +79,12 @@ def _pixel(method: str, metric: str = PAPER_PIXEL) -> tuple[str, ...]:
     return ("pixel", method, metric)
 
 
-# The ablations distil and score on the last k pools only (Sec. 3.3.1: 'the last k max-pooling layers').
-LAYERS = {k: {"train_layers": [*pools], "score_layers": [*pools]}
-          for k, pools in ((1, ["pool5"]), (2, ["pool4", "pool5"]))}
+def _layers(*names: str) -> dict[str, Any]:
+    """Distil and score on the given pools only (Sec. 3.3.1: 'the last k max-pooling layers')."""
+    return {"train_layers": list(names), "score_layers": list(names)}
+
+
+LAYERS = {1: _layers("pool5"), 2: _layers("pool4", "pool5")}
 CLONER = {"equal_net": Setting("equal_net", {"cloner": "equal"}), "smaller_net": Setting("smaller_net")}
 LOSS = {"dir_loss": Setting("dir_loss", {"value_weight": 0.0, "direction_weight": 1.0}),  # value term dropped
         "mse_loss": Setting("mse_loss", {"value_weight": 1.0, "direction_weight": 0.0}),  # direction term dropped

@@ -159,7 +159,7 @@ def plan(specs: Iterable[RunSpec], root: str | Path, device: str = "cpu") -> str
         passes[group] = passes.get(group, 0) + max(0, spec.mkd_config().epochs - done) * n
     parts = [f"~{sum(passes.values()):,} image passes, {_time(groups, passes, device)}"] if groups else []
     if unknown:
-        shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
-        parts.append(f"size unknown for {len(unknown)} whose data was not found ({shown})")
+        named = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        parts.append(f"size unknown for {len(unknown)} whose data was not found ({named})")
     head = f"{_runs(len(unique))}: {len(unique) - len(todo)} finished (cached), {len(todo)} to train"
     return f"{head}: " + "; ".join(parts)
